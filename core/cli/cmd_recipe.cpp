@@ -1,0 +1,139 @@
+// mftk run | validate | plugins
+#include <cstdio>
+#include <memory>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "mftk/adapter.h"
+#include "mftk/exporter.h"
+#include "mftk/model.h"
+#include "mftk/optimizer.h"
+#include "mftk/packer.h"
+#include "mftk/quantizer.h"
+#include "pipeline.h"
+#include "recipe.h"
+#include "registry.h"
+
+namespace mftk::cli {
+namespace {
+
+struct RecipeArgs {
+  std::string path;
+  std::vector<std::string> overrides;
+};
+
+void add_recipe_options(CLI::App* cmd, RecipeArgs& args) {
+  cmd->add_option("recipe", args.path, "recipe TOML file")->required();
+  cmd->add_option("--set", args.overrides, "override a recipe key: table.key=value (repeatable)")
+      ->take_all()
+      ->allow_extra_args(false);
+}
+
+// Loads, resolves and builds every component once, so a plugin's own
+// checks run too; nothing heavy happens (no weights, no data).
+void validate_recipe(core::Recipe& recipe, core::Registry& registry) {
+  recipe.resolve(registry);
+  std::vector<std::string> lines;
+  auto build = [&](const core::ComponentRef& c) {
+    switch (c.kind) {
+      case Kind::model: registry.create<Model>(c.kind, c.plugin, c.config); break;
+      case Kind::adapter: registry.create<Adapter>(c.kind, c.plugin, c.config); break;
+      case Kind::quantizer: registry.create<Quantizer>(c.kind, c.plugin, c.config); break;
+      case Kind::packer: registry.create<Packer>(c.kind, c.plugin, c.config); break;
+      case Kind::optimizer: registry.create<Optimizer>(c.kind, c.plugin, c.config); break;
+      case Kind::exporter: registry.create<Exporter>(c.kind, c.plugin, c.config); break;
+    }
+    lines.push_back(fmt::format("  [{}] {} ({})", c.table, c.plugin, registry.find(c.kind, c.plugin).library_path));
+  };
+  for (const auto& [table, kind] : core::component_tables())
+    if (const auto* c = recipe.component(table)) build(*c);
+  for (const auto& e : recipe.exports()) build(e);
+  if (!recipe.component("model"))
+    throw UsageError(fmt::format("{}: the recipe has no [model] table", recipe.path()),
+                     "add [model] with plugin = \"mistral\" and path = \"<checkpoint folder>\"");
+  std::printf("recipe %s is valid\n", recipe.path().c_str());
+  for (const auto& l : lines) std::printf("%s\n", l.c_str());
+  std::printf("  %zu dataset(s)\n", recipe.datasets().size());
+}
+
+}  // namespace
+
+void add_recipe_commands(CLI::App& app) {
+  {
+    auto args = std::make_shared<RecipeArgs>();
+    auto out = std::make_shared<std::string>();
+    auto* cmd = app.add_subcommand("run", "train (and merge/export) as the recipe says");
+    add_recipe_options(cmd, *args);
+    cmd->add_option("--output-dir", *out, "override training.output_dir");
+    cmd->callback([args, out] {
+      auto overrides = args->overrides;
+      if (!out->empty()) overrides.push_back("training.output_dir=\"" + *out + "\"");
+      auto recipe = core::Recipe::load(args->path, overrides);
+      core::Registry registry(recipe.section("plugins").get_strings("search_paths"));
+      recipe.resolve(registry);
+      core::run_pipeline(recipe, registry);
+    });
+  }
+  {
+    auto args = std::make_shared<RecipeArgs>();
+    auto* cmd = app.add_subcommand("validate", "resolve every plugin and check every key; trains nothing");
+    add_recipe_options(cmd, *args);
+    cmd->callback([args] {
+      auto recipe = core::Recipe::load(args->path, args->overrides);
+      core::Registry registry(recipe.section("plugins").get_strings("search_paths"));
+      validate_recipe(recipe, registry);
+    });
+  }
+  {
+    auto keys_of = std::make_shared<std::string>();
+    auto* cmd = app.add_subcommand("plugins", "list every plugin found: name, kind, version, path");
+    cmd->add_option("--keys", *keys_of, "print the recipe keys of one component, with docs");
+    cmd->callback([keys_of] {
+      core::Registry registry;
+      auto libs = registry.scan();
+      if (!keys_of->empty()) {
+        bool found = false;
+        for (Kind k : {Kind::model, Kind::adapter, Kind::quantizer, Kind::packer, Kind::optimizer, Kind::exporter})
+          for (const auto* c : registry.components(k)) {
+            if (c->spec.name != *keys_of) continue;
+            found = true;
+            std::printf("%s (%s) from %s\n  %s\n\n", c->spec.name.c_str(), to_string(k), c->library_path.c_str(),
+                        c->spec.summary.c_str());
+            std::printf("  %-24s %-16s %-14s %s\n", "key", "type", "default", "doc");
+            std::printf("  %-24s %-16s %-14s %s\n", "plugin", "string", "(required)",
+                        ("\"" + c->spec.name + "\"").c_str());
+            for (const auto& key : c->spec.keys) {
+              std::string doc = key.doc;
+              if (!key.choices.empty()) doc += fmt::format(" ({})", fmt::join(key.choices, "|"));
+              if (key.min || key.max) doc += fmt::format(" [{}, {}]", key.min ? *key.min : -INFINITY,
+                                                         key.max ? *key.max : INFINITY);
+              std::printf("  %-24s %-16s %-14s %s\n", key.name.c_str(), to_string(key.type),
+                          key.default_value ? to_toml(*key.default_value).c_str() : "(required)", doc.c_str());
+            }
+          }
+        if (!found) {
+          std::vector<std::string> names;
+          for (Kind k : {Kind::model, Kind::adapter, Kind::quantizer, Kind::packer, Kind::optimizer, Kind::exporter})
+            for (const auto* c : registry.components(k)) names.push_back(c->spec.name);
+          throw UsageError(fmt::format("no plugin component named '{}'. Found: {}", *keys_of, fmt::join(names, ", ")));
+        }
+        return;
+      }
+      std::printf("plugin search path:\n");
+      for (const auto& p : registry.search_paths()) std::printf("  %s\n", p.c_str());
+      std::printf("\n%-18s %-10s %-22s %-34s %s\n", "library", "version", "status", "components", "path");
+      for (const auto& l : libs) {
+        std::printf("%-18s %-10s %-22s %-34s %s\n", l.name.empty() ? "?" : l.name.c_str(),
+                    l.version.empty() ? "-" : l.version.c_str(), l.status.c_str(),
+                    fmt::format("{}", fmt::join(l.components, " ")).c_str(), l.path.c_str());
+        if (!l.detail.empty()) std::printf("  -> %s\n", l.detail.c_str());
+      }
+      if (libs.empty()) std::printf("(no plugin libraries found; set MFTK_PLUGIN_PATH)\n");
+    });
+  }
+}
+
+}  // namespace mftk::cli

@@ -1,0 +1,16 @@
+// The mftk subcommands, one group per file (cmd_*.cpp). main.cpp calls each
+// add_* once; a command's callback throws mftk::Error / mftk::UsageError and
+// main turns that into one message and an exit code (1 runtime, 2 usage).
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace mftk::cli {
+
+void add_recipe_commands(CLI::App& app);  // run, validate, plugins     (cmd_recipe.cpp)
+void add_model_commands(CLI::App& app);   // init, generate, logprobs   (cmd_model.cpp)
+void add_data_commands(CLI::App& app);    // tokenize                    (cmd_data.cpp)
+
+}  // namespace mftk::cli

@@ -1,0 +1,140 @@
+// The plugin loader: found by name, missing names list what exists, wrong
+// ABI / libtorch / non-plugins refused with messages that say why.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "mftk/exporter.h"
+#include "mftk/model.h"
+#include "recipe.h"
+#include "registry.h"
+
+namespace fs = std::filesystem;
+using mftk::Kind;
+using mftk::core::Registry;
+
+namespace {
+
+std::string message_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(no exception)";
+}
+
+// A search path holding just one fixture library (copied), so each test sees
+// exactly the files it is about.
+std::string dir_with(const std::vector<std::string>& fixtures) {
+  static int counter = 0;
+  auto dir = fs::temp_directory_path() / ("mftk_plugins_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+  fs::create_directories(dir);
+  for (const auto& f : fixtures) fs::copy_file(fs::path(MFTK_FIXTURE_DIR) / ("libmftk-" + f + ".so"), dir / ("libmftk-" + f + ".so"), fs::copy_options::overwrite_existing);
+  return dir.string();
+}
+
+}  // namespace
+
+TEST(PluginRegistry, FindsAndLoadsAPluginByName) {
+  Registry r({dir_with({"fixture_good"})});
+  const auto& info = r.find(Kind::exporter, "fixture_good_names");
+  EXPECT_EQ(info.spec.summary, "writes the tensor names of a checkpoint (test fixture)");
+  EXPECT_NE(info.library_path.find("libmftk-fixture_good.so"), std::string::npos);
+  ASSERT_EQ(info.spec.keys.size(), 3u);
+}
+
+TEST(PluginRegistry, FindsTheRealMistralPluginInTheBuildTree) {
+  Registry r;
+  const auto& info = r.find(Kind::model, "mistral");
+  EXPECT_NE(info.library_path.find("libmftk-mistral.so"), std::string::npos);
+}
+
+TEST(PluginRegistry, MissingPluginListsWhatExistsAndWhereItLooked) {
+  auto dir = dir_with({"fixture_good"});
+  Registry r({dir});
+  auto msg = message_of([&] { r.find(Kind::exporter, "ggfu"); });
+  EXPECT_NE(msg.find("unknown exporter plugin 'ggfu'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("fixture_good_names"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(dir), std::string::npos) << msg;
+  EXPECT_THROW(r.find(Kind::exporter, "ggfu"), mftk::UsageError);
+}
+
+TEST(PluginRegistry, RefusesWrongAbiVersionNamingBothVersions) {
+  auto dir = dir_with({"fixture_wrong_abi"});
+  Registry r({dir});
+  auto msg = message_of([&] { r.load_library(dir + "/libmftk-fixture_wrong_abi.so"); });
+  EXPECT_NE(msg.find("ABI version 999, this mftk expects " + std::to_string(MFTK_PLUGIN_ABI_VERSION)),
+            std::string::npos)
+      << msg;
+  // ... and the component it would have registered does not exist.
+  EXPECT_THROW(r.find(Kind::exporter, "fixture_wrong_abi_names"), mftk::UsageError);
+}
+
+TEST(PluginRegistry, RefusesPluginBuiltAgainstAnotherLibtorch) {
+  auto dir = dir_with({"fixture_wrong_torch"});
+  Registry r({dir});
+  auto msg = message_of([&] { r.load_library(dir + "/libmftk-fixture_wrong_torch.so"); });
+  EXPECT_NE(msg.find("built with libtorch 0.0.1, this mftk uses " TORCH_VERSION), std::string::npos) << msg;
+}
+
+TEST(PluginRegistry, RefusesLibraryWithoutEntryPoint) {
+  auto dir = dir_with({"fixture_not_plugin"});
+  Registry r({dir});
+  auto msg = message_of([&] { r.load_library(dir + "/libmftk-fixture_not_plugin.so"); });
+  EXPECT_NE(msg.find("not an mftk plugin"), std::string::npos) << msg;
+}
+
+TEST(PluginRegistry, ScanReportsEachLibraryWithItsStatus) {
+  Registry r({dir_with({"fixture_good", "fixture_wrong_abi", "fixture_not_plugin"})});
+  std::map<std::string, std::string> status;
+  for (const auto& s : r.scan()) status[fs::path(s.path).filename().string()] = s.status;
+  EXPECT_EQ(status["libmftk-fixture_good.so"], "ok");
+  EXPECT_EQ(status["libmftk-fixture_wrong_abi.so"], "ABI mismatch");
+  EXPECT_EQ(status["libmftk-fixture_not_plugin.so"], "not an mftk plugin");
+}
+
+TEST(PluginRegistry, DuplicateLibraryNameIsAnError) {
+  auto a = dir_with({"fixture_good"});
+  auto b = dir_with({});
+  // Same plugin under a second file name.
+  fs::copy_file(a + "/libmftk-fixture_good.so", b + "/libmftk-fixture_good_copy.so");
+  Registry r({a, b});
+  r.load_library(a + "/libmftk-fixture_good.so");
+  auto msg = message_of([&] { r.load_library(b + "/libmftk-fixture_good_copy.so"); });
+  EXPECT_NE(msg.find("both named 'fixture_good'"), std::string::npos) << msg;
+}
+
+TEST(PluginRegistry, CreatesComponentFromValidatedRecipeTable) {
+  Registry r({dir_with({"fixture_good"})});
+  auto recipe = mftk::core::Recipe::parse(
+      "[[export]]\nplugin = \"fixture_good_names\"\nout = \"names.txt\"\nlevel = 4\n", "t.toml");
+  recipe.resolve(r);
+  ASSERT_EQ(recipe.exports().size(), 1u);
+  const auto& cfg = recipe.exports()[0].config;
+  EXPECT_EQ(cfg.get_int("level"), 4);
+  EXPECT_EQ(cfg.get_string("separator"), "\n");  // default filled in
+  EXPECT_TRUE(cfg.is_set("level"));
+  EXPECT_FALSE(cfg.is_set("separator"));
+  auto exporter = r.create<mftk::Exporter>(Kind::exporter, "fixture_good_names", cfg);
+  EXPECT_NE(exporter, nullptr);
+}
+
+TEST(PluginRegistry, PluginKeysAreValidatedWithLocations) {
+  Registry r({dir_with({"fixture_good"})});
+  auto recipe = mftk::core::Recipe::parse(
+      "[[export]]\nplugin = \"fixture_good_names\"\nlevl = 4\nseparator = 3\n", "t.toml");
+  auto msg = message_of([&] { recipe.resolve(r); });
+  EXPECT_NE(msg.find("t.toml:3:1: [export[0]] levl: unknown key, did you mean 'level'?"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("t.toml:4:13: [export[0]] separator: expected string, got integer 3"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[export[0]] out: missing required key"), std::string::npos) << msg;
+}
+
+TEST(PluginRegistry, UnknownPluginInRecipePointsAtTheLine) {
+  Registry r({dir_with({"fixture_good"})});
+  auto recipe = mftk::core::Recipe::parse("[model]\nplugin = \"mistrall\"\n", "t.toml");
+  auto msg = message_of([&] { recipe.resolve(r); });
+  EXPECT_NE(msg.find("t.toml:2:10: [model] plugin: unknown model plugin 'mistrall'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("mistral"), std::string::npos) << msg;
+}
