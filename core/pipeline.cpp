@@ -1,27 +1,331 @@
-// `mftk run`: the whole flow of a fine-tuning run, top to bottom.
+// `mftk run`: the flow of a fine-tuning run, one named step per stage
+// (docs/architecture.md draws the same picture).
 #include "pipeline.h"
 
+#include <filesystem>
+
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
+#include <torch/csrc/autograd/grad_mode.h>
 
+#include "batching.h"
+#include "chat_template.h"
+#include "dataset.h"
+#include "fs_util.h"
+#include "generate.h"
+#include "mftk/adapter.h"
+#include "mftk/exporter.h"
 #include "mftk/model.h"
+#include "mftk/optimizer.h"
+#include "mftk/packer.h"
+#include "mftk/quantizer.h"
+#include "mftk/safetensors.h"
+#include "mftk/tokenizer.h"
 #include "recipe.h"
 #include "registry.h"
+#include "run_log.h"
+#include "trainer.h"
 
 namespace mftk::core {
 
-void run_pipeline(const Recipe& recipe, Registry& registry) {
-  const auto& training = recipe.section("training");
-  if (int64_t t = training.get_int("threads"); t > 0) at::set_num_threads(int(t));
-  const auto* model_ref = recipe.component("model");
-  if (!model_ref)
+namespace fs = std::filesystem;
+
+namespace {
+
+// A component the recipe names, or `fallback` with its defaults.
+template <class Interface>
+std::unique_ptr<Interface> make_component(const Recipe& recipe, Registry& registry, const std::string& table, Kind kind,
+                                          const std::string& fallback, std::string* used = nullptr) {
+  if (const auto* ref = recipe.component(table)) {
+    if (used) *used = ref->plugin;
+    return registry.create<Interface>(kind, ref->plugin, ref->config);
+  }
+  if (fallback.empty()) return nullptr;
+  const auto& info = registry.find(kind, fallback);
+  Recipe::RawTable empty;
+  empty.name = table;
+  empty.where = SourceLocation{recipe.path(), 0, 0};
+  std::vector<std::string> errors;
+  Config defaults = validate_table(empty, info.spec.keys, errors);
+  if (!errors.empty()) throw UsageError(fmt::format("{}", fmt::join(errors, "\n")));
+  if (used) *used = fallback;
+  return registry.create<Interface>(kind, fallback, defaults);
+}
+
+int64_t count_parameters(Model& model) {
+  int64_t n = 0;
+  for (auto* s : model.linear_slots()) n += s->in_features * s->out_features;
+  for (auto& [name, t] : model.named_parameters()) n += t.numel();
+  if (model.shape().tie_word_embeddings) n -= model.shape().vocab_size * model.shape().hidden_size;
+  return n;
+}
+
+// Full fine-tuning: every weight becomes a writable fp32 leaf (the loaded
+// ones may be read-only views of the mapped checkpoint).
+NamedTensors make_all_trainable(Model& model) {
+  NamedTensors out;
+  at::NoGradGuard no_grad;
+  for (auto* slot : model.linear_slots()) {
+    at::Tensor w = slot->op->dense_weight(at::kFloat).clone().requires_grad_(true);
+    slot->op = make_dense_linear(w);
+    out.emplace_back(slot->name + ".weight", w);
+  }
+  for (auto& [name, t] : model.named_parameters()) {
+    t.set_data(t.detach().to(at::kFloat).clone());
+    t.requires_grad_(true);
+    out.emplace_back(name, t);
+  }
+  return out;
+}
+
+void setup_log_file(const std::string& output_dir) {
+  auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>((fs::path(output_dir) / "mftk.log").string());
+  spdlog::default_logger()->sinks().push_back(sink);
+}
+
+std::string token_text(const Tokenizer& tok, const std::vector<int32_t>& ids) {
+  std::vector<int32_t> plain;
+  for (auto id : ids)
+    if (id != tok.eos_id() && id != tok.bos_id()) plain.push_back(id);
+  return tok.decode(plain);
+}
+
+}  // namespace
+
+LoadedModel load_model(const Recipe& recipe, Registry& registry, bool bf16) {
+  const auto* ref = recipe.component("model");
+  if (!ref)
     throw UsageError(fmt::format("{}: the recipe has no [model] table", recipe.path()),
                      "add [model] with plugin = \"mistral\" and path = \"<checkpoint folder>\"");
-  auto model = registry.create<Model>(Kind::model, model_ref->plugin, model_ref->config);
-  spdlog::info("model: {} from {}", model_ref->plugin, model_ref->config.get_string("path"));
-  throw Error("mftk run: the training engine is not built yet (tracked in the training-engine issue); "
-              "`mftk validate` checks this recipe fully");
+  LoadedModel lm;
+  lm.path = ref->config.get_string("path");
+  lm.quantizer = make_component<Quantizer>(recipe, registry, "quantize", Kind::quantizer, "");
+  lm.model = registry.create<Model>(Kind::model, ref->plugin, ref->config);
+  LoadOptions lo;
+  lo.path = lm.path;
+  lo.compute_dtype = bf16 ? at::kBFloat16 : at::kFloat;
+  if (bf16) lo.weight_dtype = at::kBFloat16;
+  lo.quantizer = lm.quantizer.get();
+  lm.model->load_config(lm.path);
+  lm.model->load(lo);
+  return lm;
+}
+
+void save_hf_checkpoint(Model& model, const std::string& source_dir, const std::string& dir) {
+  fs::create_directories(dir);
+  const auto& shape = model.shape();
+  const at::ScalarType dtype = shape.checkpoint_dtype;
+  NamedTensors tensors;
+  for (auto& [name, t] : model.named_parameters()) tensors.emplace_back(name, t.detach().to(dtype).contiguous());
+  for (auto* slot : model.linear_slots()) {
+    if (slot->name == "lm_head" && shape.tie_word_embeddings) continue;
+    tensors.emplace_back(slot->name + ".weight", slot->op->dense_weight(dtype).contiguous());
+  }
+  save_checkpoint(dir, tensors);
+  for (const char* f : {"config.json", "generation_config.json", "tokenizer.model", "tokenizer_config.json",
+                        "special_tokens_map.json"}) {
+    const auto src = fs::path(source_dir) / f;
+    if (fs::exists(src)) fs::copy_file(src, fs::path(dir) / f, fs::copy_options::overwrite_existing);
+  }
+}
+
+ExactMatch exact_match(Model& model, const Tokenizer& tok, const std::vector<Example>& examples, int64_t limit) {
+  ExactMatch r;
+  for (const auto& ex : examples) {
+    if (r.total >= limit) break;
+    size_t first = 0;
+    while (first < ex.loss_mask.size() && !ex.loss_mask[first]) ++first;
+    if (first == 0 || first >= ex.ids.size()) continue;  // nothing to answer, or no prompt
+    size_t last = ex.loss_mask.size();
+    while (last > first && !ex.loss_mask[last - 1]) --last;
+    std::vector<int32_t> prompt(ex.ids.begin(), ex.ids.begin() + long(first));
+    std::vector<int32_t> reference(ex.ids.begin() + long(first), ex.ids.begin() + long(last));
+    GenerateOptions go;
+    go.max_new_tokens = int64_t(reference.size()) + 2;
+    go.eos_id = tok.eos_id();
+    auto gen = generate(model, prompt, go);
+    const bool ok = gen.tokens == reference;
+    r.correct += ok;
+    ++r.total;
+    if (r.samples.size() < 4)
+      r.samples.push_back(fmt::format("{} -> {} ({})", token_text(tok, prompt), token_text(tok, gen.tokens),
+                                      ok ? "correct" : "expected " + token_text(tok, reference)));
+  }
+  return r;
+}
+
+int run_pipeline(const Recipe& recipe, Registry& registry) {
+  const auto& training = recipe.section("training");
+  const auto& validate = recipe.section("validate");
+  if (int64_t t = training.get_int("threads"); t > 0) at::set_num_threads(int(t));
+  const std::string output_dir = training.get_string("output_dir");
+  fs::create_directories(output_dir);
+  setup_log_file(output_dir);
+  at::manual_seed(uint64_t(training.get_int("seed")));
+  const bool bf16 = training.get_bool("bf16");
+
+  // 1. Model (quantised while it streams in, when the recipe says so).
+  auto lm = load_model(recipe, registry, bf16);
+  Model& model = *lm.model;
+  model.set_gradient_checkpointing(training.get_bool("gradient_checkpointing"));
+  const int64_t total_params = count_parameters(model);
+  spdlog::info("model: {} ({} layers, hidden {}, {} parameters)", lm.path, model.shape().num_layers,
+               model.shape().hidden_size, total_params);
+
+  // 2. Adapter, or full fine-tuning.
+  std::string adapter_name;
+  auto adapter = make_component<Adapter>(recipe, registry, "adapter", Kind::adapter, "", &adapter_name);
+  NamedTensors trainable;
+  if (adapter) {
+    adapter->inject(model);
+    trainable = adapter->trainable_parameters();
+  } else {
+    trainable = make_all_trainable(model);
+    spdlog::info("no [adapter]: full fine-tuning of all {} parameters", total_params);
+  }
+
+  // 3. Data: tokenized (cached), then packed into rows.
+  auto tokenizer = Tokenizer::load(lm.path);
+  auto data = prepare_data(recipe, *tokenizer);
+  for (const auto& line : describe_data(data)) spdlog::info("data: {}", line);
+  std::string packer_name;
+  auto packer = make_component<Packer>(recipe, registry, "packer", Kind::packer,
+                                       training.get_bool("sample_packing") ? "swa_packer" : "padding", &packer_name);
+  PackOptions po = pack_options_from_recipe(recipe);
+  po.sliding_window = model.shape().sliding_window;
+  PackStats train_stats, eval_stats;
+  auto train_rows = packer->pack(data.train, po, train_stats);
+  auto eval_rows = packer->pack(data.eval, po, eval_stats);
+  for (const auto& line : describe_packing(data.train, train_rows, train_stats, po.sequence_len)) spdlog::info("packing ({}): {}", packer_name, line);
+
+  // 4. Optimizer.
+  std::string optimizer_name;
+  auto optimizer = make_component<Optimizer>(recipe, registry, "optimizer", Kind::optimizer, "adamw", &optimizer_name);
+  optimizer->attach(trainable);
+
+  const int64_t em_limit = validate.get_int("exact_match");
+  std::optional<ExactMatch> em_before;
+  if (em_limit > 0 && !data.eval.empty()) {
+    em_before = exact_match(model, *tokenizer, data.eval, em_limit);
+    spdlog::info("exact match before training: {}/{} = {:.1f}%", em_before->correct, em_before->total,
+                 100 * em_before->fraction());
+  }
+
+  // 5. Train.
+  Trainer trainer(model, *optimizer, trainable, std::move(train_rows), std::move(eval_rows),
+                  TrainOptions::from_recipe(recipe));
+  if (adapter)
+    trainer.on_checkpoint = [&](const std::string& dir) {
+      adapter->save((fs::path(dir) / "adapter").string(), lm.path);
+    };
+  spdlog::info("training: {} optimizer steps ({} optimizer: {} tensors), output {}", trainer.total_steps(),
+               optimizer_name, trainable.size(), output_dir);
+  auto result = trainer.train();
+  if (result.interrupted) {
+    spdlog::warn("interrupted: checkpoint {} written; continue with --set training.resume_from_checkpoint=latest",
+                 result.last_checkpoint);
+    return 130;
+  }
+
+  // 6. Save: the adapter in PEFT format, or the whole model.
+  std::string final_dir;
+  if (adapter) {
+    final_dir = (fs::path(output_dir) / "adapter").string();
+    adapter->save(final_dir, lm.path);
+  } else {
+    final_dir = (fs::path(output_dir) / "model").string();
+    save_hf_checkpoint(model, lm.path, final_dir);
+  }
+  spdlog::info("saved {}", final_dir);
+
+  // 7. Scores after training, merge, exports, prompts.
+  nlohmann::json summary = {{"steps", result.steps},
+                            {"train_tokens", result.train_tokens},
+                            {"seconds", result.seconds},
+                            {"tokens_per_s", result.tokens_per_s},
+                            {"final_loss", result.final_loss},
+                            {"skipped_nonfinite_steps", result.skipped_nonfinite},
+                            {"trainable_parameters", [&] {
+                               int64_t n = 0;
+                               for (auto& [k, t] : trainable) n += t.numel();
+                               return n;
+                             }()},
+                            {"total_parameters", total_params},
+                            {"output_dir", output_dir},
+                            {"saved", final_dir},
+                            {"metrics", (fs::path(output_dir) / "metrics.jsonl").string()}};
+  if (result.eval_loss) summary["eval_loss"] = *result.eval_loss;
+  if (result.best_eval_loss) summary["best_eval_loss"] = *result.best_eval_loss;
+  if (em_before) {
+    auto em_after = exact_match(model, *tokenizer, data.eval, em_limit);
+    spdlog::info("exact match after training: {}/{} = {:.1f}% (before: {:.1f}%)", em_after.correct, em_after.total,
+                 100 * em_after.fraction(), 100 * em_before->fraction());
+    for (const auto& s : em_after.samples) spdlog::info("  sample: {}", s);
+    summary["exact_match_before"] = em_before->fraction();
+    summary["exact_match_after"] = em_after.fraction();
+    summary["exact_match_samples"] = em_after.total;
+  }
+  const bool want_merge = training.get_bool("merge_adapter") || !recipe.exports().empty();
+  std::string merged_dir = adapter ? "" : final_dir;
+  if (adapter && want_merge) {
+    adapter->merge(model);
+    merged_dir = (fs::path(output_dir) / "merged").string();
+    save_hf_checkpoint(model, lm.path, merged_dir);
+    spdlog::info("merged checkpoint: {}", merged_dir);
+    summary["merged"] = merged_dir;
+  }
+  for (const auto& ex : recipe.exports()) {
+    auto exporter = registry.create<Exporter>(Kind::exporter, ex.plugin, ex.config);
+    ExportJob job;
+    job.model_dir = merged_dir;
+    job.out = ex.config.get_string("out");
+    job.model = &model;
+    auto report = exporter->run(job);
+    spdlog::info("export [{}] {}: {} ({} bytes) {}", ex.table, ex.plugin, report.path, report.bytes, report.summary);
+    summary["exports"].push_back({{"plugin", ex.plugin}, {"path", report.path}, {"bytes", report.bytes}});
+  }
+  const auto prompts = validate.get_strings("prompts");
+  for (const auto& prompt : prompts) {
+    auto enc = encode_chat(*tokenizer, resolve_chat_format(recipe.section("data").get_string("chat_template"), *tokenizer),
+                           {{"user", prompt}}, false, true);
+    GenerateOptions go;
+    go.max_new_tokens = validate.get_int("max_new_tokens");
+    go.temperature = validate.get_number("temperature");
+    go.eos_id = tokenizer->eos_id();
+    auto gen = generate(model, enc.ids, go);
+    spdlog::info("prompt: {}\n  answer: {}\n  ({:.0f} ms to first token, {:.1f} tokens/s)", prompt,
+                 token_text(*tokenizer, gen.tokens), 1000 * gen.seconds_to_first_token, gen.tokens_per_second);
+  }
+
+  // 8. What a person reads at the end.
+  std::vector<CurveSeries> curves = {{"train loss", "#1f77b4", {}, false},
+                                     {"eval loss", "#d62728", {}, false},
+                                     {"learning rate", "#2ca02c", {}, true}};
+  std::ifstream metrics((fs::path(output_dir) / "metrics.jsonl").string());
+  for (std::string line; std::getline(metrics, line);) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("step")) continue;
+    const double step = j["step"].get<double>();
+    if (j.contains("loss")) curves[0].points.emplace_back(step, j["loss"].get<double>());
+    if (j.contains("eval_loss")) curves[1].points.emplace_back(step, j["eval_loss"].get<double>());
+    if (j.contains("lr")) curves[2].points.emplace_back(step, j["lr"].get<double>());
+  }
+  const auto svg = (fs::path(output_dir) / "loss_curve.svg").string();
+  write_curves_svg(svg, "mftk: loss and learning rate", curves);
+  summary["peak_rss_bytes"] = peak_rss_bytes();
+  summary["loss_curve"] = svg;
+  write_file_atomic((fs::path(output_dir) / "summary.json").string(), summary.dump(2) + "\n");
+  spdlog::info("done: {} steps in {:.1f} s, {:.0f} tokens/s, final loss {:.4f}{}, peak RSS {:.2f} GB", result.steps,
+               result.seconds, result.tokens_per_s, result.final_loss,
+               result.eval_loss ? fmt::format(", eval loss {:.4f}", *result.eval_loss) : "",
+               double(peak_rss_bytes()) / 1e9);
+  spdlog::info("wrote {}, {}, {}", (fs::path(output_dir) / "summary.json").string(), svg,
+               (fs::path(output_dir) / "metrics.jsonl").string());
+  return 0;
 }
 
 }  // namespace mftk::core

@@ -1,7 +1,21 @@
 // `mftk run`: the whole flow, top to bottom, one named call per stage.
 //
-// defines: mftk::core::run_pipeline
+// defines: mftk::core::run_pipeline, mftk::core::save_hf_checkpoint,
+//          mftk::core::exact_match, mftk::core::LoadedModel, mftk::core::load_model
 #pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mftk/batch.h"
+
+namespace mftk {
+class Model;
+class Adapter;
+class Quantizer;
+class Tokenizer;
+}  // namespace mftk
 
 namespace mftk::core {
 
@@ -9,7 +23,31 @@ class Recipe;
 class Registry;
 
 // Runs a resolved recipe: load model -> quantize -> adapter -> data -> pack
-// -> train -> save -> merge -> export -> validate prompts.
-void run_pipeline(const Recipe& recipe, Registry& registry);
+// -> train -> save -> merge -> export -> validate prompts. Returns the exit
+// code (0, or 130 after Ctrl-C wrote a checkpoint).
+int run_pipeline(const Recipe& recipe, Registry& registry);
+
+// A model component built from a recipe's [model] (and [quantize]) table,
+// with its weights loaded.
+struct LoadedModel {
+  std::unique_ptr<Quantizer> quantizer;  // declared first: the model's slots may use it
+  std::unique_ptr<Model> model;
+  std::string path;
+};
+LoadedModel load_model(const Recipe& recipe, Registry& registry, bool bf16);
+
+// Writes model's weights (slots folded to dense) as a plain HF checkpoint
+// into dir, with config.json and the tokenizer files copied from source_dir.
+void save_hf_checkpoint(Model& model, const std::string& source_dir, const std::string& dir);
+
+// Greedy exact match on up to `limit` examples: the prompt is everything
+// before the first supervised token, the reference the supervised tokens.
+struct ExactMatch {
+  int64_t total = 0;
+  int64_t correct = 0;
+  double fraction() const { return total ? double(correct) / double(total) : 0.0; }
+  std::vector<std::string> samples;  // a few "prompt -> answer (expected)" lines
+};
+ExactMatch exact_match(Model& model, const Tokenizer& tokenizer, const std::vector<Example>& examples, int64_t limit);
 
 }  // namespace mftk::core

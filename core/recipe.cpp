@@ -234,6 +234,8 @@ void apply_override(toml::table& doc, const std::string& text, std::vector<std::
 
 }  // namespace
 
+KeySpec export_out_key() { return KeySpec::string("out", std::nullopt, "file or folder to write"); }
+
 const std::map<std::string, Kind>& component_tables() {
   static const std::map<std::string, Kind> t = {{"model", Kind::model},         {"adapter", Kind::adapter},
                                                 {"quantize", Kind::quantizer},  {"packer", Kind::packer},
@@ -361,8 +363,11 @@ void Recipe::resolve(Registry& registry) {
     const auto plugin = std::get<std::string>(raw.values.at("plugin").value);
     try {
       const auto& info = registry.find(kind, plugin);
+      std::vector<KeySpec> keys = info.spec.keys;
+      // Every export table says where to write; the core hands it to the exporter as ExportJob::out.
+      if (base == "export") keys.insert(keys.begin(), export_out_key());
       ComponentRef ref{tname, kind, plugin,
-                       validate_table(raw, info.spec.keys, errors,
+                       validate_table(raw, keys, errors,
                                       fmt::format("`mftk plugins --keys {}` lists the keys of '{}'", plugin, plugin))};
       if (base == "export") exports_.push_back(std::move(ref));
       else components_[tname] = std::move(ref);

@@ -30,6 +30,8 @@ struct ComponentRef {
 
 // Keys of the core (non-plugin) tables, for validation and `mftk validate --keys`.
 const std::map<std::string, std::vector<KeySpec>>& core_tables();
+// The `out` key the core adds to every [[export]] table.
+KeySpec export_out_key();
 // Component tables and their kinds: model, adapter, quantize, packer, optimizer, export.
 const std::map<std::string, Kind>& component_tables();
 

@@ -55,6 +55,8 @@ const std::map<std::string, std::vector<KeySpec>>& core_tables() {
            K::strings("prompts", {}, "after training, generate an answer to each (wrapped in the chat template)"),
            K::integer("max_new_tokens", 128, "tokens to generate per prompt").range(1, 1 << 20),
            K::number("temperature", 0.0, "0 is greedy").range(0, 100),
+           K::integer("exact_match", 0, "score greedy answers of N eval examples before and after training; 0: off")
+               .range(0, 1 << 20),
        }},
       {"plugins",
        {

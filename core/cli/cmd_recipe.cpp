@@ -74,7 +74,8 @@ void add_recipe_commands(CLI::App& app) {
       auto recipe = core::Recipe::load(args->path, overrides);
       core::Registry registry(recipe.section("plugins").get_strings("search_paths"));
       recipe.resolve(registry);
-      core::run_pipeline(recipe, registry);
+      const int code = core::run_pipeline(recipe, registry);
+      if (code != 0) std::exit(code);
     });
   }
   {

@@ -1,0 +1,208 @@
+// Random Mistral checkpoints for tests, benchmarks and the quickstart.
+#include "init_checkpoint.h"
+
+#include <filesystem>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "fs_util.h"
+#include "mftk/error.h"
+#include "mftk/safetensors.h"
+#include "mftk/tokenizer.h"
+#include "model_presets.h"
+#include "tokenizer_train.h"
+
+namespace mftk::core {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TensorPlan {
+  std::string name;
+  std::vector<int64_t> shape;
+  bool is_norm = false;
+};
+
+// Hugging Face's order: embeddings, then each layer, then the final norm and lm_head.
+std::vector<TensorPlan> plan_tensors(const nlohmann::json& c) {
+  const int64_t H = c["hidden_size"], I = c["intermediate_size"], L = c["num_hidden_layers"],
+                nh = c["num_attention_heads"], nkv = c["num_key_value_heads"], V = c["vocab_size"];
+  const int64_t D = c.contains("head_dim") && !c["head_dim"].is_null() ? c["head_dim"].get<int64_t>() : H / nh;
+  std::vector<TensorPlan> out;
+  out.push_back({"model.embed_tokens.weight", {V, H}});
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    out.push_back({p + "input_layernorm.weight", {H}, true});
+    out.push_back({p + "self_attn.q_proj.weight", {nh * D, H}});
+    out.push_back({p + "self_attn.k_proj.weight", {nkv * D, H}});
+    out.push_back({p + "self_attn.v_proj.weight", {nkv * D, H}});
+    out.push_back({p + "self_attn.o_proj.weight", {H, nh * D}});
+    out.push_back({p + "post_attention_layernorm.weight", {H}, true});
+    out.push_back({p + "mlp.gate_proj.weight", {I, H}});
+    out.push_back({p + "mlp.up_proj.weight", {I, H}});
+    out.push_back({p + "mlp.down_proj.weight", {H, I}});
+  }
+  out.push_back({"model.norm.weight", {H}, true});
+  if (!c.value("tie_word_embeddings", false)) out.push_back({"lm_head.weight", {V, H}});
+  return out;
+}
+
+at::ScalarType parse_dtype(const std::string& s) {
+  if (s == "f32" || s == "float32") return at::kFloat;
+  if (s == "bf16" || s == "bfloat16") return at::kBFloat16;
+  if (s == "f16" || s == "float16") return at::kHalf;
+  throw UsageError(fmt::format("unknown dtype '{}'", s), "use f32, bf16 or f16");
+}
+
+const char* hf_dtype_name(at::ScalarType t) {
+  return t == at::kBFloat16 ? "bfloat16" : t == at::kHalf ? "float16" : "float32";
+}
+
+// A chat template for tokenizer_config.json, so transformers' apply_chat_template
+// renders what mftk's chat encoder builds (FORMATS.md §3.3).
+std::string chat_template(bool v3) {
+  if (v3)
+    return "{%- set msgs = messages -%}{%- set sys = none -%}"
+           "{%- if msgs and msgs[0]['role'] == 'system' -%}{%- set sys = msgs[0]['content'] -%}"
+           "{%- set msgs = msgs[1:] -%}{%- endif -%}"
+           "{%- set last_user = namespace(i=-1) -%}{%- for m in msgs -%}{%- if m['role'] == 'user' -%}"
+           "{%- set last_user.i = loop.index0 -%}{%- endif -%}{%- endfor -%}"
+           "{{ bos_token }}{%- for m in msgs -%}{%- if m['role'] == 'user' -%}"
+           "{%- if sys and loop.index0 == last_user.i -%}{{ '[INST] ' + sys + '\\n\\n' + m['content'] + '[/INST]' }}"
+           "{%- else -%}{{ '[INST] ' + m['content'] + '[/INST]' }}{%- endif -%}"
+           "{%- elif m['role'] == 'assistant' -%}{{ ' ' + m['content'] | trim + eos_token }}"
+           "{%- else -%}{{ raise_exception('roles must be system, user or assistant') }}{%- endif -%}{%- endfor -%}";
+  return "{%- set msgs = messages -%}{%- set sys = none -%}"
+         "{%- if msgs and msgs[0]['role'] == 'system' -%}{%- set sys = msgs[0]['content'] -%}"
+         "{%- set msgs = msgs[1:] -%}{%- endif -%}"
+         "{{ bos_token }}{%- for m in msgs -%}{%- if m['role'] == 'user' -%}"
+         "{%- if sys and loop.first -%}{{ ' [INST] ' + sys + '\\n\\n' + m['content'] + ' [/INST]' }}"
+         "{%- else -%}{{ ' [INST] ' + m['content'] + ' [/INST]' }}{%- endif -%}"
+         "{%- elif m['role'] == 'assistant' -%}{{ ' ' + m['content'] + eos_token }}"
+         "{%- else -%}{{ raise_exception('roles must be system, user or assistant') }}{%- endif -%}{%- endfor -%}";
+}
+
+}  // namespace
+
+int64_t write_random_checkpoint(const InitOptions& o) {
+  if (o.out.empty()) throw UsageError("mftk init: --out is required");
+  fs::create_directories(o.out);
+  const std::string tok_path = (fs::path(o.out) / "tokenizer.model").string();
+
+  // 1. Tokenizer: given, or trained on the shipped corpus.
+  const bool big = o.preset.rfind("mistral-7b", 0) == 0;
+  if (!o.tokenizer.empty()) {
+    if (!fs::exists(o.tokenizer)) throw UsageError(fmt::format("--tokenizer {}: no such file", o.tokenizer));
+    fs::copy_file(o.tokenizer, tok_path, fs::copy_options::overwrite_existing);
+  } else {
+    if (big)
+      throw UsageError(fmt::format("preset '{}' needs Mistral's own tokenizer (vocab 32000/32768), which mftk "
+                                   "cannot train from its small corpus",
+                                   o.preset),
+                       "pass --tokenizer PATH/tokenizer.model (e.g. ../shared/data/mistral-tokenizers/"
+                       "tokenizer.model.v3 for mistral-7b-v0.3)");
+    if (o.corpus.empty() || !fs::exists(o.corpus))
+      throw UsageError(fmt::format("tokenizer corpus '{}' not found", o.corpus),
+                       "run from the mftk source folder, pass --corpus FILE, or --tokenizer FILE");
+    train_sentencepiece(o.corpus, tok_path, o.tokenizer_vocab, o.v3_controls);
+  }
+  auto tokenizer = Tokenizer::load(tok_path);
+
+  // 2. config.json
+  nlohmann::json config = mistral_preset_config(o.preset, big ? 0 : tokenizer->vocab_size());
+  if (big && config["vocab_size"].get<int64_t>() != tokenizer->vocab_size())
+    throw UsageError(fmt::format("preset '{}' has vocab_size {}, the tokenizer {} has {}", o.preset,
+                                 config["vocab_size"].get<int64_t>(), o.tokenizer, tokenizer->vocab_size()),
+                     "mistral-7b-v0.1 goes with tokenizer.model.v1, mistral-7b-v0.3 with tokenizer.model.v3");
+  for (const auto& [key, value] : o.overrides) {
+    if (!config.contains(key) && key != "head_dim")
+      throw UsageError(fmt::format("mftk init: '{}' is not a config.json key of the preset", key));
+    config[key] = value;
+  }
+  if (o.sliding_window_null) config["sliding_window"] = nullptr;
+  if (o.tie_word_embeddings) config["tie_word_embeddings"] = true;
+  if (config["num_attention_heads"].get<int64_t>() % config["num_key_value_heads"].get<int64_t>() != 0)
+    throw UsageError("mftk init: the number of heads must be a multiple of the number of key/value heads");
+  if (!config.contains("head_dim") && config["hidden_size"].get<int64_t>() % config["num_attention_heads"].get<int64_t>())
+    throw UsageError("mftk init: hidden size must be a multiple of the number of heads (or pass --head-dim)");
+  const at::ScalarType dtype = o.dtype.empty() ? parse_dtype(config["torch_dtype"].get<std::string>()) : parse_dtype(o.dtype);
+  config["torch_dtype"] = hf_dtype_name(dtype);
+  write_file_atomic((fs::path(o.out) / "config.json").string(), config.dump(2) + "\n");
+
+  // 3. Tokenizer and generation configs as transformers writes them.
+  const bool v3 = tokenizer->piece_to_id("[INST]").has_value() &&
+                  tokenizer->type(*tokenizer->piece_to_id("[INST]")) == PieceType::control;
+  nlohmann::json tc = {{"add_bos_token", true},
+                       {"add_eos_token", false},
+                       {"bos_token", "<s>"},
+                       {"eos_token", "</s>"},
+                       {"unk_token", "<unk>"},
+                       {"pad_token", nullptr},
+                       {"legacy", false},
+                       {"model_max_length", config["max_position_embeddings"]},
+                       {"tokenizer_class", "LlamaTokenizer"},
+                       {"clean_up_tokenization_spaces", false},
+                       {"chat_template", chat_template(v3)}};
+  write_file_atomic((fs::path(o.out) / "tokenizer_config.json").string(), tc.dump(2) + "\n");
+  nlohmann::json st = {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}};
+  write_file_atomic((fs::path(o.out) / "special_tokens_map.json").string(), st.dump(2) + "\n");
+  nlohmann::json gc = {{"_from_model_config", true}, {"bos_token_id", 1}, {"eos_token_id", 2}};
+  write_file_atomic((fs::path(o.out) / "generation_config.json").string(), gc.dump(2) + "\n");
+
+  // 4. Weights, streamed shard by shard (huggingface_hub's split rule).
+  const auto plan = plan_tensors(config);
+  const int64_t elem = int64_t(c10::elementSize(dtype));
+  std::vector<std::vector<const TensorPlan*>> shards(1);
+  uint64_t shard_bytes = 0, total_bytes = 0;
+  int64_t params = 0;
+  for (const auto& t : plan) {
+    int64_t n = 1;
+    for (auto d : t.shape) n *= d;
+    params += n;
+    const uint64_t bytes = uint64_t(n * elem);
+    total_bytes += bytes;
+    if (!shards.back().empty() && shard_bytes + bytes > o.max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().push_back(&t);
+    shard_bytes += bytes;
+  }
+  // Remove weights of an earlier init in the same folder so nothing mixes.
+  for (const auto& e : fs::directory_iterator(o.out)) {
+    auto name = e.path().filename().string();
+    if (name.rfind("model", 0) == 0 && (name.size() > 12 && (name.find(".safetensors") != std::string::npos)))
+      fs::remove(e.path());
+  }
+  const double stddev = config.value("initializer_range", 0.02);
+  at::Generator gen = at::detail::createCPUGenerator(o.seed);
+  nlohmann::json weight_map = nlohmann::json::object();
+  for (size_t s = 0; s < shards.size(); ++s) {
+    const std::string file = shards.size() == 1 ? "model.safetensors"
+                                                : fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, shards.size());
+    std::vector<SafetensorsWriter::Decl> decls;
+    for (const auto* t : shards[s]) decls.push_back({t->name, dtype, t->shape});
+    SafetensorsWriter writer((fs::path(o.out) / file).string(), decls);
+    for (const auto* t : shards[s]) {
+      at::Tensor w = t->is_norm ? at::ones(t->shape, at::kFloat)
+                                : at::empty(t->shape, at::kFloat).normal_(0.0, stddev, gen);
+      writer.write(t->name, w.to(dtype));
+      weight_map[t->name] = file;
+    }
+    writer.finish();
+  }
+  if (shards.size() > 1) {
+    nlohmann::json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
+    write_file_atomic((fs::path(o.out) / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+  }
+  spdlog::info("mftk init: {} ({} parameters, {}, {} shard(s)) -> {}", o.preset, params, hf_dtype_name(dtype),
+               shards.size(), o.out);
+  return params;
+}
+
+}  // namespace mftk::core

@@ -1,0 +1,64 @@
+// What a person sees of a run: a progress bar, metrics.jsonl, and the
+// loss / learning-rate picture at the end.
+//
+// defines: mftk::core::MetricsWriter, mftk::core::ProgressBar,
+//          mftk::core::CurveSeries, mftk::core::write_curves_svg, mftk::core::peak_rss_bytes
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace mftk::core {
+
+// Appends one JSON object per line to output_dir/metrics.jsonl (flushed per
+// line, so a crash keeps everything logged so far).
+class MetricsWriter {
+ public:
+  explicit MetricsWriter(const std::string& path);
+  void write(const nlohmann::json& record);
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::ofstream out_;
+};
+
+// One line redrawn in place on a terminal:
+//   [=========>          ] 120/300  40% | loss 1.234 | lr 1.2e-04 | 1234 tok/s | ETA 02:13
+class ProgressBar {
+ public:
+  ProgressBar(int64_t total, int64_t start, bool enabled);
+  void update(int64_t done, double loss, double lr, double tokens_per_s);
+  void finish();
+  // Text of the bar for the given state (tests read it).
+  static std::string render(int64_t done, int64_t total, double loss, double lr, double tokens_per_s,
+                            double eta_seconds, int width = 24);
+
+ private:
+  int64_t total_, start_;
+  bool enabled_;
+  std::chrono::steady_clock::time_point t0_;
+  bool drawn_ = false;
+};
+
+struct CurveSeries {
+  std::string name;
+  std::string color;
+  std::vector<std::pair<double, double>> points;  // (step, value)
+  bool right_axis = false;                         // e.g. the learning rate
+};
+
+// A self-contained SVG line chart (no external fonts or scripts).
+void write_curves_svg(const std::string& path, const std::string& title, const std::vector<CurveSeries>& series);
+std::string curves_svg(const std::string& title, const std::vector<CurveSeries>& series);
+
+// Peak resident set size of this process (getrusage).
+int64_t peak_rss_bytes();
+
+}  // namespace mftk::core

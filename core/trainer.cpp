@@ -1,0 +1,414 @@
+// The training loop, read top to bottom: for each optimizer step, take its
+// micro-batches, count their supervised tokens, forward/backward each with
+// loss_sum / total_tokens (so accumulation equals one large batch whatever
+// the lengths), clip, step the optimizer plugin at the schedule's lr, log,
+// evaluate, checkpoint. Model maths lives in the model plugin; update rules
+// in optimizer plugins; this file only orders the work.
+#include "trainer.h"
+
+#include <csignal>
+#include <atomic>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <regex>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include "batching.h"
+#include "fs_util.h"
+#include "mftk/model.h"
+#include "mftk/optimizer.h"
+#include "mftk/safetensors.h"
+#include "recipe.h"
+#include "run_log.h"
+#include "sha256.h"
+
+namespace mftk::core {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int kCheckpointFormat = 1;
+constexpr int64_t kLossChunkTokens = 1024;  // logits rows per cross-entropy chunk
+
+std::atomic<bool> g_interrupt{false};
+extern "C" void on_sigint(int) { g_interrupt = true; }
+
+}  // namespace
+
+TrainOptions TrainOptions::from_recipe(const Recipe& r) {
+  const auto& t = r.section("training");
+  const auto& s = r.section("schedule");
+  TrainOptions o;
+  o.micro_batch_size = t.get_int("micro_batch_size");
+  o.gradient_accumulation_steps = t.get_int("gradient_accumulation_steps");
+  o.num_epochs = t.get_number("num_epochs");
+  o.max_steps = t.get_int("max_steps");
+  o.max_grad_norm = t.get_number("max_grad_norm");
+  o.logging_steps = t.get_int("logging_steps");
+  o.eval_steps = t.get_int("eval_steps");
+  o.save_steps = t.get_int("save_steps");
+  o.save_total_limit = t.get_int("save_total_limit");
+  o.nan_patience = t.get_int("nan_patience");
+  o.seed = uint64_t(t.get_int("seed"));
+  o.output_dir = t.get_string("output_dir");
+  o.resume_from_checkpoint = t.get_string("resume_from_checkpoint");
+  o.schedule.kind = s.get_string("lr_scheduler");
+  o.schedule.peak_lr = s.get_number("learning_rate");
+  o.schedule.min_lr_ratio = s.get_number("min_lr_ratio");
+  // warmup is resolved once total_steps is known (warmup_ratio).
+  o.schedule.warmup_steps = s.get_int("warmup_steps");
+  o.schedule.total_steps = -1;
+  o.warmup_ratio_ = s.get_number("warmup_ratio");
+  return o;
+}
+
+at::Tensor supervised_loss_sum(Model& model, const Batch& batch, int64_t* token_count) {
+  at::Tensor hidden = model.forward(batch);  // [B, T, H]
+  at::Tensor flat_targets = batch.targets.reshape({-1});
+  at::Tensor idx = (flat_targets != kIgnoreIndex).nonzero().squeeze(1);
+  const int64_t n = idx.numel();
+  if (token_count) *token_count = n;
+  if (n == 0) return hidden.sum() * 0.0;  // keeps the graph; contributes nothing
+  at::Tensor h = hidden.reshape({-1, hidden.size(-1)}).index_select(0, idx);
+  at::Tensor t = flat_targets.index_select(0, idx);
+  at::Tensor total;
+  for (int64_t start = 0; start < n; start += kLossChunkTokens) {
+    const int64_t len = std::min(kLossChunkTokens, n - start);
+    at::Tensor logits = model.logits(h.narrow(0, start, len)).to(at::kFloat);
+    at::Tensor part = at::cross_entropy_loss(logits, t.narrow(0, start, len), {}, at::Reduction::Sum);
+    total = total.defined() ? total + part : part;
+  }
+  return total;
+}
+
+EvalResult evaluate_loss(Model& model, const std::vector<PackedRow>& rows, int64_t micro_batch_size) {
+  at::NoGradGuard no_grad;
+  model.set_training(false);
+  double sum = 0;
+  int64_t tokens = 0;
+  for (size_t i = 0; i < rows.size(); i += size_t(micro_batch_size)) {
+    const size_t count = std::min(rows.size() - i, size_t(micro_batch_size));
+    int64_t n = 0;
+    at::Tensor loss = supervised_loss_sum(model, make_batch(rows.data() + i, count), &n);
+    sum += loss.item<double>();
+    tokens += n;
+  }
+  EvalResult r;
+  r.tokens = tokens;
+  r.loss = tokens ? sum / double(tokens) : NAN;
+  r.perplexity = std::exp(r.loss);
+  return r;
+}
+
+namespace {
+
+std::string manifest_path(const std::string& dir) { return (fs::path(dir) / "manifest.json").string(); }
+
+bool manifest_ok(const std::string& dir, std::string* why) {
+  try {
+    auto m = nlohmann::json::parse(read_file(manifest_path(dir)));
+    for (const auto& [file, entry] : m.at("files").items()) {
+      const auto p = (fs::path(dir) / file).string();
+      if (!fs::exists(p)) throw Error(fmt::format("{} is missing", file));
+      if (int64_t(fs::file_size(p)) != entry.at("bytes").get<int64_t>())
+        throw Error(fmt::format("{} has the wrong size", file));
+      if (sha256_file_hex(p) != entry.at("sha256").get<std::string>())
+        throw Error(fmt::format("{} does not match its checksum", file));
+    }
+    return true;
+  } catch (const std::exception& e) {
+    if (why) *why = e.what();
+    return false;
+  }
+}
+
+}  // namespace
+
+std::string find_latest_checkpoint(const std::string& output_dir) {
+  std::error_code ec;
+  if (!fs::is_directory(output_dir, ec)) return {};
+  std::vector<std::pair<int64_t, std::string>> found;
+  static const std::regex re("checkpoint-([0-9]+)");
+  for (const auto& e : fs::directory_iterator(output_dir, ec)) {
+    std::smatch m;
+    const auto name = e.path().filename().string();
+    if (e.is_directory() && std::regex_match(name, m, re)) found.emplace_back(std::stoll(m[1]), e.path().string());
+  }
+  std::sort(found.rbegin(), found.rend());
+  for (const auto& [step, dir] : found) {
+    std::string why;
+    if (manifest_ok(dir, &why)) return dir;
+    spdlog::warn("skipping {}: {}", dir, why);
+  }
+  return {};
+}
+
+Trainer::Trainer(Model& model, Optimizer& optimizer, NamedTensors trainable, std::vector<PackedRow> train_rows,
+                 std::vector<PackedRow> eval_rows, TrainOptions options)
+    : model_(model),
+      optimizer_(optimizer),
+      trainable_(std::move(trainable)),
+      train_rows_(std::move(train_rows)),
+      eval_rows_(std::move(eval_rows)),
+      o_(std::move(options)) {
+  if (train_rows_.empty()) throw UsageError("no training rows: the datasets are empty after filtering");
+  if (trainable_.empty()) throw UsageError("nothing to train: no parameter requires a gradient");
+  micro_per_epoch_ = int64_t((train_rows_.size() + size_t(o_.micro_batch_size) - 1) / size_t(o_.micro_batch_size));
+  total_micro_ = std::max<int64_t>(1, int64_t(std::floor(o_.num_epochs * double(micro_per_epoch_))));
+  total_steps_ = o_.max_steps > 0 ? o_.max_steps
+                                  : (total_micro_ + o_.gradient_accumulation_steps - 1) / o_.gradient_accumulation_steps;
+  o_.schedule.total_steps = total_steps_;
+  o_.schedule.warmup_steps = warmup_from(o_.schedule.warmup_steps, o_.warmup_ratio_, total_steps_);
+}
+
+// Rows of micro-batch `m` (counted from the start of training): epoch
+// m / micro_per_epoch, in that epoch's seeded permutation.
+std::vector<const PackedRow*> Trainer::micro_batch_rows(int64_t m) const {
+  const int64_t epoch = m / micro_per_epoch_, within = m % micro_per_epoch_;
+  if (epoch != order_epoch_) {
+    order_.resize(train_rows_.size());
+    for (size_t i = 0; i < order_.size(); ++i) order_[i] = i;
+    SplitMix64 rng(o_.seed ^ (0x9E3779B97F4A7C15ULL * uint64_t(epoch + 1)));
+    for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[size_t(rng.below(i))]);
+    order_epoch_ = epoch;
+  }
+  const auto& order = order_;
+  std::vector<const PackedRow*> rows;
+  for (int64_t k = within * o_.micro_batch_size; k < std::min<int64_t>((within + 1) * o_.micro_batch_size, int64_t(order.size())); ++k)
+    rows.push_back(&train_rows_[order[size_t(k)]]);
+  return rows;
+}
+
+double Trainer::clip_gradients() {
+  double sq = 0;
+  for (auto& [name, p] : trainable_)
+    if (p.grad().defined()) sq += p.grad().to(at::kDouble).pow(2).sum().item<double>();
+  const double norm = std::sqrt(sq);
+  if (o_.max_grad_norm > 0 && norm > o_.max_grad_norm && std::isfinite(norm)) {
+    const double scale = o_.max_grad_norm / (norm + 1e-6);
+    for (auto& [name, p] : trainable_)
+      if (p.grad().defined()) p.grad().mul_(scale);
+  }
+  return norm;
+}
+
+void Trainer::save_checkpoint(int64_t step, const std::string& reason) {
+  const fs::path final_dir = fs::path(o_.output_dir) / fmt::format("checkpoint-{}", step);
+  const fs::path tmp = fs::path(o_.output_dir) / fmt::format(".checkpoint-{}.tmp", step);
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  NamedTensors weights;
+  for (const auto& [name, p] : trainable_) weights.emplace_back(name, p.detach());
+  save_safetensors((tmp / "trainable.safetensors").string(), weights);
+  save_safetensors((tmp / "optimizer.safetensors").string(), optimizer_.state());
+  save_safetensors((tmp / "rng.safetensors").string(),
+                   {{"cpu_generator", at::detail::getDefaultCPUGenerator().get_state()}});
+  nlohmann::json state = {{"format", kCheckpointFormat},       {"step", step},
+                          {"total_steps", total_steps_},        {"seed", o_.seed},
+                          {"micro_batch_size", o_.micro_batch_size},
+                          {"gradient_accumulation_steps", o_.gradient_accumulation_steps},
+                          {"train_rows", train_rows_.size()},   {"nan_in_a_row", nan_in_a_row_},
+                          {"nan_total", nan_total_},            {"world_size", 1},
+                          {"reason", reason}};
+  if (best_eval_) state["best_eval_loss"] = *best_eval_;
+  write_file_atomic((tmp / "trainer_state.json").string(), state.dump(2) + "\n");
+  if (on_checkpoint) on_checkpoint(tmp.string());
+  // The manifest is written last: a folder without a valid one is never resumed from.
+  nlohmann::json files = nlohmann::json::object();
+  for (const auto& e : fs::recursive_directory_iterator(tmp)) {
+    if (!e.is_regular_file()) continue;
+    const auto rel = fs::relative(e.path(), tmp).string();
+    files[rel] = {{"bytes", int64_t(e.file_size())}, {"sha256", sha256_file_hex(e.path().string())}};
+  }
+  write_file_atomic(manifest_path(tmp.string()), nlohmann::json{{"format", kCheckpointFormat}, {"files", files}}.dump(2) + "\n");
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  spdlog::info("checkpoint {} written ({})", final_dir.string(), reason);
+
+  if (o_.save_total_limit > 0) {
+    std::vector<std::pair<int64_t, fs::path>> all;
+    static const std::regex re("checkpoint-([0-9]+)");
+    for (const auto& e : fs::directory_iterator(o_.output_dir)) {
+      std::smatch m;
+      const auto name = e.path().filename().string();
+      if (e.is_directory() && std::regex_match(name, m, re)) all.emplace_back(std::stoll(m[1]), e.path());
+    }
+    std::sort(all.begin(), all.end());
+    for (size_t i = 0; i + size_t(o_.save_total_limit) < all.size(); ++i) fs::remove_all(all[i].second);
+  }
+}
+
+void Trainer::load_checkpoint(const std::string& dir) {
+  std::string why;
+  if (!manifest_ok(dir, &why))
+    throw Error(fmt::format("checkpoint {} is damaged or incomplete: {}", dir, why),
+                "resume from an earlier checkpoint, or use resume_from_checkpoint = \"latest\"");
+  auto state = nlohmann::json::parse(read_file((fs::path(dir) / "trainer_state.json").string()));
+  if (state.at("format").get<int>() != kCheckpointFormat)
+    throw Error(fmt::format("checkpoint {} has format {}, this mftk reads {}", dir, state.at("format").get<int>(),
+                            kCheckpointFormat));
+  auto check_same = [&](const char* key, int64_t ours) {
+    if (state.at(key).get<int64_t>() != ours)
+      throw UsageError(fmt::format("cannot resume from {}: it was made with {} = {}, this run has {}", dir, key,
+                                   state.at(key).get<int64_t>(), ours),
+                       "resume with the recipe the checkpoint was trained with");
+  };
+  check_same("micro_batch_size", o_.micro_batch_size);
+  check_same("gradient_accumulation_steps", o_.gradient_accumulation_steps);
+  check_same("train_rows", int64_t(train_rows_.size()));
+  check_same("world_size", 1);
+  if (state.at("seed").get<uint64_t>() != o_.seed)
+    throw UsageError(fmt::format("cannot resume from {}: it was trained with seed {}, this run has {}", dir,
+                                 state.at("seed").get<uint64_t>(), o_.seed));
+  auto weights = CheckpointReader::open((fs::path(dir) / "trainable.safetensors").string());
+  at::NoGradGuard no_grad;
+  for (auto& [name, p] : trainable_) {
+    if (!weights.contains(name)) throw Error(fmt::format("checkpoint {} lacks trainable tensor {}", dir, name));
+    p.copy_(weights.get(name));
+  }
+  auto opt = CheckpointReader::open((fs::path(dir) / "optimizer.safetensors").string());
+  NamedTensors opt_state;
+  for (const auto& n : opt.names()) opt_state.emplace_back(n, opt.get(n).clone());
+  optimizer_.load_state(opt_state);
+  auto rng = CheckpointReader::open((fs::path(dir) / "rng.safetensors").string());
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  gen.set_state(rng.get("cpu_generator").clone());
+  step_ = state.at("step").get<int64_t>();
+  nan_in_a_row_ = state.value("nan_in_a_row", int64_t(0));
+  nan_total_ = state.value("nan_total", int64_t(0));
+  if (state.contains("best_eval_loss")) best_eval_ = state["best_eval_loss"].get<double>();
+  spdlog::info("resumed from {} at step {}/{}", dir, step_, total_steps_);
+}
+
+TrainResult Trainer::train() {
+  fs::create_directories(o_.output_dir);
+  if (!o_.resume_from_checkpoint.empty()) {
+    std::string dir = o_.resume_from_checkpoint;
+    if (dir == "latest") {
+      dir = find_latest_checkpoint(o_.output_dir);
+      if (dir.empty()) spdlog::info("resume_from_checkpoint = \"latest\": no checkpoint in {}, starting fresh", o_.output_dir);
+    }
+    if (!dir.empty()) load_checkpoint(dir);
+  }
+  MetricsWriter metrics((fs::path(o_.output_dir) / "metrics.jsonl").string());
+  ProgressBar bar(total_steps_, step_, o_.progress_bar);
+  auto previous = std::signal(SIGINT, on_sigint);
+  g_interrupt = false;
+
+  TrainResult result;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto window_t = t0;
+  int64_t window_tokens = 0;
+  double window_loss = 0;
+  int64_t window_steps = 0;
+  const int64_t gas = o_.gradient_accumulation_steps;
+
+  while (step_ < total_steps_) {
+    // 1. This step's micro-batches, and their supervised-token total.
+    model_.set_training(true);
+    std::vector<Batch> batches;
+    int64_t step_supervised = 0, step_tokens = 0;
+    for (int64_t k = 0; k < gas; ++k) {
+      const int64_t m = step_ * gas + k;
+      if (o_.max_steps <= 0 && m >= total_micro_) break;
+      auto rows = micro_batch_rows(m);
+      std::vector<PackedRow> copy;
+      for (const auto* r : rows) copy.push_back(*r);
+      batches.push_back(make_batch(copy));
+      step_supervised += (batches.back().targets != kIgnoreIndex).sum().item<int64_t>();
+      step_tokens += (batches.back().doc_ids >= 0).sum().item<int64_t>();
+    }
+    // 2. Forward/backward, each micro-batch weighted by its share of tokens.
+    double loss_sum = 0;
+    for (auto& b : batches) {
+      at::Tensor loss = supervised_loss_sum(model_, b, nullptr);
+      loss_sum += loss.item<double>();
+      if (step_supervised > 0) (loss / double(step_supervised)).backward();
+    }
+    const double step_loss = step_supervised ? loss_sum / double(step_supervised) : 0.0;
+    const double lr = o_.schedule.lr(step_);
+    // 3. Update, unless the loss or the gradients are not finite.
+    const double grad_norm = clip_gradients();
+    if (!std::isfinite(step_loss) || !std::isfinite(grad_norm)) {
+      ++nan_total_;
+      if (++nan_in_a_row_ >= o_.nan_patience)
+        throw Error(fmt::format("{} non-finite losses in a row (step {}); stopping", nan_in_a_row_, step_ + 1),
+                    "lower the learning rate, enable max_grad_norm clipping, try bf16 = false, or check the data "
+                    "for empty or corrupt rows");
+      spdlog::warn("step {}: non-finite loss ({}) or gradient norm ({}): update skipped", step_ + 1, step_loss, grad_norm);
+    } else {
+      nan_in_a_row_ = 0;
+      optimizer_.step(lr);
+    }
+    for (auto& [name, p] : trainable_)
+      if (p.grad().defined()) p.mutable_grad() = at::Tensor();
+    ++step_;
+    result.train_tokens += step_tokens;
+    window_tokens += step_tokens;
+    window_loss += std::isfinite(step_loss) ? step_loss : 0.0;
+    ++window_steps;
+    result.final_loss = step_loss;
+
+    // 4. Log, evaluate, checkpoint.
+    const auto now = std::chrono::steady_clock::now();
+    const double window_s = std::chrono::duration<double>(now - window_t).count();
+    const double tps = window_s > 0 ? double(window_tokens) / window_s : 0.0;
+    bar.update(step_, step_loss, lr, tps);
+    if (step_ % o_.logging_steps == 0 || step_ == total_steps_) {
+      const double mean_loss = window_loss / double(window_steps);
+      metrics.write({{"step", step_},
+                     {"epoch", double(step_ * gas) / double(micro_per_epoch_)},
+                     {"loss", mean_loss},
+                     {"lr", lr},
+                     {"grad_norm", grad_norm},
+                     {"tokens", window_tokens},
+                     {"tokens_per_s", tps},
+                     {"elapsed_s", std::chrono::duration<double>(now - t0).count()}});
+      if (!::isatty(STDERR_FILENO) || !o_.progress_bar)
+        spdlog::info("step {}/{} loss {:.4f} lr {:.3e} grad_norm {:.3f} {:.0f} tok/s", step_, total_steps_, mean_loss, lr,
+                     grad_norm, tps);
+      window_t = now, window_tokens = 0, window_loss = 0, window_steps = 0;
+    }
+    const bool last = step_ == total_steps_;
+    if (!eval_rows_.empty() && ((o_.eval_steps > 0 && step_ % o_.eval_steps == 0) || last)) {
+      auto ev = evaluate_loss(model_, eval_rows_, o_.micro_batch_size);
+      metrics.write({{"step", step_}, {"eval_loss", ev.loss}, {"eval_ppl", ev.perplexity}, {"eval_tokens", ev.tokens}});
+      bar.finish();
+      spdlog::info("step {}: eval loss {:.4f} (perplexity {:.3f}, {} tokens)", step_, ev.loss, ev.perplexity, ev.tokens);
+      result.eval_loss = ev.loss;
+      if (!best_eval_ || ev.loss < *best_eval_) best_eval_ = ev.loss;
+    }
+    if (g_interrupt) {
+      bar.finish();
+      save_checkpoint(step_, "interrupted");
+      result.interrupted = true;
+      result.last_checkpoint = (fs::path(o_.output_dir) / fmt::format("checkpoint-{}", step_)).string();
+      break;
+    }
+    if ((o_.save_steps > 0 && step_ % o_.save_steps == 0) || last) {
+      bar.finish();
+      save_checkpoint(step_, last ? "final" : "periodic");
+      result.last_checkpoint = (fs::path(o_.output_dir) / fmt::format("checkpoint-{}", step_)).string();
+    }
+  }
+  bar.finish();
+  std::signal(SIGINT, previous);
+  result.steps = step_;
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  result.tokens_per_s = result.seconds > 0 ? double(result.train_tokens) / result.seconds : 0.0;
+  result.best_eval_loss = best_eval_;
+  result.skipped_nonfinite = nan_total_;
+  return result;
+}
+
+}  // namespace mftk::core

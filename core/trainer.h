@@ -1,0 +1,110 @@
+// The training loop: micro-batches, gradient accumulation with an exact
+// token-weighted loss, clipping, the optimizer plugin, the schedule,
+// evaluation, metrics, atomic checkpoints and exact resume.
+//
+// defines: mftk::core::TrainOptions, mftk::core::TrainResult, mftk::core::Trainer,
+//          mftk::core::EvalResult, mftk::core::evaluate_loss, mftk::core::find_latest_checkpoint
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mftk/batch.h"
+#include "mftk/tensor.h"
+#include "schedule.h"
+
+namespace mftk {
+class Model;
+class Optimizer;
+}  // namespace mftk
+
+namespace mftk::core {
+
+class Recipe;
+
+struct TrainOptions {
+  int64_t micro_batch_size = 1;
+  int64_t gradient_accumulation_steps = 1;
+  double num_epochs = 1.0;
+  int64_t max_steps = -1;
+  double max_grad_norm = 1.0;
+  int64_t logging_steps = 10;
+  int64_t eval_steps = 0;
+  int64_t save_steps = 0;
+  int64_t save_total_limit = 0;
+  int64_t nan_patience = 3;
+  uint64_t seed = 42;
+  std::string output_dir = "out";
+  std::string resume_from_checkpoint;  // "", a folder, or "latest"
+  bool progress_bar = true;            // when stderr is a terminal
+  Schedule schedule;                   // total_steps filled by the trainer
+  double warmup_ratio_ = 0.0;          // used when schedule.warmup_steps is 0
+
+  static TrainOptions from_recipe(const Recipe& recipe);
+};
+
+struct EvalResult {
+  double loss = 0;  // mean over supervised tokens
+  double perplexity = 0;
+  int64_t tokens = 0;
+};
+
+struct TrainResult {
+  int64_t steps = 0;           // optimizer steps done in total (incl. before a resume)
+  int64_t train_tokens = 0;    // tokens processed in this process
+  double seconds = 0;
+  double tokens_per_s = 0;
+  double final_loss = 0;
+  std::optional<double> eval_loss;
+  std::optional<double> best_eval_loss;
+  int64_t skipped_nonfinite = 0;
+  bool interrupted = false;    // Ctrl-C: a checkpoint was written
+  std::string last_checkpoint;
+};
+
+// Mean cross-entropy over supervised tokens of `rows` (no gradients).
+EvalResult evaluate_loss(Model& model, const std::vector<PackedRow>& rows, int64_t micro_batch_size);
+
+// Sum of cross-entropy over the supervised tokens of one batch, computing
+// logits only for those tokens, in chunks (the vocabulary is wide).
+at::Tensor supervised_loss_sum(Model& model, const Batch& batch, int64_t* token_count);
+
+// checkpoint-N with the highest N whose manifest verifies, or "".
+std::string find_latest_checkpoint(const std::string& output_dir);
+
+class Trainer {
+ public:
+  Trainer(Model& model, Optimizer& optimizer, NamedTensors trainable, std::vector<PackedRow> train_rows,
+          std::vector<PackedRow> eval_rows, TrainOptions options);
+
+  // Called after every checkpoint with its folder (the pipeline adds e.g. a PEFT adapter copy).
+  std::function<void(const std::string& dir)> on_checkpoint;
+
+  TrainResult train();
+  int64_t total_steps() const { return total_steps_; }
+
+ private:
+  std::vector<const PackedRow*> micro_batch_rows(int64_t micro_index) const;
+  void save_checkpoint(int64_t step, const std::string& reason);
+  void load_checkpoint(const std::string& dir);
+  double clip_gradients();
+
+  Model& model_;
+  Optimizer& optimizer_;
+  NamedTensors trainable_;
+  std::vector<PackedRow> train_rows_, eval_rows_;
+  TrainOptions o_;
+  int64_t micro_per_epoch_ = 0;
+  int64_t total_micro_ = 0;
+  int64_t total_steps_ = 0;
+  int64_t step_ = 0;  // optimizer steps done
+  int64_t nan_in_a_row_ = 0, nan_total_ = 0;
+  std::optional<double> best_eval_;
+  mutable std::vector<size_t> order_;  // this epoch's row permutation
+  mutable int64_t order_epoch_ = -1;
+};
+
+}  // namespace mftk::core

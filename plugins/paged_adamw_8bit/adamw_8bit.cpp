@@ -1,0 +1,476 @@
+#include "adamw_8bit.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <set>
+#include <utility>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "mftk/error.h"
+
+namespace mftk::paged_adamw_8bit {
+
+// bitsandbytes uses float32 state for tensors under 4096 elements whatever
+// min_8bit_size says (Optimizer2State.init_state).
+constexpr int64_t kMin8bitFloor = 4096;
+// Blocks per parallel task: ~16k elements, enough to amortise the fork.
+constexpr int64_t kGrainBlocks = 64;
+constexpr int64_t kGrainElements = 16384;
+
+struct AdamW8bit::Slot {
+  std::string name;
+  at::Tensor param;
+  int64_t numel = 0;
+  bool eight_bit = false;
+  size_t range = 0;     // in store_, when eight_bit
+  int64_t blocks = 0;   // ceil(numel / 256), when eight_bit
+  at::Tensor exp_avg;     // float32 state1, when !eight_bit
+  at::Tensor exp_avg_sq;  // float32 state2, when !eight_bit
+};
+
+namespace {
+
+std::string optimizer_name(bool paged) { return paged ? "paged_adamw_8bit" : "adamw_8bit"; }
+
+// The scalars of one step, rounded to float32 as bitsandbytes passes them.
+struct StepConstants {
+  float beta1, beta2, one_minus_beta1, one_minus_beta2;
+  float step_size;  // -lr * c2 / c1
+  float eps_scaled;  // c2 * eps
+  float decay;       // 1 - lr * wd
+  bool apply_decay;  // wd > 0
+};
+
+StepConstants make_constants(const AdamW8bitOptions& o, double lr, int64_t step) {
+  StepConstants k;
+  const float lr_f = static_cast<float>(lr), wd = static_cast<float>(o.weight_decay);
+  const float eps = static_cast<float>(o.eps);
+  k.beta1 = static_cast<float>(o.beta1);
+  k.beta2 = static_cast<float>(o.beta2);
+  k.one_minus_beta1 = 1.0f - k.beta1;
+  k.one_minus_beta2 = 1.0f - k.beta2;
+  const float t = static_cast<float>(step);
+  const float correction1 = 1.0f - std::pow(k.beta1, t);
+  const float correction2 = std::sqrt(1.0f - std::pow(k.beta2, t));
+  k.step_size = (-lr_f * correction2) / correction1;
+  k.eps_scaled = correction2 * eps;
+  k.decay = 1.0f - lr_f * wd;
+  k.apply_decay = wd > 0.0f;
+  return k;
+}
+
+// One 256-element block of the 8-bit step (count < 256 for a tensor's last
+// block). Follows kOptimizerStatic8bit2StateBlockwise line by line.
+void update_block(const float* g, float* p, int64_t count, const BlockRecord& rec, const CodeBook& map_m,
+                  const CodeBook& map_v, const StepConstants& k) {
+  float m[kBlockSize];
+  float v[kBlockSize];
+  const float absmax_m = *rec.absmax_m, absmax_v = *rec.absmax_v;
+  float new_max_m = -std::numeric_limits<float>::max();
+  float new_max_v = -std::numeric_limits<float>::max();
+  for (int64_t i = 0; i < count; ++i) {
+    const float gi = g[i];
+    if (std::isfinite(gi)) {
+      v[i] = map_v.value(rec.codes_v[i]) * absmax_v;
+      v[i] = v[i] * k.beta2 + (k.one_minus_beta2 * gi) * gi;
+      m[i] = map_m.value(rec.codes_m[i]) * absmax_m;
+      m[i] = m[i] * k.beta1 + k.one_minus_beta1 * gi;
+    } else {
+      m[i] = 0.0f;
+      v[i] = 0.0f;
+    }
+    new_max_m = std::fmax(new_max_m, std::fabs(m[i]));
+    new_max_v = std::fmax(new_max_v, std::fabs(v[i]));
+  }
+  if (count < kBlockSize) {
+    // The kernel pads a short last block with code 128 for m, code 0 for v
+    // and a zero gradient, and those padding elements join the max.
+    const float pad_m = (map_m.value(128) * absmax_m) * k.beta1 + k.one_minus_beta1 * 0.0f;
+    const float pad_v = (map_v.value(0) * absmax_v) * k.beta2 + (k.one_minus_beta2 * 0.0f) * 0.0f;
+    new_max_m = std::fmax(new_max_m, std::fabs(pad_m));
+    new_max_v = std::fmax(new_max_v, std::fabs(pad_v));
+  }
+  *rec.absmax_m = new_max_m;
+  *rec.absmax_v = new_max_v;
+
+  for (int64_t i = 0; i < count; ++i) {
+    if (!std::isfinite(g[i])) continue;
+    p[i] = p[i] + k.step_size * (m[i] / (std::sqrt(v[i]) + k.eps_scaled));
+    if (k.apply_decay) p[i] = p[i] * k.decay;
+  }
+
+  for (int64_t i = 0; i < count; ++i) {
+    uint8_t code = map_m.nearest(m[i] / new_max_m);
+    // Keep m's sign: a negative m must not land on 0.0 or a positive code.
+    if (std::signbit(map_m.value(code)) != std::signbit(m[i]))
+      code = static_cast<uint8_t>(m[i] > 0.0f ? code + 1 : code - 1);
+    rec.codes_m[i] = code;
+    rec.codes_v[i] = map_v.nearest(v[i] / new_max_v);
+  }
+}
+
+// bitsandbytes' 32-bit Adam kernel (kOptimizer32bit2State, ADAM).
+void update_float32(const float* g, float* p, float* m, float* v, int64_t numel, const StepConstants& k) {
+  at::parallel_for(0, numel, kGrainElements, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float gi = g[i];
+      m[i] = m[i] * k.beta1 + k.one_minus_beta1 * gi;
+      v[i] = v[i] * k.beta2 + k.one_minus_beta2 * (gi * gi);
+      p[i] = p[i] + k.step_size * (m[i] / (std::sqrt(v[i]) + k.eps_scaled));
+      if (k.apply_decay) p[i] = p[i] * k.decay;
+    }
+  });
+}
+
+// Saved tensors by name; reports missing, malformed and unused entries.
+class StateReader {
+ public:
+  StateReader(const NamedTensors& state, std::string optimizer) : optimizer_(std::move(optimizer)) {
+    for (const auto& [name, t] : state)
+      if (!tensors_.emplace(name, t).second)
+        throw Error(fmt::format("{} state: tensor '{}' appears twice", optimizer_, name),
+                    "the checkpoint is damaged; resume from an earlier one");
+  }
+  bool has(const std::string& name) const { return tensors_.count(name) != 0; }
+  at::Tensor take(const std::string& name, at::ScalarType dtype, at::IntArrayRef shape) {
+    auto it = tensors_.find(name);
+    if (it == tensors_.end())
+      throw Error(fmt::format("{} state: '{}' is missing", optimizer_, name),
+                  "the checkpoint was saved for other trainable tensors, by another optimizer or with another "
+                  "min_8bit_size; resume with the recipe that wrote it");
+    used_.insert(name);
+    const at::Tensor& t = it->second;
+    if (t.scalar_type() != dtype)
+      throw Error(fmt::format("{} state: '{}' has dtype {}, expected {}", optimizer_, name,
+                              c10::toString(t.scalar_type()), c10::toString(dtype)),
+                  "was it saved with another min_8bit_size? resume with the recipe that wrote it");
+    if (!t.sizes().equals(shape))
+      throw Error(fmt::format("{} state: '{}' has shape {}, expected {}", optimizer_, name, t.sizes(), shape),
+                  "the checkpoint was saved for a different adapter shape; resume with its recipe");
+    return t.contiguous();
+  }
+  int64_t step() {
+    auto it = tensors_.find("step");
+    if (it == tensors_.end()) throw Error(fmt::format("{} state: 'step' is missing", optimizer_));
+    used_.insert("step");
+    const at::Tensor& t = it->second;
+    if (t.numel() != 1 || at::isFloatingType(t.scalar_type()))
+      throw Error(fmt::format("{} state: 'step' must be one integer, got {} values of dtype {}", optimizer_,
+                              t.numel(), c10::toString(t.scalar_type())));
+    const int64_t step = t.item<int64_t>();
+    if (step < 0) throw Error(fmt::format("{} state: 'step' is negative ({})", optimizer_, step));
+    return step;
+  }
+  void finish() const {
+    std::vector<std::string> unused;
+    for (const auto& [name, t] : tensors_)
+      if (!used_.count(name)) unused.push_back(name);
+    if (unused.empty()) return;
+    const size_t count = unused.size();
+    if (unused.size() > 5) unused.resize(5);
+    throw Error(fmt::format("{} state: {} saved tensor(s) belong to no trainable tensor, e.g. {}", optimizer_,
+                            count, fmt::join(unused, ", ")),
+                "the checkpoint was saved for other trainable tensors; resume with the recipe that wrote it");
+  }
+
+ private:
+  std::map<std::string, at::Tensor> tensors_;
+  std::set<std::string> used_;
+  std::string optimizer_;
+};
+
+CodeValues code_values_from(const at::Tensor& t) {
+  CodeValues out;
+  std::memcpy(out.data(), t.data_ptr<float>(), sizeof(out));
+  return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// recipe keys
+
+std::vector<KeySpec> adamw_8bit_keys(bool paged) {
+  const AdamW8bitOptions d;
+  std::vector<KeySpec> keys = {
+      KeySpec::number("weight_decay", d.weight_decay,
+                      "decoupled weight decay, applied after the Adam update: p *= 1 - lr*weight_decay "
+                      "(bitsandbytes' default is 0.01; mftk's is 0 like its adamw)")
+          .range(0.0, 1e6),
+      KeySpec::number("beta1", d.beta1, "decay of the gradient average (first moment), in [0, 1)").range(0.0, 1.0),
+      KeySpec::number("beta2", d.beta2, "decay of the squared-gradient average (second moment), in [0, 1)")
+          .range(0.0, 1.0),
+      KeySpec::number("eps", d.eps, "added to sqrt of the second moment (scaled by sqrt(1-beta2^t))")
+          .range(0.0, 1.0),
+      KeySpec::integer("min_8bit_size", d.min_8bit_size,
+                       "parameters with fewer elements keep float32 state (never below 4096, as bitsandbytes)")
+          .range(0, 9.0e18),
+      KeySpec::integer("block_size", kBlockSize,
+                       "elements per absmax block; only 256 (bitsandbytes' blockwise 8-bit optimizers)")
+          .range(1, 1 << 30),
+  };
+  if (paged)
+    keys.push_back(KeySpec::integer("page_size", d.page_size,
+                                    "bytes per host-memory page of 8-bit state (a page holds page_size/520 "
+                                    "blocks of 256 elements)")
+                       .range(static_cast<double>(kRecordBytes), static_cast<double>(int64_t{1} << 34)));
+  return keys;
+}
+
+AdamW8bitOptions adamw_8bit_options_from_config(const Config& config, bool paged) {
+  AdamW8bitOptions o;
+  o.paged = paged;
+  o.weight_decay = config.get_number("weight_decay");
+  o.beta1 = config.get_number("beta1");
+  o.beta2 = config.get_number("beta2");
+  o.eps = config.get_number("eps");
+  o.min_8bit_size = config.get_int("min_8bit_size");
+  if (!(o.weight_decay >= 0.0) || !std::isfinite(o.weight_decay))
+    config.fail("weight_decay", fmt::format("must be a finite number >= 0, got {}", o.weight_decay),
+                "0.0 (no decay) or 0.01 are usual");
+  if (!(o.beta1 >= 0.0 && o.beta1 < 1.0))
+    config.fail("beta1", fmt::format("must be in [0, 1), got {}", o.beta1), "0.9 is the usual value");
+  if (!(o.beta2 >= 0.0 && o.beta2 < 1.0))
+    config.fail("beta2", fmt::format("must be in [0, 1), got {}", o.beta2), "0.999 is the usual value");
+  if (!(o.eps >= 0.0) || !std::isfinite(o.eps))
+    config.fail("eps", fmt::format("must be a finite number >= 0, got {}", o.eps), "1e-8 is the usual value");
+  if (o.min_8bit_size < 0)
+    config.fail("min_8bit_size", fmt::format("must be >= 0, got {}", o.min_8bit_size), "4096 is the default");
+  const int64_t block_size = config.get_int("block_size");
+  if (block_size != kBlockSize)
+    config.fail("block_size",
+                fmt::format("only {} is supported, got {}: the blockwise 8-bit AdamW kernel and its saved state "
+                            "use 256-element blocks",
+                            kBlockSize, block_size),
+                "remove the key or set block_size = 256");
+  if (paged) {
+    o.page_size = config.get_int("page_size");
+    if (o.page_size < kRecordBytes)
+      config.fail("page_size",
+                  fmt::format("{} bytes cannot hold one 256-element block of state ({} bytes)", o.page_size,
+                              kRecordBytes),
+                  "1048576 (1 MiB) is the default");
+  }
+  return o;
+}
+
+// ---------------------------------------------------------------------------
+// the optimizer
+
+AdamW8bit::AdamW8bit(AdamW8bitOptions options)
+    : options_(options),
+      signed_map_(std::make_unique<CodeBook>(make_dynamic_map(true))),
+      unsigned_map_(std::make_unique<CodeBook>(make_dynamic_map(false))) {
+  if (options_.paged && options_.page_size < kRecordBytes)
+    throw Error(fmt::format("{}: page_size {} bytes cannot hold one block of state ({} bytes)",
+                            optimizer_name(true), options_.page_size, kRecordBytes));
+}
+
+AdamW8bit::~AdamW8bit() = default;
+
+void AdamW8bit::attach(const NamedTensors& params) {
+  const std::string name = optimizer_name(options_.paged);
+  if (attached_) throw Error(name + ": attach() was called twice; create a new optimizer instead");
+  if (params.empty())
+    throw Error(name + ": attach() got no trainable tensors",
+                "the adapter or model marked nothing trainable; check the [adapter] table");
+  std::set<std::string> seen;
+  std::vector<int64_t> blocks;
+  for (const auto& [pname, param] : params) {
+    if (pname.empty() || pname == "step" || pname == "qmap1" || pname == "qmap2")
+      throw Error(fmt::format("{}: a trainable tensor has the reserved name '{}'", name, pname));
+    if (!seen.insert(pname).second)
+      throw Error(fmt::format("{}: trainable tensor '{}' is listed twice", name, pname));
+    if (!param.defined()) throw Error(fmt::format("{}: trainable tensor '{}' is undefined", name, pname));
+    if (!at::isFloatingType(param.scalar_type()))
+      throw Error(fmt::format("{}: trainable tensor '{}' has dtype {}; only floating-point tensors can be optimised",
+                              name, pname, c10::toString(param.scalar_type())));
+    if (!param.device().is_cpu())
+      throw Error(fmt::format("{}: trainable tensor '{}' is on {}; this build updates CPU tensors only", name,
+                              pname, param.device().str()),
+                  "use plugin = \"adamw\" for tensors on an accelerator");
+    Slot slot;
+    slot.name = pname;
+    slot.param = param;
+    slot.numel = param.numel();
+    slot.eight_bit = slot.numel >= std::max(options_.min_8bit_size, kMin8bitFloor);
+    if (slot.eight_bit) {
+      slot.range = blocks.size();
+      slot.blocks = (slot.numel + kBlockSize - 1) / kBlockSize;
+      blocks.push_back(slot.blocks);
+    } else {
+      slot.exp_avg = at::zeros({slot.numel}, at::kFloat);
+      slot.exp_avg_sq = at::zeros({slot.numel}, at::kFloat);
+    }
+    slots_.push_back(std::move(slot));
+  }
+  store_ = PagedBlockStore(blocks, options_.paged ? options_.page_size : 0);
+  attached_ = true;
+}
+
+void AdamW8bit::step(double lr) {
+  const std::string name = optimizer_name(options_.paged);
+  if (!attached_) throw Error(name + ": step() before attach()");
+  if (!std::isfinite(lr) || lr < 0)
+    throw Error(fmt::format("{}: learning rate must be a finite number >= 0, got {}", name, lr),
+                "check the [schedule] table");
+  at::NoGradGuard no_grad;
+  ++step_;
+  const StepConstants k = make_constants(options_, lr, step_);
+  for (auto& slot : slots_) {
+    const at::Tensor& grad = slot.param.grad();
+    if (!grad.defined()) continue;
+    if (grad.numel() != slot.numel)
+      throw Error(fmt::format("{}: gradient of '{}' has shape {}, the parameter {}", name, slot.name, grad.sizes(),
+                              slot.param.sizes()));
+    // Work on a float32 contiguous view; copy back when the parameter is not one.
+    const bool in_place = slot.param.scalar_type() == at::kFloat && slot.param.is_contiguous();
+    at::Tensor param = in_place ? slot.param : slot.param.to(at::kFloat).contiguous();
+    at::Tensor g = grad.to(at::kFloat).contiguous();
+    float* p = param.data_ptr<float>();
+    const float* gp = g.data_ptr<float>();
+    if (slot.eight_bit) {
+      const int64_t numel = slot.numel;
+      const size_t range = slot.range;
+      const CodeBook& map_m = *signed_map_;
+      const CodeBook& map_v = *unsigned_map_;
+      at::parallel_for(0, slot.blocks, kGrainBlocks, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          const int64_t offset = b * kBlockSize;
+          update_block(gp + offset, p + offset, std::min(kBlockSize, numel - offset), store_.record(range, b), map_m,
+                       map_v, k);
+        }
+      });
+    } else {
+      update_float32(gp, p, slot.exp_avg.data_ptr<float>(), slot.exp_avg_sq.data_ptr<float>(), slot.numel, k);
+    }
+    if (!in_place) slot.param.copy_(param.view(slot.param.sizes()));
+  }
+}
+
+NamedTensors AdamW8bit::state() const {
+  NamedTensors out;
+  for (const auto& slot : slots_) {
+    if (!slot.eight_bit) {
+      out.emplace_back(slot.name + ".state1", slot.exp_avg.view(slot.param.sizes()).clone());
+      out.emplace_back(slot.name + ".state2", slot.exp_avg_sq.view(slot.param.sizes()).clone());
+      continue;
+    }
+    at::Tensor codes_m = at::empty(slot.param.sizes(), at::kByte);
+    at::Tensor codes_v = at::empty(slot.param.sizes(), at::kByte);
+    at::Tensor absmax_m = at::empty({slot.blocks}, at::kFloat);
+    at::Tensor absmax_v = at::empty({slot.blocks}, at::kFloat);
+    uint8_t* cm = codes_m.data_ptr<uint8_t>();
+    uint8_t* cv = codes_v.data_ptr<uint8_t>();
+    for (int64_t b = 0; b < slot.blocks; ++b) {
+      const BlockRecord rec = store_.record(slot.range, b);
+      const int64_t offset = b * kBlockSize, count = std::min(kBlockSize, slot.numel - offset);
+      std::memcpy(cm + offset, rec.codes_m, static_cast<size_t>(count));
+      std::memcpy(cv + offset, rec.codes_v, static_cast<size_t>(count));
+      absmax_m.data_ptr<float>()[b] = *rec.absmax_m;
+      absmax_v.data_ptr<float>()[b] = *rec.absmax_v;
+    }
+    out.emplace_back(slot.name + ".state1", codes_m);
+    out.emplace_back(slot.name + ".state2", codes_v);
+    out.emplace_back(slot.name + ".absmax1", absmax_m);
+    out.emplace_back(slot.name + ".absmax2", absmax_v);
+  }
+  auto map_tensor = [](const CodeBook& map) {
+    at::Tensor t = at::empty({256}, at::kFloat);
+    std::memcpy(t.data_ptr<float>(), map.values().data(), 256 * sizeof(float));
+    return t;
+  };
+  out.emplace_back("qmap1", map_tensor(*signed_map_));
+  out.emplace_back("qmap2", map_tensor(*unsigned_map_));
+  out.emplace_back("step", at::scalar_tensor(step_, at::kLong));
+  return out;
+}
+
+void AdamW8bit::load_state(const NamedTensors& state) {
+  const std::string name = optimizer_name(options_.paged);
+  if (!attached_) throw Error(name + ": load_state() before attach(); attach the trainable tensors first");
+  StateReader reader(state, name);
+  const int64_t step = reader.step();
+  // Validate everything before changing anything.
+  std::unique_ptr<CodeBook> map_m, map_v;
+  map_m = std::make_unique<CodeBook>(code_values_from(reader.take("qmap1", at::kFloat, {256})));
+  map_v = std::make_unique<CodeBook>(code_values_from(reader.take("qmap2", at::kFloat, {256})));
+  std::vector<std::array<at::Tensor, 4>> saved;
+  for (const auto& slot : slots_) {
+    if (slot.eight_bit) {
+      saved.push_back({reader.take(slot.name + ".state1", at::kByte, slot.param.sizes()),
+                       reader.take(slot.name + ".state2", at::kByte, slot.param.sizes()),
+                       reader.take(slot.name + ".absmax1", at::kFloat, {slot.blocks}),
+                       reader.take(slot.name + ".absmax2", at::kFloat, {slot.blocks})});
+    } else {
+      saved.push_back({reader.take(slot.name + ".state1", at::kFloat, slot.param.sizes()),
+                       reader.take(slot.name + ".state2", at::kFloat, slot.param.sizes()), at::Tensor(),
+                       at::Tensor()});
+    }
+  }
+  reader.finish();
+
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    Slot& slot = slots_[i];
+    if (!slot.eight_bit) {
+      slot.exp_avg.copy_(saved[i][0].reshape({-1}));
+      slot.exp_avg_sq.copy_(saved[i][1].reshape({-1}));
+      continue;
+    }
+    const uint8_t* cm = saved[i][0].data_ptr<uint8_t>();
+    const uint8_t* cv = saved[i][1].data_ptr<uint8_t>();
+    const float* am = saved[i][2].data_ptr<float>();
+    const float* av = saved[i][3].data_ptr<float>();
+    for (int64_t b = 0; b < slot.blocks; ++b) {
+      const BlockRecord rec = store_.record(slot.range, b);
+      const int64_t offset = b * kBlockSize, count = std::min(kBlockSize, slot.numel - offset);
+      std::memcpy(rec.codes_m, cm + offset, static_cast<size_t>(count));
+      std::memcpy(rec.codes_v, cv + offset, static_cast<size_t>(count));
+      *rec.absmax_m = am[b];
+      *rec.absmax_v = av[b];
+    }
+  }
+  signed_map_ = std::move(map_m);
+  unsigned_map_ = std::move(map_v);
+  step_ = step;
+}
+
+int64_t AdamW8bit::state_bytes() const {
+  int64_t bytes = store_.bytes();
+  for (const auto& slot : slots_)
+    if (!slot.eight_bit) bytes += 2 * slot.numel * static_cast<int64_t>(sizeof(float));
+  return bytes;
+}
+
+const AdamW8bit::Slot& AdamW8bit::slot(const std::string& param) const {
+  for (const auto& s : slots_)
+    if (s.name == param) return s;
+  throw Error(fmt::format("{}: no trainable tensor named '{}'", optimizer_name(options_.paged), param));
+}
+
+bool AdamW8bit::is_8bit(const std::string& param) const { return slot(param).eight_bit; }
+
+std::pair<at::Tensor, at::Tensor> AdamW8bit::dequantized_moments(const std::string& param) const {
+  const Slot& s = slot(param);
+  if (!s.eight_bit) return {s.exp_avg.view(s.param.sizes()).clone(), s.exp_avg_sq.view(s.param.sizes()).clone()};
+  at::Tensor m = at::empty({s.numel}, at::kFloat), v = at::empty({s.numel}, at::kFloat);
+  float* mp = m.data_ptr<float>();
+  float* vp = v.data_ptr<float>();
+  for (int64_t b = 0; b < s.blocks; ++b) {
+    const BlockRecord rec = store_.record(s.range, b);
+    const int64_t offset = b * kBlockSize, count = std::min(kBlockSize, s.numel - offset);
+    for (int64_t i = 0; i < count; ++i) {
+      mp[offset + i] = signed_map_->value(rec.codes_m[i]) * *rec.absmax_m;
+      vp[offset + i] = unsigned_map_->value(rec.codes_v[i]) * *rec.absmax_v;
+    }
+  }
+  return {m.view(s.param.sizes()), v.view(s.param.sizes())};
+}
+
+}  // namespace mftk::paged_adamw_8bit

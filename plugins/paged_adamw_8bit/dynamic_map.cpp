@@ -1,0 +1,96 @@
+#include "dynamic_map.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include <fmt/format.h>
+
+#include "mftk/error.h"
+
+namespace mftk::paged_adamw_8bit {
+
+namespace {
+
+// Keeps each product a separately rounded float32 (no fused multiply-add),
+// as PyTorch's kernels round it.
+float mul_f32(float a, float b) {
+  volatile float product = a * b;
+  return product;
+}
+
+}  // namespace
+
+std::vector<float> linspace_f32(float start, float end, int64_t steps) {
+  std::vector<float> out(static_cast<size_t>(steps));
+  if (steps == 1) {
+    out[0] = start;
+    return out;
+  }
+  const float step = (end - start) / static_cast<float>(steps - 1);
+  const int64_t halfway = steps / 2;
+  for (int64_t i = 0; i < steps; ++i) {
+    out[i] = i < halfway ? start + mul_f32(step, static_cast<float>(i))
+                         : end - mul_f32(step, static_cast<float>(steps - 1 - i));
+  }
+  return out;
+}
+
+CodeValues make_dynamic_map(bool is_signed) {
+  std::vector<float> data;
+  for (int i = 0; i < 7; ++i) {
+    const int64_t items = is_signed ? (int64_t{1} << i) + 1 : (int64_t{1} << (i + 1)) + 1;
+    const std::vector<float> bounds = linspace_f32(0.1f, 1.0f, items);
+    // Python's 10 ** (i - 6) is a double; the tensor op rounds it to float.
+    const float scale = static_cast<float>(std::pow(10.0, i - 6));
+    for (size_t k = 0; k + 1 < bounds.size(); ++k) {
+      const float mean = (bounds[k] + bounds[k + 1]) / 2.0f;
+      data.push_back(mul_f32(scale, mean));
+      if (is_signed) data.push_back(mul_f32(-scale, mean));
+    }
+  }
+  data.push_back(0.0f);
+  data.push_back(1.0f);
+  if (data.size() != 256)
+    throw Error(fmt::format("dynamic map: built {} values instead of 256 (internal error)", data.size()));
+  std::sort(data.begin(), data.end());
+  CodeValues out;
+  std::copy(data.begin(), data.end(), out.begin());
+  return out;
+}
+
+CodeBook::CodeBook(const CodeValues& values) : values_(values) {
+  for (int k = 0; k < 255; ++k) {
+    if (!(values_[k] < values_[k + 1]))
+      throw Error(fmt::format("quantisation map is not strictly increasing at codes {} and {} ({} >= {})", k,
+                              k + 1, values_[k], values_[k + 1]),
+                  "the optimizer state is damaged; resume from an earlier checkpoint");
+    const float midpoint = (values_[k] + values_[k + 1]) * 0.5f;
+    boundary_[k] = (k % 2 == 0) ? midpoint : std::nextafter(midpoint, -std::numeric_limits<float>::infinity());
+  }
+  for (int k = 0; k + 1 < 255; ++k)
+    if (!(boundary_[k] < boundary_[k + 1]))
+      throw Error(fmt::format("quantisation map codes {}..{} are too close together to tell apart", k, k + 2));
+
+  start_.resize(size_t{1} << (32 - kBucketShift));
+  for (uint32_t bucket = 0; bucket < start_.size(); ++bucket) {
+    // The numerically smallest float of the bucket: the lowest bit pattern
+    // for positive floats, the highest for negative ones (NaNs excluded).
+    const bool negative = (bucket >> (31 - kBucketShift)) & 1u;
+    uint32_t bits = negative ? ((bucket << kBucketShift) | ((1u << kBucketShift) - 1)) : (bucket << kBucketShift);
+    float lowest;
+    __builtin_memcpy(&lowest, &bits, sizeof(lowest));
+    // NaN-only buckets are never looked up (nearest() returns 0 for NaN).
+    if (lowest != lowest) lowest = negative ? -std::numeric_limits<float>::infinity() : 0.0f;
+    start_[bucket] = nearest_by_search(lowest);
+  }
+}
+
+uint8_t CodeBook::nearest_by_search(float x) const {
+  if (x != x) return 0;
+  // Number of boundaries strictly below x.
+  const auto it = std::lower_bound(boundary_.begin(), boundary_.end(), x);
+  return static_cast<uint8_t>(it - boundary_.begin());
+}
+
+}  // namespace mftk::paged_adamw_8bit

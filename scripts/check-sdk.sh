@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The SDK as a third party meets it: install mftk, build
+# examples/tensor_stats_exporter out of tree with find_package(mftk), and run
+# it by name from a recipe and from `mftk export`.
+set -euo pipefail
+# Usage: check-sdk.sh [BUILD_DIR]   (run by ctest as the test sdk_out_of_tree)
+cd "$(dirname "$0")/.."
+build=${1:-build}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cmake --install "$build" --prefix "$work/prefix" >/dev/null
+cmake -S examples/tensor_stats_exporter -B "$work/example" -G Ninja -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null
+cmake --build "$work/example" >/dev/null
+mftk="$work/prefix/bin/mftk"
+export MFTK_PLUGIN_PATH="$work/example"
+"$mftk" plugins | tee "$work/plugins.txt"
+grep -q "acme_tensor_stats .* ok .*exporter:acme.tensor_stats" "$work/plugins.txt"
+"$mftk" init --preset tiny --layers 1 --seed 1 --out "$work/tiny" >/dev/null
+"$mftk" validate examples/tensor_stats_exporter/recipe.toml --set model.path="$work/tiny"
+"$mftk" export --plugin acme.tensor_stats --model "$work/tiny" --out "$work/stats.json" --set match=layers.0.
+grep -q '"model.layers.0.self_attn.q_proj.weight": {"dtype": "' "$work/stats.json"
+echo "check-sdk: the out-of-tree plugin built, loaded by name and ran"
