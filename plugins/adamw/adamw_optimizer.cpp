@@ -56,6 +56,7 @@ void AdamW::attach(const NamedTensors& params) {
     // Moments stay float32 whatever the parameter dtype (master moments).
     auto opts = param.options().dtype(at::kFloat);
     slots_.push_back({name, param, at::zeros(param.sizes(), opts), at::zeros(param.sizes(), opts)});
+    if (!scratch_.defined() || param.numel() > scratch_.numel()) scratch_ = at::empty({param.numel()}, opts);
   }
   attached_ = true;
 }
@@ -89,7 +90,12 @@ void AdamW::step(double lr) {
     if (options_.weight_decay != 0.0) param.mul_(1.0 - lr * options_.weight_decay);
     slot.exp_avg.mul_(beta1).add_(g, 1.0 - beta1);
     slot.exp_avg_sq.mul_(beta2).addcmul_(g, g, 1.0 - beta2);
-    at::Tensor denom = (slot.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(options_.eps);
+    // torch: denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps), the
+    // same kernels written into a reused buffer (fresh large tensors every
+    // step cost more in page faults than the arithmetic).
+    at::Tensor denom = scratch_.narrow(0, 0, slot.param.numel()).view(slot.param.sizes());
+    at::sqrt_out(denom, slot.exp_avg_sq);
+    denom.div_(bias_correction2_sqrt).add_(options_.eps);
     param.addcdiv_(slot.exp_avg, denom, -step_size);
 
     if (!is_f32) slot.param.copy_(param);

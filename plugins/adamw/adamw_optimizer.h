@@ -55,6 +55,7 @@ class AdamW final : public Optimizer {
   };
   AdamWOptions options_;
   std::vector<Slot> slots_;
+  at::Tensor scratch_;  // float32 workspace for the denominator, as large as the largest parameter
   bool attached_ = false;
   // Optimizer steps taken; the bias corrections use it for every parameter
   // (torch counts per parameter; the two agree whenever every parameter has

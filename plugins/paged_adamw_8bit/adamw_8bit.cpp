@@ -65,54 +65,69 @@ StepConstants make_constants(const AdamW8bitOptions& o, double lr, int64_t step)
   return k;
 }
 
-// One 256-element block of the 8-bit step (count < 256 for a tensor's last
-// block). Follows kOptimizerStatic8bit2StateBlockwise line by line.
-void update_block(const float* g, float* p, int64_t count, const BlockRecord& rec, const CodeBook& map_m,
+// One 256-element block of the 8-bit step (Count = 256, or the element count
+// of a tensor's short last block). Follows kOptimizerStatic8bit2StateBlockwise
+// operation by operation; split into simple loops so the arithmetic ones
+// vectorise (a constant Count lets the compiler see whole vectors).
+template <int64_t Count>
+void update_block(const float* g, float* p, const int64_t count_arg, const BlockRecord& rec, const CodeBook& map_m,
                   const CodeBook& map_v, const StepConstants& k) {
+  const int64_t count = Count > 0 ? Count : count_arg;
   float m[kBlockSize];
   float v[kBlockSize];
+  float x[kBlockSize];
+  bool finite[kBlockSize];
   const float absmax_m = *rec.absmax_m, absmax_v = *rec.absmax_v;
+  for (int64_t i = 0; i < count; ++i) {  // dequantise
+    m[i] = map_m.value(rec.codes_m[i]) * absmax_m;
+    v[i] = map_v.value(rec.codes_v[i]) * absmax_v;
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    const float gi = g[i];
+    finite[i] = std::fabs(gi) <= std::numeric_limits<float>::max();  // false for inf and NaN
+    const float vi = v[i] * k.beta2 + (k.one_minus_beta2 * gi) * gi;
+    const float mi = m[i] * k.beta1 + k.one_minus_beta1 * gi;
+    v[i] = finite[i] ? vi : 0.0f;
+    m[i] = finite[i] ? mi : 0.0f;
+  }
+  // fmaxf semantics (a NaN never wins) without the libm call.
   float new_max_m = -std::numeric_limits<float>::max();
   float new_max_v = -std::numeric_limits<float>::max();
   for (int64_t i = 0; i < count; ++i) {
-    const float gi = g[i];
-    if (std::isfinite(gi)) {
-      v[i] = map_v.value(rec.codes_v[i]) * absmax_v;
-      v[i] = v[i] * k.beta2 + (k.one_minus_beta2 * gi) * gi;
-      m[i] = map_m.value(rec.codes_m[i]) * absmax_m;
-      m[i] = m[i] * k.beta1 + k.one_minus_beta1 * gi;
-    } else {
-      m[i] = 0.0f;
-      v[i] = 0.0f;
-    }
-    new_max_m = std::fmax(new_max_m, std::fabs(m[i]));
-    new_max_v = std::fmax(new_max_v, std::fabs(v[i]));
+    const float am = std::fabs(m[i]), av = std::fabs(v[i]);
+    new_max_m = am > new_max_m ? am : new_max_m;
+    new_max_v = av > new_max_v ? av : new_max_v;
   }
   if (count < kBlockSize) {
     // The kernel pads a short last block with code 128 for m, code 0 for v
     // and a zero gradient, and those padding elements join the max.
     const float pad_m = (map_m.value(128) * absmax_m) * k.beta1 + k.one_minus_beta1 * 0.0f;
     const float pad_v = (map_v.value(0) * absmax_v) * k.beta2 + (k.one_minus_beta2 * 0.0f) * 0.0f;
-    new_max_m = std::fmax(new_max_m, std::fabs(pad_m));
-    new_max_v = std::fmax(new_max_v, std::fabs(pad_v));
+    new_max_m = std::fabs(pad_m) > new_max_m ? std::fabs(pad_m) : new_max_m;
+    new_max_v = std::fabs(pad_v) > new_max_v ? std::fabs(pad_v) : new_max_v;
   }
   *rec.absmax_m = new_max_m;
   *rec.absmax_v = new_max_v;
 
+  // p += step_size * m / (sqrt(v) + c2*eps), then the decay; a non-finite
+  // gradient element leaves its parameter alone.
+  const float decay = k.apply_decay ? k.decay : 1.0f;
   for (int64_t i = 0; i < count; ++i) {
-    if (!std::isfinite(g[i])) continue;
-    p[i] = p[i] + k.step_size * (m[i] / (std::sqrt(v[i]) + k.eps_scaled));
-    if (k.apply_decay) p[i] = p[i] * k.decay;
+    float pi = p[i] + k.step_size * (m[i] / (std::sqrt(v[i]) + k.eps_scaled));
+    if (k.apply_decay) pi = pi * decay;
+    p[i] = finite[i] ? pi : p[i];
   }
 
+  for (int64_t i = 0; i < count; ++i) x[i] = m[i] / new_max_m;
   for (int64_t i = 0; i < count; ++i) {
-    uint8_t code = map_m.nearest(m[i] / new_max_m);
+    uint8_t code = map_m.nearest(x[i]);
     // Keep m's sign: a negative m must not land on 0.0 or a positive code.
     if (std::signbit(map_m.value(code)) != std::signbit(m[i]))
       code = static_cast<uint8_t>(m[i] > 0.0f ? code + 1 : code - 1);
     rec.codes_m[i] = code;
-    rec.codes_v[i] = map_v.nearest(v[i] / new_max_v);
   }
+  for (int64_t i = 0; i < count; ++i) x[i] = v[i] / new_max_v;
+  for (int64_t i = 0; i < count; ++i) rec.codes_v[i] = map_v.nearest(x[i]);
 }
 
 // bitsandbytes' 32-bit Adam kernel (kOptimizer32bit2State, ADAM).
@@ -343,8 +358,12 @@ void AdamW8bit::step(double lr) {
       at::parallel_for(0, slot.blocks, kGrainBlocks, [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           const int64_t offset = b * kBlockSize;
-          update_block(gp + offset, p + offset, std::min(kBlockSize, numel - offset), store_.record(range, b), map_m,
-                       map_v, k);
+          const int64_t count = std::min(kBlockSize, numel - offset);
+          if (count == kBlockSize) {
+            update_block<kBlockSize>(gp + offset, p + offset, count, store_.record(range, b), map_m, map_v, k);
+          } else {
+            update_block<0>(gp + offset, p + offset, count, store_.record(range, b), map_m, map_v, k);
+          }
         }
       });
     } else {

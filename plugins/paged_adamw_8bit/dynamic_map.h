@@ -45,8 +45,12 @@ class CodeBook {
     static_assert(sizeof(bits) == sizeof(x));
     __builtin_memcpy(&bits, &x, sizeof(bits));
     unsigned code = start_[bits >> kBucketShift];
-    // A bucket spans at most a few boundaries: a short forward scan.
-    while (code < 255 && x > boundary_[code]) ++code;
+    if (max_scan_ <= kMaxScan) {
+      // Branch-free: once x is below the next boundary, further rounds add 0.
+      for (int round = 0; round < kMaxScan; ++round) code += x > boundary_[code];
+    } else {
+      while (x > boundary_[code]) ++code;
+    }
     return static_cast<uint8_t>(code);
   }
 
@@ -55,10 +59,13 @@ class CodeBook {
 
  private:
   static constexpr int kBucketShift = 16;  // buckets: sign, exponent, 7 mantissa bits
+  static constexpr int kMaxScan = 2;       // boundaries per bucket in the bitsandbytes maps: <= 1
   CodeValues values_;
   // x moves past code k to k+1 exactly when x > boundary_[k]; for odd k the
   // midpoint itself belongs to k+1, so boundary_[k] is the float just below it.
-  std::array<float, 255> boundary_;
+  // boundary_[255] = +inf ends every scan at code 255.
+  std::array<float, 256> boundary_;
+  int max_scan_ = 0;  // most boundaries inside one bucket
   // Smallest code any float in the bucket (top 16 bits of x) can map to.
   std::vector<uint8_t> start_;
 };
