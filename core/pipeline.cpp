@@ -2,6 +2,7 @@
 // (docs/architecture.md draws the same picture).
 #include "pipeline.h"
 
+#include <cmath>
 #include <filesystem>
 
 #include <ATen/ATen.h>
@@ -218,10 +219,12 @@ int run_pipeline(const Recipe& recipe, Registry& registry) {
   // 5. Train.
   Trainer trainer(model, *optimizer, trainable, std::move(train_rows), std::move(eval_rows),
                   TrainOptions::from_recipe(recipe));
-  if (adapter)
+  if (adapter) {
     trainer.on_checkpoint = [&](const std::string& dir) {
       adapter->save((fs::path(dir) / "adapter").string(), lm.path);
     };
+    trainer.on_training_mode = [&](bool on) { adapter->set_training(on); };  // LoRA dropout
+  }
   spdlog::info("training: {} optimizer steps ({} optimizer: {} tensors), output {}", trainer.total_steps(),
                optimizer_name, trainable.size(), output_dir);
   auto result = trainer.train();
@@ -310,9 +313,11 @@ int run_pipeline(const Recipe& recipe, Registry& registry) {
     auto j = nlohmann::json::parse(line, nullptr, false);
     if (j.is_discarded() || !j.contains("step")) continue;
     const double step = j["step"].get<double>();
-    if (j.contains("loss")) curves[0].points.emplace_back(step, j["loss"].get<double>());
-    if (j.contains("eval_loss")) curves[1].points.emplace_back(step, j["eval_loss"].get<double>());
-    if (j.contains("lr")) curves[2].points.emplace_back(step, j["lr"].get<double>());
+    // A window of skipped (non-finite) steps logs its loss as null.
+    auto value = [&](const char* key) { return j[key].is_number() ? j[key].get<double>() : NAN; };
+    if (j.contains("loss")) curves[0].points.emplace_back(step, value("loss"));
+    if (j.contains("eval_loss")) curves[1].points.emplace_back(step, value("eval_loss"));
+    if (j.contains("lr")) curves[2].points.emplace_back(step, value("lr"));
   }
   const auto svg = (fs::path(output_dir) / "loss_curve.svg").string();
   write_curves_svg(svg, "mftk: loss and learning rate", curves);

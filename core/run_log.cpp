@@ -57,6 +57,25 @@ void ProgressBar::finish() {
   drawn_ = false;
 }
 
+namespace {
+
+// Text placed in the SVG (titles, series names) must not break the XML.
+std::string xml_escape(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string curves_svg(const std::string& title, const std::vector<CurveSeries>& series) {
   const double W = 720, H = 360, L = 64, R = 64, T = 40, B = 44;
   double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY, r0 = INFINITY, r1 = -INFINITY;
@@ -81,7 +100,7 @@ std::string curves_svg(const std::string& title, const std::vector<CurveSeries>&
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" viewBox=\"0 0 {} {}\" "
       "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
       "<text x=\"{}\" y=\"22\" font-size=\"15\">{}</text>\n",
-      W, H, W, H, L, title);
+      W, H, W, H, L, xml_escape(title));
   svg += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>\n", L, T,
                      W - L - R, H - T - B);
   for (int i = 0; i <= 4; ++i) {
@@ -100,14 +119,16 @@ std::string curves_svg(const std::string& title, const std::vector<CurveSeries>&
     std::string pts;
     for (const auto& [x, y] : s.points)
       if (std::isfinite(y)) pts += fmt::format("{:.1f},{:.1f} ", px(x), py(y, s.right_axis));
-    if (s.points.size() == 1) {
+    if (s.points.size() == 1 && std::isfinite(s.points[0].second)) {
       const auto& [x, y] = s.points[0];
-      svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n", px(x), py(y, s.right_axis), s.color);
+      svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n", px(x), py(y, s.right_axis),
+                         xml_escape(s.color));
     }
     svg += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.6\" points=\"{}\"><title>{}</title></polyline>\n",
-                       s.color, pts, s.name);
+                       xml_escape(s.color), pts, xml_escape(s.name));
     svg += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}{}</text>\n",
-                       legend_x, T + 10, s.color, legend_x + 16, T + 15, s.name, s.right_axis ? " (right axis)" : "");
+                       legend_x, T + 10, xml_escape(s.color), legend_x + 16, T + 15, xml_escape(s.name),
+                       s.right_axis ? " (right axis)" : "");
     legend_x += 40 + 8.0 * double(s.name.size()) + (s.right_axis ? 80 : 0);
   }
   svg += "</svg>\n";
@@ -121,7 +142,15 @@ void write_curves_svg(const std::string& path, const std::string& title, const s
 int64_t peak_rss_bytes() {
   struct rusage u {};
   getrusage(RUSAGE_SELF, &u);
-  return int64_t(u.ru_maxrss) * 1024;
+  // The kernel folds its per-CPU RSS counters into the high-water mark
+  // lazily, so ru_maxrss can trail the resident set read a moment earlier by
+  // a few pages; the peak is never below what is resident now.
+  long pages_total = 0, pages_resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages_total, &pages_resident) != 2) pages_resident = 0;
+    std::fclose(f);
+  }
+  return std::max(int64_t(u.ru_maxrss) * 1024, int64_t(pages_resident) * int64_t(sysconf(_SC_PAGESIZE)));
 }
 
 }  // namespace mftk::core

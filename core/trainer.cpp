@@ -43,6 +43,19 @@ constexpr int64_t kLossChunkTokens = 1024;  // logits rows per cross-entropy chu
 std::atomic<bool> g_interrupt{false};
 extern "C" void on_sigint(int) { g_interrupt = true; }
 
+// Ctrl-C asks for a checkpoint while train() runs; the previous handler comes
+// back however train() ends (also when it throws, e.g. after non-finite losses).
+class SigintScope {
+ public:
+  SigintScope() : previous_(std::signal(SIGINT, on_sigint)) { g_interrupt = false; }
+  ~SigintScope() { std::signal(SIGINT, previous_); }
+  SigintScope(const SigintScope&) = delete;
+  SigintScope& operator=(const SigintScope&) = delete;
+
+ private:
+  void (*previous_)(int);
+};
+
 }  // namespace
 
 TrainOptions TrainOptions::from_recipe(const Recipe& r) {
@@ -302,20 +315,23 @@ TrainResult Trainer::train() {
   }
   MetricsWriter metrics((fs::path(o_.output_dir) / "metrics.jsonl").string());
   ProgressBar bar(total_steps_, step_, o_.progress_bar);
-  auto previous = std::signal(SIGINT, on_sigint);
-  g_interrupt = false;
+  SigintScope sigint;
+  auto training_mode = [&](bool on) {
+    model_.set_training(on);
+    if (on_training_mode) on_training_mode(on);
+  };
 
   TrainResult result;
   const auto t0 = std::chrono::steady_clock::now();
   auto window_t = t0;
   int64_t window_tokens = 0;
   double window_loss = 0;
-  int64_t window_steps = 0;
+  int64_t window_steps = 0;  // finite-loss steps in the window (skipped ones would drag the mean down)
   const int64_t gas = o_.gradient_accumulation_steps;
 
   while (step_ < total_steps_) {
     // 1. This step's micro-batches, and their supervised-token total.
-    model_.set_training(true);
+    training_mode(true);
     std::vector<Batch> batches;
     int64_t step_supervised = 0, step_tokens = 0;
     for (int64_t k = 0; k < gas; ++k) {
@@ -355,8 +371,7 @@ TrainResult Trainer::train() {
     ++step_;
     result.train_tokens += step_tokens;
     window_tokens += step_tokens;
-    window_loss += std::isfinite(step_loss) ? step_loss : 0.0;
-    ++window_steps;
+    if (std::isfinite(step_loss)) window_loss += step_loss, ++window_steps;
     result.final_loss = step_loss;
 
     // 4. Log, evaluate, checkpoint.
@@ -365,7 +380,7 @@ TrainResult Trainer::train() {
     const double tps = window_s > 0 ? double(window_tokens) / window_s : 0.0;
     bar.update(step_, step_loss, lr, tps);
     if (step_ % o_.logging_steps == 0 || step_ == total_steps_) {
-      const double mean_loss = window_loss / double(window_steps);
+      const double mean_loss = window_steps ? window_loss / double(window_steps) : NAN;
       metrics.write({{"step", step_},
                      {"epoch", double(step_ * gas) / double(micro_per_epoch_)},
                      {"loss", mean_loss},
@@ -381,6 +396,7 @@ TrainResult Trainer::train() {
     }
     const bool last = step_ == total_steps_;
     if (!eval_rows_.empty() && ((o_.eval_steps > 0 && step_ % o_.eval_steps == 0) || last)) {
+      training_mode(false);
       auto ev = evaluate_loss(model_, eval_rows_, o_.micro_batch_size);
       metrics.write({{"step", step_}, {"eval_loss", ev.loss}, {"eval_ppl", ev.perplexity}, {"eval_tokens", ev.tokens}});
       bar.finish();
@@ -402,7 +418,7 @@ TrainResult Trainer::train() {
     }
   }
   bar.finish();
-  std::signal(SIGINT, previous);
+  training_mode(false);
   result.steps = step_;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   result.tokens_per_s = result.seconds > 0 ? double(result.train_tokens) / result.seconds : 0.0;

@@ -82,6 +82,10 @@ class Trainer {
 
   // Called after every checkpoint with its folder (the pipeline adds e.g. a PEFT adapter copy).
   std::function<void(const std::string& dir)> on_checkpoint;
+  // Called with true before each step's forward passes, and with false before
+  // evaluation and when train() returns: Model::set_training does not reach an
+  // adapter's modules, so the pipeline switches its dropout through this.
+  std::function<void(bool training)> on_training_mode;
 
   TrainResult train();
   int64_t total_steps() const { return total_steps_; }

@@ -1,0 +1,279 @@
+// `mftk run` as a person runs it: the real binary on a tiny recipe written
+// here (a 1-layer random Mistral, a dozen instruction rows). It must write
+// everything the README promises and lower the loss; Ctrl-C must leave a
+// checkpoint and exit 130, and kill -9 in the middle of checkpointing must
+// leave a checkpoint that "latest" resumes from.
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "fs_util.h"
+#include "train_test_support.h"
+#include "trainer.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace tt = mftk::train_test;
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+const std::string kMftk = MFTK_BINARY_DIR "/bin/mftk";
+
+// Questions with one-word answers; the eval file asks some of them again.
+void write_data(const std::string& dir) {
+  const std::vector<std::pair<std::string, std::string>> facts = {
+      {"What color is the sky?", "blue"},   {"What color is grass?", "green"},
+      {"What color is snow?", "white"},     {"What color is coal?", "black"},
+      {"How many legs has a cat?", "four"}, {"How many legs has a bird?", "two"},
+      {"What is two plus two?", "four"},    {"What is one plus one?", "two"},
+  };
+  std::ofstream train(dir + "/train.jsonl"), eval(dir + "/eval.jsonl");
+  for (size_t i = 0; i < facts.size(); ++i) {
+    const std::string line = json{{"instruction", facts[i].first}, {"output", facts[i].second}}.dump() + "\n";
+    train << line;
+    if (i % 2 == 0) eval << line;
+  }
+}
+
+std::string recipe_text(const std::string& dir, int64_t max_steps, int64_t save_steps) {
+  return fmt::format(R"([model]
+plugin = "mistral"
+path = "{base}"
+
+[adapter]
+plugin = "lora"
+r = 8
+alpha = 16
+dropout = 0.05
+
+[[datasets]]
+path = "{dir}/train.jsonl"
+type = "instruction"
+
+[[datasets]]
+path = "{dir}/eval.jsonl"
+type = "instruction"
+split = "eval"
+
+[data]
+dataset_prepared_path = "{dir}/prepared"
+
+[packer]
+plugin = "swa_packer"
+
+[optimizer]
+plugin = "adamw"
+
+[schedule]
+learning_rate = 1e-2
+lr_scheduler = "constant"
+warmup_steps = 1
+
+[training]
+sequence_len = 128
+micro_batch_size = 2
+max_steps = {max_steps}
+logging_steps = 1
+save_steps = {save_steps}
+output_dir = "{dir}/run"
+seed = 3
+threads = 1
+
+[validate]
+exact_match = 4
+prompts = ["What color is the sky?"]
+max_new_tokens = 3
+)",
+                     fmt::arg("base", tt::tiny_checkpoint(1)), fmt::arg("dir", dir), fmt::arg("max_steps", max_steps),
+                     fmt::arg("save_steps", save_steps));
+}
+
+// Starts `mftk <args>` with stdout and stderr appended to `log`.
+pid_t spawn_mftk(const std::vector<std::string>& args, const std::string& log) {
+  std::vector<std::string> all = {kMftk};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) {  // only async-signal-safe calls until exec
+    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) dup2(fd, 1), dup2(fd, 2);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// waitpid with a deadline; kills the child and reports -1 when it is exceeded.
+int wait_status(pid_t pid, std::chrono::seconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  int status = 0;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  return status;
+}
+
+int run_mftk(const std::vector<std::string>& args, const std::string& log) {
+  const int status = wait_status(spawn_mftk(args, log), 120s);
+  return status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string text_of(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::vector<double> logged_losses(const std::string& metrics) {
+  std::vector<double> out;
+  std::ifstream in(metrics);
+  for (std::string line; std::getline(in, line);) {
+    auto j = json::parse(line);
+    if (j.contains("loss") && j["loss"].is_number()) out.push_back(j["loss"].get<double>());
+  }
+  return out;
+}
+
+// Polls until `ready` holds; false after `limit`.
+template <class Ready>
+bool wait_until(Ready ready, std::chrono::milliseconds limit, std::chrono::microseconds poll = 2000us) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!ready()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(poll);
+  }
+  return true;
+}
+
+bool has_tmp_checkpoint(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const auto name = e.path().filename().string();
+    if (name.rfind(".checkpoint-", 0) == 0) return true;
+  }
+  return false;
+}
+
+class TrainE2E : public testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(fs::exists(kMftk)) << kMftk << " is not built";
+    write_data(dir_.str());
+    tt::tiny_checkpoint(1);
+  }
+  std::string write_recipe(int64_t max_steps, int64_t save_steps) {
+    const std::string path = dir_.sub("recipe.toml");
+    std::ofstream(path) << recipe_text(dir_.str(), max_steps, save_steps);
+    return path;
+  }
+  std::string out() const { return dir_.sub("run"); }
+  std::string log() const { return dir_.sub("mftk.out"); }
+
+  tt::ScratchDir dir_{"e2e"};
+};
+
+}  // namespace
+
+TEST_F(TrainE2E, RunWritesEverythingAndLowersTheLoss) {
+  const std::string recipe = write_recipe(8, 4);
+  ASSERT_EQ(run_mftk({"run", recipe}, log()), 0) << text_of(log());
+
+  const json summary = json::parse(mftk::core::read_file(out() + "/summary.json"));
+  for (const char* key : {"steps", "train_tokens", "tokens_per_s", "peak_rss_bytes", "final_loss", "eval_loss",
+                          "exact_match_before", "exact_match_after"})
+    EXPECT_TRUE(summary.contains(key)) << key << " missing from " << summary.dump(2);
+  EXPECT_EQ(summary.value("steps", 0), 8);
+  EXPECT_GT(summary.value("train_tokens", 0), 0);
+  EXPECT_GT(summary.value("tokens_per_s", 0.0), 0.0);
+  EXPECT_GT(summary.value("peak_rss_bytes", int64_t(0)), int64_t(1) << 20);
+  for (const char* key : {"exact_match_before", "exact_match_after"}) {
+    EXPECT_GE(summary.value(key, -1.0), 0.0) << key;
+    EXPECT_LE(summary.value(key, 2.0), 1.0) << key;
+  }
+
+  EXPECT_TRUE(fs::is_regular_file(out() + "/adapter/adapter_config.json"));
+  EXPECT_TRUE(fs::is_regular_file(out() + "/adapter/adapter_model.safetensors"));
+  const json adapter_config = json::parse(mftk::core::read_file(out() + "/adapter/adapter_config.json"));
+  EXPECT_EQ(adapter_config.value("peft_type", ""), "LORA");
+  EXPECT_EQ(adapter_config.value("r", 0), 8);
+
+  const std::string svg = text_of(out() + "/loss_curve.svg");
+  EXPECT_EQ(svg.rfind("<svg", 0), 0u);
+  EXPECT_NE(svg.find("<polyline"), std::string::npos);
+  EXPECT_NE(svg.find("</svg>"), std::string::npos);
+
+  const auto losses = logged_losses(out() + "/metrics.jsonl");
+  ASSERT_EQ(losses.size(), 8u);  // logging_steps = 1
+  EXPECT_LT(losses.back(), losses.front());
+  EXPECT_LT(summary.value("final_loss", 1e9), losses.front());
+  EXPECT_NEAR(summary.value("final_loss", 0.0), losses.back(), 1e-9);
+  EXPECT_TRUE(fs::is_directory(out() + "/checkpoint-4"));
+  EXPECT_TRUE(fs::is_directory(out() + "/checkpoint-8"));
+}
+
+TEST_F(TrainE2E, CtrlCWritesACheckpointExits130AndTheRunResumes) {
+  const std::string recipe = write_recipe(40, 2);
+  const pid_t pid = spawn_mftk({"run", recipe}, log());
+  ASSERT_GT(pid, 0);
+  const bool saved = wait_until([&] { return fs::is_directory(out() + "/checkpoint-2"); }, 90s);
+  kill(pid, SIGINT);
+  const int status = wait_status(pid, 60s);
+  ASSERT_TRUE(saved) << "no checkpoint-2 appeared\n" << text_of(log());
+  ASSERT_TRUE(status >= 0 && WIFEXITED(status)) << "status " << status << "\n" << text_of(log());
+  ASSERT_EQ(WEXITSTATUS(status), 130) << text_of(log());
+
+  const std::string latest = mftk::core::find_latest_checkpoint(out());
+  ASSERT_FALSE(latest.empty());
+  const json state = json::parse(mftk::core::read_file(latest + "/trainer_state.json"));
+  EXPECT_EQ(state.value("reason", ""), "interrupted");
+  const int64_t stopped_at = state.value("step", int64_t(0));
+  EXPECT_LT(stopped_at, 40);
+  EXPECT_TRUE(fs::is_regular_file(latest + "/adapter/adapter_model.safetensors"));
+  EXPECT_FALSE(fs::exists(out() + "/summary.json"));
+
+  ASSERT_EQ(run_mftk({"run", recipe, "--set", "training.resume_from_checkpoint=latest"}, log()), 0) << text_of(log());
+  const json summary = json::parse(mftk::core::read_file(out() + "/summary.json"));
+  EXPECT_EQ(summary.value("steps", 0), 40);
+  EXPECT_NE(text_of(log()).find("resumed from " + latest), std::string::npos) << text_of(log());
+}
+
+TEST_F(TrainE2E, KillDuringCheckpointingLeavesALoadableCheckpoint) {
+  const std::string recipe = write_recipe(40, 1);
+  const pid_t pid = spawn_mftk({"run", recipe}, log());
+  ASSERT_GT(pid, 0);
+  // After a few checkpoints, strike while a save is in progress if we can catch one.
+  const bool some = wait_until([&] { return fs::is_directory(out() + "/checkpoint-3"); }, 90s);
+  const bool mid_save = some && wait_until([&] { return has_tmp_checkpoint(out()); }, 2000ms, 50us);
+  kill(pid, SIGKILL);
+  const int status = wait_status(pid, 30s);
+  ASSERT_TRUE(some) << "no checkpoint-3 appeared\n" << text_of(log());
+  ASSERT_TRUE(status >= 0 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+      << "the run ended before the kill (status " << status << ")\n" << text_of(log());
+  if (!mid_save) std::cerr << "note: the kill did not land during a save\n";
+
+  const std::string latest = mftk::core::find_latest_checkpoint(out());
+  ASSERT_FALSE(latest.empty());
+  EXPECT_GE(json::parse(mftk::core::read_file(latest + "/trainer_state.json")).value("step", 0), 3);
+  ASSERT_EQ(run_mftk({"run", recipe, "--set", "training.resume_from_checkpoint=latest"}, log()), 0) << text_of(log());
+  EXPECT_NE(text_of(log()).find("resumed from " + latest), std::string::npos) << text_of(log());
+  EXPECT_EQ(json::parse(mftk::core::read_file(out() + "/summary.json")).value("steps", 0), 40);
+  EXPECT_FALSE(has_tmp_checkpoint(out())) << "a finished run leaves no temporary checkpoint folder";
+}
