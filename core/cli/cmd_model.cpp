@@ -1,6 +1,7 @@
-// mftk init | export  (generate and logprobs join them once the model runs)
+// mftk init | export | generate | logprobs | merge
 #include <unistd.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 
@@ -9,8 +10,16 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
+#include <nlohmann/json.hpp>
+
+#include "generate.h"
 #include "init_checkpoint.h"
+#include "mftk/adapter.h"
 #include "mftk/exporter.h"
+#include "mftk/model.h"
+#include "mftk/tokenizer.h"
+#include "model_tools.h"
+#include "pipeline.h"
 #include "recipe.h"
 #include "registry.h"
 
@@ -37,6 +46,48 @@ std::string default_corpus() {
     if (fs::exists(candidate, ec)) return fs::weakly_canonical(candidate, ec).string();
   }
   return {};
+}
+
+// --model, --plugin, --adapter, --adapter-plugin: a checkpoint folder and
+// an optional adapter folder, loaded through the plugins named.
+void add_model_source_options(CLI::App* cmd, core::ModelBundleOptions& o, bool adapter_required = false) {
+  cmd->add_option("--model", o.model_dir, "checkpoint folder (config.json, *.safetensors, tokenizer.model)")
+      ->required();
+  auto* adapter = cmd->add_option("--adapter", o.adapter_dir, "adapter folder to load onto the model (PEFT layout)");
+  if (adapter_required) adapter->required();
+  cmd->add_option("--plugin", o.model_plugin, "model plugin that reads the folder")->capture_default_str();
+  cmd->add_option("--adapter-plugin", o.adapter_plugin, "adapter plugin that reads --adapter")->capture_default_str();
+}
+
+// "1,2,3" -> ids; anything else is a usage error naming the bad entry.
+std::vector<int32_t> parse_token_list(const std::string& text) {
+  std::vector<int32_t> ids;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    std::string item = text.substr(start, comma - start);
+    item.erase(0, item.find_first_not_of(" \t"));
+    item.erase(item.find_last_not_of(" \t") + 1);
+    size_t used = 0;
+    long long value = -1;
+    try {
+      value = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (item.empty() || used != item.size() || value < 0 || value > INT32_MAX)
+      throw UsageError(fmt::format("--tokens: '{}' is not a token id (in \"{}\")", item, text),
+                       "write comma-separated non-negative integers: --tokens 1,415,2");
+    ids.push_back(int32_t(value));
+    start = comma + 1;
+  }
+  return ids;
+}
+
+// The text of generated tokens, without the end-of-sequence token.
+std::string generated_text(const Tokenizer& tokenizer, std::vector<int32_t> tokens) {
+  if (!tokens.empty() && tokens.back() == tokenizer.eos_id()) tokens.pop_back();
+  return tokenizer.decode(tokens);
 }
 
 }  // namespace
@@ -115,6 +166,125 @@ void add_model_commands(CLI::App& app) {
       job.out = a->out;
       auto report = exporter->run(job);
       spdlog::info("export {}: {} ({} bytes) {}", ref.plugin, report.path, report.bytes, report.summary);
+    });
+  }
+  {
+    struct GenerateArgs {
+      core::ModelBundleOptions model;
+      std::string prompt;
+      bool chat = false;
+      bool json = false;
+      core::GenerateOptions gen;
+    };
+    auto a = std::make_shared<GenerateArgs>();
+    auto* cmd = app.add_subcommand("generate", "continue a prompt with a checkpoint (and an adapter)");
+    cmd->footer(
+        "The prompt is BOS + the text (BOS when the tokenizer adds one); with --chat it is one user turn in the "
+        "tokenizer's Mistral chat format, ending where the assistant's reply begins. Prints the new text on "
+        "stdout (with --json: prompt and new token ids as well); time to first token and tokens/s go to stderr. "
+        "--temperature 0 is greedy and ignores --top-p and --seed.");
+    add_model_source_options(cmd, a->model);
+    cmd->add_option("--prompt", a->prompt, "text to continue")->required();
+    cmd->add_flag("--chat", a->chat, "wrap the prompt as a user turn of the chat template");
+    cmd->add_option("--max-new-tokens", a->gen.max_new_tokens, "stop after this many new tokens (or at EOS)")
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
+        ->capture_default_str();
+    cmd->add_option("--temperature", a->gen.temperature, "sampling temperature; 0 is greedy")
+        ->check(CLI::Range(0.0, 100.0))
+        ->capture_default_str();
+    cmd->add_option("--top-p", a->gen.top_p, "nucleus sampling: keep the smallest set of tokens reaching this mass")
+        ->check(CLI::Range(1e-6, 1.0))
+        ->capture_default_str();
+    cmd->add_option("--seed", a->gen.seed, "sampling seed")->capture_default_str();
+    cmd->add_flag("--json", a->json,
+                  "print {\"prompt_tokens\", \"tokens\", \"text\", \"stopped_at_eos\"} instead of the text");
+    cmd->callback([a] {
+      core::Registry registry;
+      auto bundle = core::load_model_bundle(registry, a->model);
+      const Tokenizer& tok = *bundle.tokenizer;
+      const auto prompt = core::encode_prompt(tok, a->prompt, a->chat);
+      if (prompt.empty())
+        throw UsageError("generate: the prompt encodes to no tokens (the tokenizer adds no BOS)",
+                         "pass a non-empty --prompt");
+      auto options = a->gen;
+      options.eos_id = tok.eos_id();
+      auto gen = core::generate(*bundle.model, prompt, options);
+      const std::string text = generated_text(tok, gen.tokens);
+      if (a->json) {
+        nlohmann::json j = {{"prompt_tokens", prompt},
+                            {"tokens", gen.tokens},
+                            {"text", text},
+                            {"stopped_at_eos", gen.stopped_at_eos}};
+        std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+      } else {
+        std::printf("%s\n", text.c_str());
+      }
+      std::fflush(stdout);
+      spdlog::info("generate: {} prompt tokens, {} new{}; {:.0f} ms to first token, {:.1f} tokens/s after it",
+                   prompt.size(), gen.tokens.size(), gen.stopped_at_eos ? " (stopped at EOS)" : "",
+                   1000 * gen.seconds_to_first_token, gen.tokens_per_second);
+    });
+  }
+  {
+    struct LogprobsArgs {
+      core::ModelBundleOptions model;
+      std::string text, tokens, dtype = "f32";
+      int64_t top = 0;
+    };
+    auto a = std::make_shared<LogprobsArgs>();
+    auto* cmd = app.add_subcommand("logprobs", "score tokens: log P(token | everything before it), as JSON");
+    cmd->footer(
+        "Prints one JSON object on stdout: {\"tokens\": [ids], \"logprobs\": [...]} where logprobs[i] = "
+        "log P(tokens[i+1] | tokens[0..i]) (n-1 values for n tokens), natural log, log_softmax in fp32. With "
+        "--top K also \"top\": for each of those n-1 positions the K most likely next tokens "
+        "[{\"id\", \"logprob\"}, ...], most likely first. --text is encoded as BOS + text (BOS when the "
+        "tokenizer adds one). README.md \"logprobs contract\" keeps this stable.");
+    add_model_source_options(cmd, a->model);
+    auto* text = cmd->add_option("--text", a->text, "text to score (encoded with BOS)");
+    auto* tokens = cmd->add_option("--tokens", a->tokens, "token ids to score, comma separated: 1,415,2");
+    text->excludes(tokens);
+    cmd->add_option("--top", a->top, "also list the K most likely tokens at every position")
+        ->check(CLI::Range(int64_t{0}, int64_t{1} << 24))
+        ->capture_default_str();
+    cmd->add_option("--dtype", a->dtype, "f32 (weights and compute in fp32) or bf16 (both in bf16)")
+        ->check(CLI::IsMember({"f32", "bf16"}))
+        ->capture_default_str();
+    cmd->callback([a, text, tokens] {
+      if (text->count() == 0 && tokens->count() == 0)
+        throw UsageError("logprobs: nothing to score", "pass --text TEXT or --tokens 1,2,3");
+      std::vector<int32_t> ids;
+      if (tokens->count() > 0) ids = parse_token_list(a->tokens);
+      auto options = a->model;
+      options.bf16 = a->dtype == "bf16";
+      core::Registry registry;
+      auto bundle = core::load_model_bundle(registry, options);
+      if (text->count() > 0) ids = core::encode_text(*bundle.tokenizer, a->text);
+      const auto result = core::compute_logprobs(*bundle.model, ids, a->top);
+      std::printf("%s\n", core::logprobs_json(result, a->top > 0).c_str());
+    });
+  }
+  {
+    auto a = std::make_shared<core::ModelBundleOptions>();
+    auto out = std::make_shared<std::string>();
+    auto* cmd = app.add_subcommand("merge", "fold an adapter into its base and write a plain HF checkpoint");
+    cmd->footer(
+        "Loads --model and --adapter, folds the adapter into the base weights and writes --out with the "
+        "base's config.json and tokenizer files, in the base checkpoint's dtype. No quantizer is applied here; "
+        "an adapter trained on a quantised base merges onto the dequantised weights.");
+    add_model_source_options(cmd, *a, /*adapter_required=*/true);
+    cmd->add_option("--out", *out, "folder to write (not the --model folder)")->required();
+    cmd->callback([a, out] {
+      std::error_code ec;
+      if (fs::exists(*out, ec) && fs::exists(a->model_dir, ec) && fs::equivalent(*out, a->model_dir, ec))
+        throw UsageError(fmt::format("merge: --out {} is the --model folder", *out),
+                         "write the merged checkpoint to a new folder; the base is read while writing");
+      core::Registry registry;
+      auto bundle = core::load_model_bundle(registry, *a);
+      spdlog::info("merge: folding {} into {} (dense weights as stored; no quantizer)", a->adapter_dir,
+                   a->model_dir);
+      bundle.adapter->merge(*bundle.model);
+      core::save_hf_checkpoint(*bundle.model, a->model_dir, *out);
+      spdlog::info("merge: wrote {}", *out);
     });
   }
 }
