@@ -1,0 +1,361 @@
+// bitsandbytes 4-bit checkpoint folders (see nf4_checkpoint.h).
+#include "nf4_checkpoint.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include "mftk/error.h"
+#include "mftk/log.h"
+#include "mftk/model.h"
+#include "mftk/safetensors.h"
+#include "nf4_linear.h"
+
+namespace mftk::nf4 {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kQuantStateSuffix = ".weight.quant_state.bitsandbytes__nf4";
+constexpr const char* kFp4StateSuffix = ".weight.quant_state.bitsandbytes__fp4";
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// torch's dtype names, as str(torch.bfloat16).strip("torch.") gives them.
+std::string torch_dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    default:
+      throw Error(fmt::format("nf4: weights of dtype {} have no bitsandbytes name", c10::toString(t)));
+  }
+}
+
+at::ScalarType dtype_from_torch_name(const std::string& name, const std::string& where) {
+  if (name == "float32") return at::kFloat;
+  if (name == "bfloat16") return at::kBFloat16;
+  if (name == "float16") return at::kHalf;
+  throw Error(fmt::format("nf4: {}: dtype \"{}\" is not float32, bfloat16 or float16", where, name),
+              "the checkpoint was not written by bitsandbytes' 4-bit Linear");
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("nf4: cannot read {}", path.string()), "check the folder and its permissions");
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    if (!out) throw Error(fmt::format("nf4: cannot write {}", tmp.string()), "check free space and permissions");
+  }
+  fs::rename(tmp, path);
+}
+
+json bnb_quantization_config(const BnbConfigOptions& o) {
+  // BitsAndBytesConfig(...).to_dict(): its attributes plus the two
+  // load_in_* properties; transformers writes config.json with sorted keys.
+  json c = json::object();
+  c["_load_in_4bit"] = true;
+  c["_load_in_8bit"] = false;
+  c["bnb_4bit_compute_dtype"] = torch_dtype_name(o.compute_dtype);
+  c["bnb_4bit_quant_storage"] = "uint8";
+  c["bnb_4bit_quant_type"] = "nf4";
+  c["bnb_4bit_use_double_quant"] = o.double_quant;
+  c["llm_int8_enable_fp32_cpu_offload"] = false;
+  c["llm_int8_has_fp16_weight"] = false;
+  c["llm_int8_skip_modules"] = o.skip_modules;
+  c["llm_int8_threshold"] = 6.0;
+  c["load_in_4bit"] = true;
+  c["load_in_8bit"] = false;
+  c["quant_method"] = "bitsandbytes";
+  return c;
+}
+
+// A tensor's bytes as the uint8 tensor bitsandbytes' pack_dict_to_tensor makes.
+at::Tensor bytes_tensor(const std::string& text) {
+  at::Tensor t = at::empty({static_cast<int64_t>(text.size())}, at::kByte);
+  std::memcpy(t.data_ptr<uint8_t>(), text.data(), text.size());
+  return t;
+}
+
+at::Tensor nf4_code_tensor() {
+  at::Tensor t = at::empty({16}, at::kFloat);
+  std::copy(kNf4Codes.begin(), kNf4Codes.end(), t.data_ptr<float>());
+  return t;
+}
+
+}  // namespace
+
+std::string python_float_repr(double value) {
+  if (std::isnan(value)) return "NaN";
+  if (std::isinf(value)) return value > 0 ? "Infinity" : "-Infinity";
+  if (value == 0.0) return std::signbit(value) ? "-0.0" : "0.0";
+  // Shortest round-trip digits, as d.ddde±x.
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof buf, value, std::chars_format::scientific);
+  std::string sci(buf, r.ptr);
+  std::string sign;
+  if (sci[0] == '-') {
+    sign = "-";
+    sci.erase(0, 1);
+  }
+  const size_t e = sci.find('e');
+  std::string digits = sci.substr(0, e);
+  digits.erase(std::remove(digits.begin(), digits.end(), '.'), digits.end());
+  const int exponent = std::stoi(sci.substr(e + 1));
+  // Python's repr: scientific when exponent < -4 or >= 16, fixed otherwise.
+  if (exponent < -4 || exponent >= 16) {
+    std::string mantissa = digits.substr(0, 1);
+    if (digits.size() > 1) mantissa += "." + digits.substr(1);
+    return fmt::format("{}{}e{}{:02d}", sign, mantissa, exponent < 0 ? '-' : '+', std::abs(exponent));
+  }
+  std::string fixed;
+  if (exponent < 0) {
+    fixed = "0." + std::string(static_cast<size_t>(-exponent - 1), '0') + digits;
+  } else {
+    const size_t int_digits = static_cast<size_t>(exponent) + 1;
+    if (digits.size() <= int_digits) {
+      fixed = digits + std::string(int_digits - digits.size(), '0') + ".0";
+    } else {
+      fixed = digits.substr(0, int_digits) + "." + digits.substr(int_digits);
+    }
+  }
+  return sign + fixed;
+}
+
+std::string quant_state_json(const Nf4Tensor& w) {
+  // json.dumps with default separators ", " and ": ", keys in as_dict order.
+  std::string text = fmt::format(R"({{"quant_type": "nf4", "blocksize": {}, "dtype": "{}", "shape": [{}])",
+                                 w.blocksize, torch_dtype_name(w.dtype), fmt::join(w.shape, ", "));
+  if (w.double_quant())
+    text += fmt::format(R"(, "nested_blocksize": {}, "nested_dtype": "float32", "nested_offset": {})",
+                        kNestedBlocksize, python_float_repr(static_cast<double>(w.offset)));
+  return text + "}";
+}
+
+NamedTensors bnb_state_tensors(const std::string& module, const Nf4Tensor& w) {
+  w.check(module);
+  const std::string p = module + ".weight";
+  NamedTensors out;
+  out.emplace_back(p, w.packed.view({w.packed.numel(), 1}));
+  if (w.double_quant()) {
+    out.emplace_back(p + ".absmax", w.quantized_absmax);
+    out.emplace_back(p + ".nested_absmax", w.nested_absmax);
+    out.emplace_back(p + ".nested_quant_map", w.nested_map);
+  } else {
+    out.emplace_back(p + ".absmax", w.absmax);
+  }
+  out.emplace_back(p + ".quant_map", nf4_code_tensor());
+  out.emplace_back(p + ".quant_state.bitsandbytes__nf4", bytes_tensor(quant_state_json(w)));
+  return out;
+}
+
+void save_nf4_checkpoint(const std::string& source_dir, const Nf4Weights& quantized, const std::string& out_dir,
+                         const BnbConfigOptions& config, uint64_t max_shard_bytes) {
+  if (fs::exists(out_dir) && fs::equivalent(source_dir, out_dir))
+    throw UsageError(fmt::format("nf4: the output folder {} is the source checkpoint", out_dir),
+                     "write the 4-bit checkpoint to a new folder");
+  const CheckpointReader reader = CheckpointReader::open(source_dir);
+  for (const auto& [module, weight] : quantized) {
+    const std::string name = module + ".weight";
+    if (!reader.contains(name))
+      throw Error(fmt::format("nf4: {} has no tensor '{}' for the quantised module '{}'", source_dir, name, module),
+                  "save against the checkpoint the model was loaded from");
+    if (reader.info(name).shape != weight->shape)
+      throw Error(fmt::format("nf4: '{}' is [{}] in {}, but the quantised weight is [{}]", name,
+                              fmt::join(reader.info(name).shape, ", "), source_dir, fmt::join(weight->shape, ", ")),
+                  "save against the checkpoint the model was loaded from");
+  }
+  NamedTensors tensors;
+  for (const auto& name : reader.names()) {
+    const bool is_weight = ends_with(name, ".weight");
+    const std::string module = is_weight ? name.substr(0, name.size() - 7) : std::string();
+    auto it = is_weight ? quantized.find(module) : quantized.end();
+    if (it == quantized.end()) {
+      tensors.emplace_back(name, reader.get(name));  // a mapped view: written unchanged
+      continue;
+    }
+    for (auto& t : bnb_state_tensors(module, *it->second)) tensors.push_back(std::move(t));
+  }
+  fs::create_directories(out_dir);
+  save_checkpoint(out_dir, tensors, max_shard_bytes);
+
+  // config.json gains quantization_config (sorted keys, indent 2, as transformers writes it).
+  const fs::path source(source_dir);
+  json cfg = json::parse(read_text(source / "config.json"));
+  cfg["quantization_config"] = bnb_quantization_config(config);
+  write_text(fs::path(out_dir) / "config.json", cfg.dump(2) + "\n");
+  // Tokenizer and generation files come along unchanged.
+  for (const auto& entry : fs::directory_iterator(source)) {
+    if (!entry.is_regular_file()) continue;
+    const std::string file = entry.path().filename().string();
+    if (file == "config.json" || ends_with(file, ".safetensors") || file == "model.safetensors.index.json")
+      continue;
+    fs::copy_file(entry.path(), fs::path(out_dir) / file, fs::copy_options::overwrite_existing);
+  }
+}
+
+QuantizeReport quantize_checkpoint(const std::string& source_dir, const std::string& out_dir,
+                                   const Nf4Options& options, const std::vector<std::string>* linear_modules) {
+  const CheckpointReader reader = CheckpointReader::open(source_dir);
+  std::vector<std::string> modules;
+  if (linear_modules) {
+    modules = *linear_modules;
+  } else {
+    for (const auto& name : reader.names()) {
+      if (!ends_with(name, ".weight") || reader.info(name).shape.size() != 2) continue;
+      const std::string module = name.substr(0, name.size() - 7);
+      if (module.find("embed") == std::string::npos) modules.push_back(module);
+    }
+  }
+  Nf4Quantizer quantizer(options);
+  Nf4Weights quantized;
+  QuantizeReport report;
+  for (const auto& module : modules) {
+    if (!quantizer.wants(module)) continue;
+    const std::string name = module + ".weight";
+    if (!reader.contains(name)) continue;  // e.g. a tied lm_head
+    const at::Tensor weight = reader.get(name);  // mapped; dropped after this iteration
+    auto q = std::make_shared<Nf4Tensor>(quantize_nf4(weight, options.blocksize, options.double_quant));
+    report.bytes_in += weight.numel() * int64_t(weight.element_size());
+    report.bytes_out += q->storage_bytes();
+    quantized.emplace(module, std::move(q));
+  }
+  report.quantized = int64_t(quantized.size());
+
+  BnbConfigOptions config;
+  config.double_quant = options.double_quant;
+  config.skip_modules = options.skip_modules;
+  if (options.compute_dtype) {
+    config.compute_dtype = *options.compute_dtype;
+  } else {
+    const json cfg = json::parse(read_text(fs::path(source_dir) / "config.json"));
+    config.compute_dtype = cfg.value("torch_dtype", std::string()) == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  }
+  save_nf4_checkpoint(source_dir, quantized, out_dir, config);
+  return report;
+}
+
+Nf4Weights nf4_weights_of(Model& model) {
+  Nf4Weights out;
+  for (LinearSlot* slot : model.linear_slots())
+    if (const auto* op = dynamic_cast<const Nf4Linear*>(slot->op.get())) out.emplace(slot->name, op->shared_weight());
+  return out;
+}
+
+Nf4Checkpoint load_nf4_checkpoint(const std::string& dir) {
+  const CheckpointReader reader = CheckpointReader::open(dir);
+  Nf4Checkpoint out;
+  std::set<std::string> used;
+  for (const auto& name : reader.names()) {
+    if (ends_with(name, kFp4StateSuffix))
+      throw Error(fmt::format("nf4: {}: '{}' is an FP4 weight; only NF4 is supported", dir, name),
+                  "quantise the model with bnb_4bit_quant_type=\"nf4\"");
+    if (!ends_with(name, kQuantStateSuffix)) continue;
+    const std::string module = name.substr(0, name.size() - std::strlen(kQuantStateSuffix));
+    const std::string p = module + ".weight";
+    auto tensor = [&](const std::string& key, bool required) -> at::Tensor {
+      if (!reader.contains(key)) {
+        if (required)
+          throw Error(fmt::format("nf4: {}: '{}' has a quant state but no tensor '{}'", dir, module, key),
+                      "the checkpoint is incomplete");
+        return {};
+      }
+      used.insert(key);
+      return reader.get(key);
+    };
+
+    const at::Tensor state_bytes = tensor(name, true);
+    if (state_bytes.scalar_type() != at::kByte || state_bytes.dim() != 1)
+      throw Error(fmt::format("nf4: {}: '{}' is not a 1-D uint8 tensor", dir, name));
+    const std::string text(reinterpret_cast<const char*>(state_bytes.data_ptr<uint8_t>()),
+                           static_cast<size_t>(state_bytes.numel()));
+    json state;
+    try {
+      state = json::parse(text);
+    } catch (const std::exception& e) {
+      throw Error(fmt::format("nf4: {}: '{}' does not hold JSON: {}", dir, name, e.what()));
+    }
+    auto w = std::make_shared<Nf4Tensor>();
+    try {
+      if (state.at("quant_type").get<std::string>() != "nf4")
+        throw Error(fmt::format("quant_type is \"{}\", not \"nf4\"", state.at("quant_type").get<std::string>()));
+      w->blocksize = state.at("blocksize").get<int64_t>();
+      w->dtype = dtype_from_torch_name(state.at("dtype").get<std::string>(), name);
+      w->shape = state.at("shape").get<std::vector<int64_t>>();
+      if (state.contains("nested_blocksize")) {
+        if (state.at("nested_blocksize").get<int64_t>() != kNestedBlocksize)
+          throw Error(fmt::format("nested_blocksize {} is not {}", state.at("nested_blocksize").dump(),
+                                  kNestedBlocksize));
+        if (state.at("nested_dtype").get<std::string>() != "float32")
+          throw Error(fmt::format("nested_dtype is \"{}\", not \"float32\"", state.at("nested_dtype").get<std::string>()));
+        w->offset = static_cast<float>(state.at("nested_offset").get<double>());
+      }
+    } catch (const json::exception& e) {
+      throw Error(fmt::format("nf4: {}: quant state of '{}' is malformed: {}", dir, module, e.what()),
+                  "expected the keys quant_type, blocksize, dtype, shape (and nested_* with double quant)");
+    } catch (const Error& e) {
+      throw Error(fmt::format("nf4: {}: quant state of '{}': {}", dir, module, e.what()),
+                  "only bitsandbytes NF4 weights can be read");
+    }
+
+    const at::Tensor packed = tensor(p, true);
+    w->packed = packed.reshape({packed.numel()});
+    const at::Tensor absmax = tensor(p + ".absmax", true);
+    const at::Tensor quant_map = tensor(p + ".quant_map", true);
+    if (quant_map.scalar_type() != at::kFloat || quant_map.numel() != 16 ||
+        std::memcmp(quant_map.data_ptr<float>(), kNf4Codes.data(), sizeof(float) * 16) != 0)
+      throw Error(fmt::format("nf4: {}: '{}.quant_map' is not the NF4 code table", dir, p),
+                  "only bitsandbytes NF4 weights can be read");
+    if (state.contains("nested_blocksize")) {
+      w->quantized_absmax = absmax;
+      w->nested_absmax = tensor(p + ".nested_absmax", true);
+      w->nested_map = tensor(p + ".nested_quant_map", true);
+    } else {
+      w->absmax = absmax;
+    }
+    w->check(fmt::format("{}: '{}'", dir, module));
+    out.quantized.emplace(module, std::move(w));
+  }
+  for (const auto& name : reader.names())
+    if (!used.count(name)) out.other_tensors.push_back(name);
+  return out;
+}
+
+ExportReport Nf4Exporter::run(const ExportJob& job) {
+  std::vector<std::string> slot_names;
+  if (job.model)
+    for (LinearSlot* slot : job.model->linear_slots()) slot_names.push_back(slot->name);
+  const QuantizeReport r = quantize_checkpoint(job.model_dir, job.out, options_, job.model ? &slot_names : nullptr);
+  int64_t bytes = 0;
+  for (const auto& entry : fs::directory_iterator(job.out))
+    if (entry.is_regular_file()) bytes += int64_t(entry.file_size());
+  const std::string summary =
+      fmt::format("{} linear weights as NF4 (block {}{}): {:.1f} MB -> {:.1f} MB", r.quantized, options_.blocksize,
+                  options_.double_quant ? ", double quant" : "", r.bytes_in / 1e6, r.bytes_out / 1e6);
+  log::info("nf4: {} -> {}: {}", job.model_dir, job.out, summary);
+  return {job.out, bytes, summary};
+}
+
+}  // namespace mftk::nf4

@@ -1,0 +1,117 @@
+// Nf4Tensor (see nf4_tensor.h).
+#include "nf4_tensor.h"
+
+#include <string>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "dynamic_map.h"
+#include "mftk/error.h"
+
+namespace mftk::nf4 {
+
+int64_t Nf4Tensor::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+at::Tensor Nf4Tensor::block_absmax() const {
+  if (!double_quant()) return absmax;
+  at::Tensor out = at::empty({blocks()}, at::kFloat);
+  recover_absmax(quantized_absmax.data_ptr<uint8_t>(), nested_absmax.data_ptr<float>(), nested_map.data_ptr<float>(),
+                 offset, blocks(), out.data_ptr<float>());
+  return out;
+}
+
+int64_t Nf4Tensor::storage_bytes() const {
+  auto bytes = [](const at::Tensor& t) { return t.defined() ? t.numel() * int64_t(t.element_size()) : int64_t{0}; };
+  return bytes(packed) + bytes(absmax) + bytes(quantized_absmax) + bytes(nested_absmax);
+}
+
+void Nf4Tensor::check(const std::string& what) const {
+  auto fail = [&](const std::string& message) {
+    throw Error(fmt::format("nf4: {}: {}", what, message),
+                "the quantised weight is damaged or was not written by bitsandbytes / mftk; re-quantise it "
+                "from the original checkpoint");
+  };
+  if (shape.empty()) fail("no shape");
+  for (int64_t d : shape)
+    if (d <= 0) fail(fmt::format("shape [{}] has an empty dimension", fmt::join(shape, ", ")));
+  if (blocksize < 2 || (blocksize & (blocksize - 1)) != 0)
+    fail(fmt::format("blocksize {} is not a power of two", blocksize));
+  auto expect = [&](const at::Tensor& t, const char* name, at::ScalarType type, int64_t count) {
+    if (!t.defined()) fail(fmt::format("{} is missing", name));
+    if (t.scalar_type() != type)
+      fail(fmt::format("{} is {}, expected {}", name, c10::toString(t.scalar_type()), c10::toString(type)));
+    if (t.numel() != count) fail(fmt::format("{} holds {} values, expected {}", name, t.numel(), count));
+    if (!t.is_contiguous() || !t.device().is_cpu()) fail(fmt::format("{} is not a contiguous CPU tensor", name));
+  };
+  expect(packed, "packed weight", at::kByte, (numel() + 1) / 2);
+  if (double_quant()) {
+    if (absmax.defined()) fail("holds both absmax and its double-quantised form");
+    expect(quantized_absmax, "quantised absmax", at::kByte, blocks());
+    expect(nested_absmax, "nested absmax", at::kFloat, (blocks() + kNestedBlocksize - 1) / kNestedBlocksize);
+    expect(nested_map, "nested quant map", at::kFloat, 256);
+  } else {
+    expect(absmax, "absmax", at::kFloat, blocks());
+  }
+}
+
+Nf4Tensor quantize_nf4(const at::Tensor& weight, int64_t blocksize, bool double_quant) {
+  if (!weight.defined() || weight.numel() == 0) throw Error("nf4: cannot quantise an empty weight");
+  if (!weight.device().is_cpu())
+    throw Error(fmt::format("nf4: the weight is on {}; NF4 quantisation runs on the CPU", weight.device().str()),
+                "load the model on the CPU");
+  Nf4Tensor q;
+  q.shape = weight.sizes().vec();
+  q.blocksize = blocksize;
+  q.dtype = weight.scalar_type();
+  // A mapped checkpoint view is already contiguous; anything else is copied once.
+  const at::Tensor values = weight.contiguous();
+  const int64_t n = values.numel();
+  q.packed = at::empty({(n + 1) / 2}, at::kByte);
+  at::Tensor absmax = at::empty({q.blocks()}, at::kFloat);
+  quantize_blocks(values.data_ptr(), values.scalar_type(), n, blocksize, q.packed.data_ptr<uint8_t>(),
+                  absmax.data_ptr<float>());
+  if (!double_quant) {
+    q.absmax = absmax;
+  } else {
+    q.quantized_absmax = at::empty({q.blocks()}, at::kByte);
+    q.nested_absmax = at::empty({(q.blocks() + kNestedBlocksize - 1) / kNestedBlocksize}, at::kFloat);
+    double_quantize_absmax(absmax.data_ptr<float>(), q.blocks(), q.quantized_absmax.data_ptr<uint8_t>(),
+                           q.nested_absmax.data_ptr<float>(), &q.offset);
+    q.nested_map = nested_map_tensor();
+  }
+  return q;
+}
+
+at::Tensor dequantize_nf4(const Nf4Tensor& weight, at::ScalarType dtype, DequantPath path) {
+  const at::Tensor absmax = weight.block_absmax();
+  const int64_t n = weight.numel();
+  if (dtype == at::kBFloat16) {
+    at::Tensor out = at::empty(weight.shape, at::kBFloat16);
+    dequantize_blocks_bf16(weight.packed.data_ptr<uint8_t>(), absmax.data_ptr<float>(), n, weight.blocksize,
+                           reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()), path);
+    return out;
+  }
+  at::Tensor out = at::empty(weight.shape, at::kFloat);
+  dequantize_blocks_f32(weight.packed.data_ptr<uint8_t>(), absmax.data_ptr<float>(), n, weight.blocksize,
+                        out.data_ptr<float>(), path);
+  return dtype == at::kFloat ? out : out.to(dtype);
+}
+
+const at::Tensor& nested_map_tensor() {
+  // Never freed: weights of any library may share it until the process ends.
+  static const at::Tensor* map = [] {
+    const core::DynamicMap& values = core::signed_dynamic_map();
+    auto* t = new at::Tensor(at::empty({256}, at::kFloat));
+    std::copy(values.begin(), values.end(), t->data_ptr<float>());
+    return t;
+  }();
+  return *map;
+}
+
+}  // namespace mftk::nf4
