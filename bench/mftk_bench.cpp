@@ -1,0 +1,896 @@
+// mftk_bench: benchmarks of the engine against a peer measured in the same
+// run (bench/README.md explains every row). Subcommands:
+//   forward  mistral plugin forward (no grad) vs the peer's forward
+//   load     peak RSS and time of loading a bf16 checkpoint vs a read-it-all loader
+//   train    one training step (LoRA or full) vs the peer's step
+//   pack     swa_packer vs padding efficiency; prepare_data vs plain encoding
+//   gemm     2048^3 matmul GFLOP/s, the peak MFU is measured against
+//   report   the table of a --json results file
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "batching.h"
+#include "bench_util.h"
+#include "dataset.h"
+#include "fs_util.h"
+#include "mftk/adapter.h"
+#include "mftk/error.h"
+#include "mftk/model.h"
+#include "mftk/optimizer.h"
+#include "mftk/packer.h"
+#include "mftk/quantizer.h"
+#include "mftk/tokenizer.h"
+#include "peer_step.h"
+#include "pipeline.h"
+#include "recipe.h"
+#include "registry.h"
+#include "trainer.h"
+
+// The same allocator settings as the mftk executable (core/cli/main.cpp):
+// freed pages are kept, since a fresh page costs ~12 us to fault in here.
+extern "C" {
+const char* malloc_conf = "retain:true,dirty_decay_ms:-1,muzzy_decay_ms:-1";
+}
+
+namespace mftk::bench {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+struct CommonOptions {
+  int threads = 2;
+  std::string json;  // append rows here when set
+};
+
+void emit(const CommonOptions& common, const std::vector<Row>& rows) {
+  for (const auto& r : rows) print_row(r);
+  if (!common.json.empty()) append_json_rows(common.json, rows, common.threads);
+}
+
+// ---------------------------------------------------------------------------
+// mftk components, created through the registry from a recipe (as `mftk run` does)
+
+struct Engine {
+  core::Registry registry;
+  std::optional<core::Recipe> recipe;
+};
+
+// [model] dtype: "auto" (as stored, mapped), "f32" or "bf16"; compute: "f32" | "bf16".
+std::string model_recipe(const std::string& dir, const std::string& weight_dtype, const std::string& compute_dtype,
+                         bool lora) {
+  std::string text = fmt::format(
+      "[model]\nplugin = \"mistral\"\npath = \"{}\"\ndtype = \"{}\"\ncompute_dtype = \"{}\"\n\n"
+      "[optimizer]\nplugin = \"adamw\"\nweight_decay = 0.0\nbeta1 = 0.9\nbeta2 = 0.999\neps = 1e-8\n",
+      dir, weight_dtype, compute_dtype);
+  if (lora)
+    text += "\n[adapter]\nplugin = \"lora\"\nr = 8\nalpha = 16\ndropout = 0.0\n"
+            "target_modules = [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", "
+            "\"down_proj\"]\n";
+  return text;
+}
+
+void make_engine(Engine& e, const std::string& recipe_text) {
+  e.recipe = core::Recipe::parse(recipe_text, "bench-recipe.toml");
+  e.recipe->resolve(e.registry);
+}
+
+FlopShape flop_shape(const ModelShape& s) {
+  FlopShape f;
+  f.vocab = s.vocab_size;
+  f.hidden = s.hidden_size;
+  f.intermediate = s.intermediate_size;
+  f.layers = s.num_layers;
+  f.heads = s.num_heads;
+  f.kv_heads = s.num_kv_heads;
+  f.head_dim = s.head_dim;
+  return f;
+}
+
+PeerShape peer_shape(const ModelShape& s) {
+  PeerShape p;
+  p.vocab = s.vocab_size;
+  p.hidden = s.hidden_size;
+  p.intermediate = s.intermediate_size;
+  p.layers = s.num_layers;
+  p.heads = s.num_heads;
+  p.kv_heads = s.num_kv_heads;
+  p.head_dim = s.head_dim;
+  p.rope_theta = s.rope_theta;
+  p.rms_norm_eps = s.rms_norm_eps;
+  return p;
+}
+
+const at::Tensor* find_named(const NamedTensors& tensors, const std::string& name) {
+  for (const auto& [n, t] : tensors)
+    if (n == name) return &t;
+  return nullptr;
+}
+
+// The peer's weights, read from the loaded mftk model by Hugging Face name:
+// the very tensors (LoRA mode: frozen, shared), or fp32 copies (full mode).
+PeerWeights peer_weights_from(Model& model, bool fp32_copies) {
+  auto take = [&](const at::Tensor& t) { return fp32_copies ? t.detach().to(at::kFloat).clone() : t.detach(); };
+  PeerWeights w;
+  w.layers.resize(size_t(model.shape().num_layers));
+  static const std::regex slot_re(R"(model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+))");
+  for (LinearSlot* slot : model.linear_slots()) {
+    const NamedTensors params = slot->op->parameters();
+    const at::Tensor* weight = find_named(params, "weight");
+    const at::Tensor dense = weight ? *weight : slot->op->dense_weight(at::kFloat);
+    if (slot->name == "lm_head") {
+      w.lm_head = take(dense);
+      continue;
+    }
+    std::smatch m;
+    if (!std::regex_match(slot->name, m, slot_re)) throw Error(fmt::format("bench: unexpected slot {}", slot->name));
+    const size_t layer = std::stoul(m[1]);
+    for (int p = 0; p < kProjections; ++p)
+      if (m[3] == projection_name(p)) w.layers.at(layer).weight[size_t(p)] = take(dense);
+  }
+  for (const auto& [name, t] : model.named_parameters()) {
+    std::smatch m;
+    static const std::regex norm_re(R"(model\.layers\.(\d+)\.(input_layernorm|post_attention_layernorm)\.weight)");
+    if (name == "model.embed_tokens.weight") w.embed_tokens = take(t);
+    else if (name == "model.norm.weight") w.final_norm = take(t);
+    else if (std::regex_match(name, m, norm_re)) {
+      auto& layer = w.layers.at(std::stoul(m[1]));
+      (m[2] == "input_layernorm" ? layer.input_norm : layer.post_attention_norm) = take(t);
+    }
+  }
+  MFTK_CHECK(w.embed_tokens.defined() && w.final_norm.defined() && w.lm_head.defined(),
+             "bench: the model lacks embed_tokens, norm or lm_head");
+  return w;
+}
+
+// Copies of the adapter's LoRA A and B (fp32), so the peer starts where mftk starts.
+void copy_lora_into(Model& model, PeerWeights& w) {
+  static const std::regex slot_re(R"(model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+))");
+  for (LinearSlot* slot : model.linear_slots()) {
+    std::smatch m;
+    if (!std::regex_match(slot->name, m, slot_re)) continue;
+    const NamedTensors params = slot->op->parameters();
+    const at::Tensor* a = find_named(params, "lora_A.weight");
+    const at::Tensor* b = find_named(params, "lora_B.weight");
+    if (!a || !b) throw Error(fmt::format("bench: slot {} has no LoRA weights after inject", slot->name));
+    for (int p = 0; p < kProjections; ++p)
+      if (m[3] == projection_name(p)) {
+        auto& layer = w.layers.at(std::stoul(m[1]));
+        layer.lora_A[size_t(p)] = a->detach().to(at::kFloat).clone();
+        layer.lora_B[size_t(p)] = b->detach().to(at::kFloat).clone();
+      }
+  }
+}
+
+// Full fine-tuning as the pipeline sets it up: every weight a writable fp32 leaf.
+NamedTensors make_all_trainable(Model& model) {
+  NamedTensors out;
+  at::NoGradGuard no_grad;
+  for (auto* slot : model.linear_slots()) {
+    at::Tensor w = slot->op->dense_weight(at::kFloat).clone().requires_grad_(true);
+    slot->op = make_dense_linear(w);
+    out.emplace_back(slot->name + ".weight", w);
+  }
+  for (auto& [name, t] : model.named_parameters()) {
+    t.set_data(t.detach().to(at::kFloat).clone());
+    t.requires_grad_(true);
+    out.emplace_back(name, t);
+  }
+  return out;
+}
+
+// Random tokens [batch, seq] (ids 3.. so no special token), and the same
+// rows as an mftk Batch: one document per row, every next token supervised.
+at::Tensor random_ids(int64_t batch, int64_t seq, int64_t vocab, uint64_t seed) {
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  return at::randint(3, vocab, {batch, seq}, gen, at::TensorOptions().dtype(at::kLong));
+}
+
+Batch mftk_batch(const at::Tensor& ids) {
+  std::vector<PackedRow> rows(size_t(ids.size(0)));
+  for (int64_t b = 0; b < ids.size(0); ++b) {
+    Example ex;
+    const at::Tensor row = ids[b].to(at::kInt).contiguous();
+    ex.ids.assign(row.data_ptr<int32_t>(), row.data_ptr<int32_t>() + row.numel());
+    ex.loss_mask.assign(ex.ids.size(), 1);
+    core::append_document(rows[size_t(b)], ex, ex.ids.size());
+  }
+  return core::make_batch(rows);
+}
+
+// One mftk training step: the trainer's order of work (core/trainer.cpp):
+// supervised_loss_sum / tokens, backward, clip the global norm (computed in
+// double, as Trainer::clip_gradients does), optimizer plugin step, grads cleared.
+double mftk_train_step(Model& model, Optimizer& optimizer, NamedTensors& trainable, const Batch& batch, double lr,
+                       double max_grad_norm) {
+  int64_t tokens = 0;
+  const at::Tensor loss_sum = core::supervised_loss_sum(model, batch, &tokens);
+  const double value = loss_sum.item<double>() / double(tokens);
+  (loss_sum / double(tokens)).backward();
+  double sq = 0;
+  for (auto& [name, p] : trainable)
+    if (p.grad().defined()) sq += p.grad().to(at::kDouble).pow(2).sum().item<double>();
+  const double norm = std::sqrt(sq);
+  if (max_grad_norm > 0 && norm > max_grad_norm)
+    for (auto& [name, p] : trainable)
+      if (p.grad().defined()) p.mutable_grad().mul_(max_grad_norm / (norm + 1e-6));
+  optimizer.step(lr);
+  for (auto& [name, p] : trainable)
+    if (p.grad().defined()) p.mutable_grad() = at::Tensor();
+  return value;
+}
+
+struct Timing {
+  std::vector<double> seconds;  // measured steps only
+  double first_value = 0;       // loss of the first step (before any update)
+  int64_t peak_rss = 0;
+  double median_s() const { return median(seconds); }
+};
+
+// Runs `warmup` + `steps` calls of fn; the peak RSS is this phase's own
+// (earlier phases' freed pages are released first).
+template <class Fn>
+Timing run_phase(const char* label, int warmup, int steps, Fn&& fn) {
+  release_free_memory();
+  reset_peak_rss();
+  Timing t;
+  for (int i = 0; i < warmup + steps; ++i) {
+    const auto t0 = Clock::now();
+    const double v = fn();
+    const double s = seconds_since(t0);
+    if (i == 0) t.first_value = v;
+    if (i >= warmup) t.seconds.push_back(s);
+    std::fprintf(stderr, "  %s %s %d: %.1f ms (value %.5f)\n", label, i < warmup ? "warmup" : "step",
+                 i < warmup ? i + 1 : i - warmup + 1, 1e3 * s, v);
+  }
+  t.peak_rss = read_memory_status().peak_rss;
+  return t;
+}
+
+double relative_difference(double a, double b) { return std::abs(a - b) / std::max(1e-12, std::abs(b)); }
+
+// ---------------------------------------------------------------------------
+// train
+
+struct TrainArgs {
+  std::string preset = "tiny", mode = "lora", dtype = "f32";
+  int64_t seq = 0, batch = 0;
+  int warmup = 2, steps = 5;
+};
+
+void cmd_train(const CommonOptions& common, const TrainArgs& a) {
+  if (a.mode != "lora" && a.mode != "full") throw UsageError("--mode must be lora or full");
+  if (a.mode == "full" && a.dtype != "f32")
+    throw UsageError("--mode full runs in f32 only: mftk's full fine-tuning makes every weight an fp32 leaf",
+                     "drop --dtype bf16, or use --mode lora");
+  const bool lora = a.mode == "lora";
+  const bool tiny = a.preset == "tiny";
+  const int64_t seq = a.seq > 0 ? a.seq : (tiny ? 512 : 256);
+  const int64_t batch = a.batch > 0 ? a.batch : (tiny ? 2 : 1);
+  // 7b-1layer is bf16 on disk; tiny is written in the dtype asked for.
+  auto ck = ensure_checkpoint(a.preset, tiny ? a.dtype : "bf16");
+  if (!ck) return;
+  const at::ScalarType dt = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  const double gemm = gemm_gflops(dt);
+
+  Engine engine;
+  // LoRA: frozen weights in the step's dtype (shared with the peer). Full:
+  // mapped as stored; both sides then make their own fp32 copies.
+  make_engine(engine, model_recipe(ck->dir, lora ? a.dtype : "auto", a.dtype, lora));
+  auto lm = core::load_model(*engine.recipe, engine.registry, a.dtype == "bf16");
+  Model& model = *lm.model;
+  const ModelShape shape = model.shape();
+  const at::Tensor ids = random_ids(batch, seq, shape.vocab_size, 7);
+  const Batch mb = mftk_batch(ids);
+  constexpr double kLr = 1e-4, kMaxGradNorm = 1.0;
+
+  // The peer first, from the model's weights before anything is trained.
+  std::unique_ptr<Adapter> adapter;
+  NamedTensors trainable;
+  PeerOptions po;
+  po.lora = lora;
+  po.compute_dtype = dt;
+  po.lr = kLr;
+  po.max_grad_norm = kMaxGradNorm;
+  Timing peer_t;
+  int64_t peer_trainable = 0;
+  {
+    PeerWeights pw = peer_weights_from(model, /*fp32_copies=*/!lora);
+    if (lora) {
+      const auto* ref = engine.recipe->component("adapter");
+      adapter = engine.registry.create<Adapter>(Kind::adapter, ref->plugin, ref->config);
+      adapter->inject(model);
+      adapter->set_training(true);
+      trainable = adapter->trainable_parameters();
+      copy_lora_into(model, pw);
+    }
+    PeerModel peer(peer_shape(shape), std::move(pw), po);
+    peer_trainable = peer.trainable_count();
+    peer_t = run_phase("peer", a.warmup, a.steps, [&] { return peer.train_step(ids); });
+  }
+  if (!lora) trainable = make_all_trainable(model);
+  const auto* oref = engine.recipe->component("optimizer");
+  auto optimizer = engine.registry.create<Optimizer>(Kind::optimizer, oref->plugin, oref->config);
+  optimizer->attach(trainable);
+  model.set_training(true);
+  Timing mftk_t = run_phase("mftk", a.warmup, a.steps, [&] {
+    return mftk_train_step(model, *optimizer, trainable, mb, kLr, kMaxGradNorm);
+  });
+
+  int64_t mftk_trainable = 0;
+  for (const auto& [n, t] : trainable) mftk_trainable += t.numel();
+  const double flops = step_flops(flop_shape(shape), batch, seq, lora, 8);
+  const double tokens = double(batch * seq);
+  const double mftk_tps = tokens / mftk_t.median_s(), peer_tps = tokens / peer_t.median_s();
+  // Same weights, same tokens: the first step's loss (before any update) must agree.
+  const double loss_diff = relative_difference(mftk_t.first_value, peer_t.first_value);
+  const double tolerance = dt == at::kBFloat16 ? 2e-2 : 1e-4;
+
+  Row r;
+  r.workload = fmt::format("train {} {} {} b{}x{}", a.preset, a.mode, a.dtype, batch, seq);
+  r.unit = "tokens/s";
+  r.mftk = mftk_tps;
+  r.peer = peer_tps;
+  r.ratio = mftk_tps / peer_tps;
+  r.extra = {{"preset", a.preset},
+             {"mode", a.mode},
+             {"dtype", a.dtype},
+             {"batch", batch},
+             {"seq", seq},
+             {"warmup_steps", a.warmup},
+             {"measured_steps", a.steps},
+             {"mftk_tokens_per_s", mftk_tps},
+             {"peer_tokens_per_s", peer_tps},
+             {"mftk_step_ms", 1e3 * mftk_t.median_s()},
+             {"peer_step_ms", 1e3 * peer_t.median_s()},
+             {"gflop_per_step", flops / 1e9},
+             {"mftk_gflops", flops / mftk_t.median_s() / 1e9},
+             {"peer_gflops", flops / peer_t.median_s() / 1e9},
+             {"gemm_gflops", gemm},
+             {"gemm_peak_fraction", flops / mftk_t.median_s() / 1e9 / gemm},
+             {"peer_gemm_peak_fraction", flops / peer_t.median_s() / 1e9 / gemm},
+             {"peak_rss_bytes", mftk_t.peak_rss},
+             {"peer_peak_rss_bytes", peer_t.peak_rss},
+             {"mftk_trainable_parameters", mftk_trainable},
+             {"peer_trainable_parameters", peer_trainable},
+             {"first_loss_mftk", mftk_t.first_value},
+             {"first_loss_peer", peer_t.first_value},
+             {"checkpoint", ck->dir}};
+  std::string note = fmt::format("median step {:.0f} ms vs peer {:.0f} ms; {:.1f} GFLOP/step; first loss {:.5f} vs {:.5f}",
+                                 1e3 * mftk_t.median_s(), 1e3 * peer_t.median_s(), flops / 1e9, mftk_t.first_value,
+                                 peer_t.first_value);
+  if (loss_diff > tolerance || mftk_trainable != peer_trainable)
+    note += fmt::format(" -- MISMATCH (loss rel. diff {:.2e}, trainable {} vs {}): not the same workload",
+                        loss_diff, mftk_trainable, peer_trainable);
+  r.extra["note"] = note;
+  emit(common, {r});
+}
+
+// ---------------------------------------------------------------------------
+// forward
+
+void cmd_forward(const CommonOptions& common, const TrainArgs& a) {
+  const bool tiny = a.preset == "tiny";
+  const int64_t seq = a.seq > 0 ? a.seq : (tiny ? 512 : 256);
+  const int64_t batch = a.batch > 0 ? a.batch : (tiny ? 2 : 1);
+  auto ck = ensure_checkpoint(a.preset, tiny ? a.dtype : "bf16");
+  if (!ck) return;
+  const at::ScalarType dt = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  const double gemm = gemm_gflops(dt);
+  at::NoGradGuard no_grad;
+
+  Engine engine;
+  make_engine(engine, model_recipe(ck->dir, a.dtype, a.dtype, false));
+  auto lm = core::load_model(*engine.recipe, engine.registry, a.dtype == "bf16");
+  Model& model = *lm.model;
+  model.set_training(false);
+  const ModelShape shape = model.shape();
+  const at::Tensor ids = random_ids(batch, seq, shape.vocab_size, 11);
+  const Batch mb = mftk_batch(ids);
+
+  PeerOptions po;
+  po.lora = false;
+  po.train = false;  // forward only: the shared weights stay frozen, no optimizer state
+  po.compute_dtype = dt;
+  at::Tensor peer_logits, mftk_logits;
+  Timing peer_t;
+  // A forward-only peer: the same code path with LoRA off.
+  {
+    PeerWeights pw = peer_weights_from(model, false);
+    PeerModel peer(peer_shape(shape), std::move(pw), po);
+    peer_t = run_phase("peer", a.warmup, a.steps, [&] {
+      peer_logits = peer.logits(ids);
+      return peer_logits.sum().item<double>() / double(peer_logits.numel());
+    });
+  }
+  Timing mftk_t = run_phase("mftk", a.warmup, a.steps, [&] {
+    mftk_logits = model.logits(model.forward(mb)).to(at::kFloat);
+    return mftk_logits.sum().item<double>() / double(mftk_logits.numel());
+  });
+  const double max_diff = (mftk_logits - peer_logits).abs().max().item<double>();
+  const double scale = peer_logits.abs().max().item<double>();
+
+  const double flops = forward_flops(flop_shape(shape), batch, seq);
+  const double tokens = double(batch * seq);
+  Row r;
+  r.workload = fmt::format("forward {} {} b{}x{}", a.preset, a.dtype, batch, seq);
+  r.unit = "tokens/s";
+  r.mftk = tokens / mftk_t.median_s();
+  r.peer = tokens / peer_t.median_s();
+  r.ratio = r.mftk / *r.peer;
+  r.extra = {{"preset", a.preset},
+             {"dtype", a.dtype},
+             {"batch", batch},
+             {"seq", seq},
+             {"mftk_tokens_per_s", r.mftk},
+             {"peer_tokens_per_s", *r.peer},
+             {"mftk_ms", 1e3 * mftk_t.median_s()},
+             {"peer_ms", 1e3 * peer_t.median_s()},
+             {"gflop_per_pass", flops / 1e9},
+             {"gemm_gflops", gemm},
+             {"gemm_peak_fraction", flops / mftk_t.median_s() / 1e9 / gemm},
+             {"peer_gemm_peak_fraction", flops / peer_t.median_s() / 1e9 / gemm},
+             {"peak_rss_bytes", mftk_t.peak_rss},
+             {"peer_peak_rss_bytes", peer_t.peak_rss},
+             {"max_abs_logit_diff", max_diff},
+             {"checkpoint", ck->dir}};
+  std::string note = fmt::format("logits for all {} positions; max |mftk - peer| {:.2e} (logits up to {:.2f})",
+                                 batch * seq, max_diff, scale);
+  if (max_diff > (dt == at::kBFloat16 ? 0.1 : 1e-3) * std::max(1.0, scale))
+    note += " -- MISMATCH: not the same computation";
+  r.extra["note"] = note;
+  emit(common, {r});
+}
+
+// ---------------------------------------------------------------------------
+// load (each loader in a fresh child process, so its RSS is its own)
+
+struct LoadProbe {
+  double seconds = 0;
+  int64_t rss_before = 0, peak_after_load = 0, peak_after_touch = 0;
+  int64_t anon_before = 0, anon_after_touch = 0;
+  int64_t file_after_touch = 0;
+};
+
+nlohmann::json probe_json(const LoadProbe& p) {
+  return {{"seconds", p.seconds},
+          {"rss_before", p.rss_before},
+          {"peak_after_load", p.peak_after_load},
+          {"peak_after_touch", p.peak_after_touch},
+          {"anon_before", p.anon_before},
+          {"anon_after_touch", p.anon_after_touch},
+          {"file_after_touch", p.file_after_touch}};
+}
+
+// Runs fn in a child; fn's JSON comes back through a pipe. The parent never
+// runs a torch parallel region, so the children's OpenMP starts clean.
+nlohmann::json in_child(const std::function<nlohmann::json()>& fn) {
+  int fds[2];
+  if (::pipe(fds) != 0) throw Error("bench: pipe() failed");
+  const pid_t pid = ::fork();
+  if (pid < 0) throw Error("bench: fork() failed");
+  if (pid == 0) {
+    ::close(fds[0]);
+    std::string out;
+    int code = 0;
+    try {
+      out = fn().dump();
+    } catch (const std::exception& e) {
+      out = nlohmann::json{{"error", e.what()}}.dump();
+      code = 1;
+    }
+    size_t done = 0;
+    while (done < out.size()) {
+      const ssize_t n = ::write(fds[1], out.data() + done, out.size() - done);
+      if (n <= 0) break;
+      done += size_t(n);
+    }
+    ::close(fds[1]);
+    std::fflush(nullptr);
+    ::_exit(code);
+  }
+  ::close(fds[1]);
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) text.append(buf, size_t(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded()) throw Error(fmt::format("bench: child process {} died without a result (status {})", pid, status));
+  if (j.contains("error")) throw Error(fmt::format("bench child: {}", j["error"].get<std::string>()));
+  return j;
+}
+
+// Reads every page of every tensor once (a forward pass would).
+void touch_all(Model& model) {
+  at::NoGradGuard no_grad;
+  double sink = 0;
+  for (auto* slot : model.linear_slots())
+    for (const auto& [n, t] : slot->op->parameters()) sink += t.sum().item<double>();
+  for (const auto& [n, t] : model.named_parameters()) sink += t.sum().item<double>();
+  if (std::isnan(sink)) std::fprintf(stderr, "(weights contain NaN)\n");
+}
+
+void cmd_load(const CommonOptions& common, const TrainArgs& a) {
+  auto made = in_child([&] {
+    auto ck = ensure_checkpoint(a.preset, "bf16");
+    return ck ? nlohmann::json{{"dir", ck->dir}, {"bytes", ck->bytes}} : nlohmann::json{{"skipped", true}};
+  });
+  if (made.contains("skipped")) return;
+  const std::string dir = made["dir"];
+  const int64_t bytes = made["bytes"];
+
+  auto mftk_probe = in_child([&] {
+    Engine engine;
+    make_engine(engine, model_recipe(dir, "auto", "f32", false));
+    LoadProbe p;
+    const MemoryStatus m0 = read_memory_status();
+    p.rss_before = m0.rss;
+    p.anon_before = m0.rss_anon;
+    reset_peak_rss();
+    const auto t0 = Clock::now();
+    auto lm = core::load_model(*engine.recipe, engine.registry, false);
+    p.seconds = seconds_since(t0);
+    p.peak_after_load = read_memory_status().peak_rss;
+    touch_all(*lm.model);
+    const MemoryStatus m2 = read_memory_status();
+    p.peak_after_touch = m2.peak_rss;
+    p.anon_after_touch = m2.rss_anon;
+    p.file_after_touch = m2.rss_file;
+    return probe_json(p);
+  });
+  // The peer: the plain way to load, every weight file read into memory.
+  auto peer_probe = in_child([&] {
+    LoadProbe p;
+    const MemoryStatus m0 = read_memory_status();
+    p.rss_before = m0.rss;
+    p.anon_before = m0.rss_anon;
+    reset_peak_rss();
+    const auto t0 = Clock::now();
+    std::vector<at::Tensor> files;
+    for (const auto& e : fs::directory_iterator(dir)) {
+      if (e.path().extension() != ".safetensors") continue;
+      at::Tensor buf = at::empty({int64_t(e.file_size())}, at::kByte);
+      std::FILE* f = std::fopen(e.path().c_str(), "rb");
+      if (!f) throw Error(fmt::format("cannot open {}", e.path().string()));
+      const size_t got = std::fread(buf.data_ptr(), 1, size_t(buf.numel()), f);
+      std::fclose(f);
+      if (got != size_t(buf.numel())) throw Error(fmt::format("short read of {}", e.path().string()));
+      files.push_back(buf);
+    }
+    p.seconds = seconds_since(t0);
+    p.peak_after_load = read_memory_status().peak_rss;
+    double sink = 0;
+    for (const auto& t : files) sink += t.sum().item<double>();
+    const MemoryStatus m2 = read_memory_status();
+    p.peak_after_touch = m2.peak_rss;
+    p.anon_after_touch = m2.rss_anon;
+    p.file_after_touch = m2.rss_file;
+    nlohmann::json j = probe_json(p);
+    j["checksum"] = sink;  // keeps the reads from being optimised away
+    return j;
+  });
+  const auto growth = [](const nlohmann::json& p) {
+    return double(p["peak_after_touch"].get<int64_t>() - p["rss_before"].get<int64_t>());
+  };
+  const double mftk_ratio = growth(mftk_probe) / double(bytes);
+  const double peer_ratio = growth(peer_probe) / double(bytes);
+  Row r;
+  r.workload = fmt::format("load {} bf16 (RSS/size)", a.preset);
+  r.unit = "RSS/size";
+  r.mftk = mftk_ratio;
+  r.peer = peer_ratio;
+  r.ratio = mftk_ratio / peer_ratio;
+  r.extra = {{"preset", a.preset},
+             {"checkpoint", dir},
+             {"checkpoint_bytes", bytes},
+             {"peak_rss_bytes", mftk_probe["peak_after_touch"]},
+             {"peer_peak_rss_bytes", peer_probe["peak_after_touch"]},
+             {"mftk_load_seconds", mftk_probe["seconds"]},
+             {"peer_load_seconds", peer_probe["seconds"]},
+             {"mftk_private_growth_bytes",
+              mftk_probe["anon_after_touch"].get<int64_t>() - mftk_probe["anon_before"].get<int64_t>()},
+             {"peer_private_growth_bytes",
+              peer_probe["anon_after_touch"].get<int64_t>() - peer_probe["anon_before"].get<int64_t>()},
+             {"mftk_peak_growth_after_load_bytes",
+              mftk_probe["peak_after_load"].get<int64_t>() - mftk_probe["rss_before"].get<int64_t>()},
+             {"mftk", mftk_probe},
+             {"peer_probe", peer_probe}};
+  r.extra["note"] = fmt::format(
+      "peak RSS growth over a {:.0f} MB checkpoint, after every weight was read once; load {:.2f} s vs read-all "
+      "{:.2f} s; private (anonymous) growth {:.0f} MB vs {:.0f} MB",
+      double(bytes) / 1e6, mftk_probe["seconds"].get<double>(), peer_probe["seconds"].get<double>(),
+      double(r.extra["mftk_private_growth_bytes"].get<int64_t>()) / 1e6,
+      double(r.extra["peer_private_growth_bytes"].get<int64_t>()) / 1e6);
+  emit(common, {r});
+}
+
+// ---------------------------------------------------------------------------
+// pack and preprocess
+
+std::vector<Example> synthetic_examples(int64_t count, int64_t min_len, int64_t max_len, uint64_t seed) {
+  core::SplitMix64 rng(seed);
+  std::vector<Example> out;
+  for (int64_t i = 0; i < count; ++i) {
+    const size_t len = size_t(min_len + int64_t(rng.below(uint64_t(max_len - min_len + 1))));
+    Example ex;
+    ex.ids.resize(len);
+    for (auto& id : ex.ids) id = int32_t(3 + rng.below(1000));
+    ex.loss_mask.assign(len, 1);
+    ex.loss_mask[0] = 0;
+    out.push_back(std::move(ex));
+  }
+  return out;
+}
+
+std::unique_ptr<Packer> make_packer(core::Registry& registry, const std::string& name) {
+  auto recipe = core::Recipe::parse(fmt::format("[packer]\nplugin = \"{}\"\n", name), "bench-packer.toml");
+  recipe.resolve(registry);
+  const auto* ref = recipe.component("packer");
+  return registry.create<Packer>(Kind::packer, ref->plugin, ref->config);
+}
+
+struct PackResult {
+  PackStats stats;
+  double seconds = 0;
+  double fixed_efficiency = 0;  // real tokens / (rows x sequence_len)
+  double batch4_efficiency = 0; // real tokens / tokens of micro-batches of 4 padded to their longest row
+};
+
+PackResult measure_packer(Packer& packer, const std::vector<Example>& examples, const PackOptions& po) {
+  PackResult r;
+  const auto t0 = Clock::now();
+  const auto rows = packer.pack(examples, po, r.stats);
+  r.seconds = seconds_since(t0);
+  r.fixed_efficiency = double(r.stats.real_tokens) / double(int64_t(rows.size()) * po.sequence_len);
+  int64_t padded = 0;
+  for (size_t i = 0; i < rows.size(); i += 4) {
+    size_t longest = 0;
+    const size_t end = std::min(rows.size(), i + 4);
+    for (size_t k = i; k < end; ++k) longest = std::max(longest, rows[k].ids.size());
+    padded += int64_t(longest * (end - i));
+  }
+  r.batch4_efficiency = double(r.stats.real_tokens) / double(padded);
+  return r;
+}
+
+// Instruction rows of plain English words, deterministic from the seed.
+struct InstructionRow {
+  std::string instruction, input, output;
+};
+std::vector<InstructionRow> synthetic_instructions(int64_t count, uint64_t seed) {
+  static const char* const words[] = {
+      "the", "model", "learns", "a", "small", "task", "from", "examples", "and", "answers", "questions", "about",
+      "numbers", "cities", "rivers", "colours", "when", "asked", "politely", "it", "should", "reply", "with", "one",
+      "short", "sentence", "that", "names", "capital", "of", "country", "translate", "following", "text", "into",
+      "French", "summarise", "paragraph", "below", "list", "three", "reasons", "why", "people", "enjoy", "reading",
+      "books", "explain", "how", "train", "works", "in", "simple", "terms", "for", "child", "water", "boils", "at",
+      "hundred", "degrees", "sea", "level", "write", "poem", "autumn", "leaves", "falling", "quietly", "on", "old",
+      "stone", "bridge", "compute", "sum", "seven", "eleven", "twenty", "is", "result", "Paris", "Berlin", "Madrid",
+      "Rome", "Lisbon", "Vienna", "because", "they", "are", "interesting", "useful", "easy", "to", "understand"};
+  constexpr uint64_t kWords = sizeof(words) / sizeof(words[0]);
+  core::SplitMix64 rng(seed);
+  auto sentence = [&](uint64_t min_words, uint64_t max_words) {
+    const uint64_t n = min_words + rng.below(max_words - min_words + 1);
+    std::string s;
+    for (uint64_t i = 0; i < n; ++i) {
+      if (i) s += ' ';
+      s += words[rng.below(kWords)];
+    }
+    return s + ".";
+  };
+  std::vector<InstructionRow> rows;
+  for (int64_t i = 0; i < count; ++i) {
+    InstructionRow r;
+    r.instruction = sentence(8, 60);
+    if (rng.below(3) == 0) r.input = sentence(5, 40);
+    r.output = sentence(5, 80);
+    rows.push_back(std::move(r));
+  }
+  return rows;
+}
+
+void cmd_pack(const CommonOptions& common, int64_t examples_count, int64_t rows_count) {
+  core::Registry registry;
+  auto swa = make_packer(registry, "swa_packer");
+  auto padding = make_packer(registry, "padding");
+  PackOptions po;
+  po.sequence_len = 2048;
+  po.seed = 42;
+  const auto examples = synthetic_examples(examples_count, 16, po.sequence_len, 99);
+  const PackResult s = measure_packer(*swa, examples, po);
+  const PackResult p = measure_packer(*padding, examples, po);
+  Row pack;
+  pack.workload = fmt::format("pack {} ex 16..{} (efficiency)", examples_count, po.sequence_len);
+  pack.unit = "real/slots";
+  pack.mftk = s.fixed_efficiency;
+  pack.peer = p.fixed_efficiency;
+  pack.ratio = s.fixed_efficiency / p.fixed_efficiency;
+  pack.extra = {{"packer", "swa_packer"},
+                {"peer_packer", "padding"},
+                {"sequence_len", po.sequence_len},
+                {"examples", examples_count},
+                {"real_tokens", s.stats.real_tokens},
+                {"mftk_rows", s.stats.rows},
+                {"peer_rows", p.stats.rows},
+                {"mftk_fixed_efficiency", s.fixed_efficiency},
+                {"peer_fixed_efficiency", p.fixed_efficiency},
+                {"mftk_batch4_efficiency", s.batch4_efficiency},
+                {"peer_batch4_efficiency", p.batch4_efficiency},
+                {"mftk_pack_tokens_per_s", double(s.stats.real_tokens) / s.seconds},
+                {"peer_pack_tokens_per_s", double(p.stats.real_tokens) / p.seconds}};
+  pack.extra["note"] = fmt::format(
+      "swa_packer vs padding packer: {} vs {} rows of {}; micro-batches of 4 padded to their longest row: {:.3f} vs "
+      "{:.3f}; packing took {:.0f} vs {:.0f} ms",
+      s.stats.rows, p.stats.rows, po.sequence_len, s.batch4_efficiency, p.batch4_efficiency, 1e3 * s.seconds,
+      1e3 * p.seconds);
+
+  // prepare_data on a generated instruction file vs plain sentencepiece
+  // encoding of the same texts (the unavoidable part of the work).
+  auto ck = ensure_checkpoint("tiny", "f32");
+  auto tokenizer = Tokenizer::load(ck->dir);
+  const auto rows = synthetic_instructions(rows_count, 5);
+  const fs::path data_dir = fs::path(bench_cache_dir()) / "data";
+  fs::create_directories(data_dir);
+  const std::string jsonl = (data_dir / fmt::format("instructions-{}.jsonl", rows_count)).string();
+  {
+    std::string text;
+    for (const auto& r : rows) {
+      nlohmann::json j = {{"instruction", r.instruction}, {"output", r.output}};
+      if (!r.input.empty()) j["input"] = r.input;
+      text += j.dump() + "\n";
+    }
+    core::write_file_atomic(jsonl, text);
+  }
+  core::DataOptions dopt;
+  core::DatasetSpec spec;
+  spec.path = jsonl;
+  spec.type = core::DatasetType::instruction;
+  dopt.datasets = {spec};
+  dopt.prepared_path = (data_dir / "prepared").string();
+  const auto t0 = Clock::now();
+  const core::PreparedData data = core::prepare_data(dopt, *tokenizer, core::CacheMode::off);
+  const double mftk_s = seconds_since(t0);
+  int64_t tokens = 0;
+  for (const auto& ex : data.train) tokens += int64_t(ex.ids.size());
+  for (const auto& ex : data.eval) tokens += int64_t(ex.ids.size());
+
+  const auto t1 = Clock::now();
+  int64_t peer_tokens = 0;
+  for (const auto& r : rows) {
+    peer_tokens += int64_t(tokenizer->encode(r.input.empty() ? r.instruction : r.instruction + "\n\n" + r.input).size());
+    peer_tokens += int64_t(tokenizer->encode(r.output).size());
+  }
+  const double peer_s = seconds_since(t1);
+  Row prep;
+  prep.workload = fmt::format("preprocess {} instruction rows", rows_count);
+  prep.unit = "tokens/s";
+  prep.mftk = double(tokens) / mftk_s;
+  prep.peer = double(tokens) / peer_s;  // the same rows, counted as mftk's tokens
+  prep.ratio = peer_s / mftk_s;
+  prep.extra = {{"mftk_tokens_per_s", prep.mftk},
+                {"peer_tokens_per_s", *prep.peer},
+                {"rows", rows_count},
+                {"tokens", tokens},
+                {"peer_encoded_tokens", peer_tokens},
+                {"mftk_seconds", mftk_s},
+                {"peer_seconds", peer_s},
+                {"tokenizer", ck->tokenizer},
+                {"cache_mode", "off"}};
+  prep.extra["note"] = fmt::format(
+      "prepare_data (JSONL, chat template, loss masks; cache off) {:.2f} s vs encoding the same texts {:.2f} s; "
+      "tokenizer {}", mftk_s, peer_s, fs::path(ck->tokenizer).filename().string());
+  emit(common, {pack, prep});
+}
+
+// ---------------------------------------------------------------------------
+// gemm
+
+void cmd_gemm(const CommonOptions& common) {
+  std::vector<Row> rows;
+  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+  for (auto [dt, name] : {std::pair{at::kFloat, "fp32"}, std::pair{at::kBFloat16, "bf16"}}) {
+    Row r;
+    r.workload = fmt::format("gemm {} 2048^3", name);
+    r.unit = "GFLOP/s";
+    r.mftk = gemm_gflops(dt, 2048, 7);
+    r.extra = {{"dtype", name}, {"gemm_gflops", r.mftk}, {"openblas_coretype", coretype ? coretype : ""}};
+    r.extra["note"] = std::string("libtorch at::mm, best of 7 (the peak %gemm refers to)") +
+                      (coretype && dt == at::kFloat
+                           ? fmt::format("; OPENBLAS_CORETYPE={} is set: fp32 runs slower kernels", coretype)
+                           : "");
+    rows.push_back(r);
+  }
+  emit(common, rows);
+}
+
+}  // namespace
+}  // namespace mftk::bench
+
+int main(int argc, char** argv) {
+  using namespace mftk::bench;
+  spdlog::set_level(spdlog::level::warn);
+  CLI::App app{"mftk_bench: mftk against a peer measured in the same run", "mftk_bench"};
+  app.require_subcommand(1);
+  CommonOptions common;
+  app.add_option("--threads", common.threads, "libtorch threads (default 2)")->check(CLI::PositiveNumber);
+  app.add_option("--json", common.json, "append result rows to this JSON file");
+
+  TrainArgs train_args, forward_args, load_args;
+  auto add_shape = [](CLI::App* cmd, TrainArgs& a) {
+    cmd->add_option("--preset", a.preset, "tiny | 7b-1layer")->check(CLI::IsMember({"tiny", "7b-1layer"}));
+    cmd->add_option("--seq", a.seq, "tokens per row (default 512 tiny, 256 7b-1layer)");
+    cmd->add_option("--batch", a.batch, "rows (default 2 tiny, 1 7b-1layer)");
+    cmd->add_option("--dtype", a.dtype, "f32 | bf16 (weights and activations)")->check(CLI::IsMember({"f32", "bf16"}));
+    cmd->add_option("--warmup", a.warmup, "untimed steps first (default 2)");
+    cmd->add_option("--steps", a.steps, "timed steps; the median is reported (default 5)")->check(CLI::PositiveNumber);
+  };
+  auto* train = app.add_subcommand("train", "training step tokens/s and peak RSS vs the peer");
+  add_shape(train, train_args);
+  train->add_option("--mode", train_args.mode, "lora (r=8, alpha=16, 7 projections) | full")
+      ->check(CLI::IsMember({"lora", "full"}));
+  auto* forward = app.add_subcommand("forward", "forward (no grad) tokens/s and peak RSS vs the peer");
+  add_shape(forward, forward_args);
+  auto* load = app.add_subcommand("load", "peak RSS and time of loading a bf16 checkpoint vs reading it all");
+  load->add_option("--preset", load_args.preset, "tiny | 7b-1layer")->check(CLI::IsMember({"tiny", "7b-1layer"}));
+  int64_t pack_examples = 2000, pack_rows = 20000;
+  auto* pack = app.add_subcommand("pack", "swa_packer vs padding efficiency; prepare_data vs plain encoding");
+  pack->add_option("--examples", pack_examples, "synthetic examples to pack (default 2000)");
+  pack->add_option("--rows", pack_rows, "instruction rows to preprocess (default 20000)");
+  auto* gemm = app.add_subcommand("gemm", "fp32 and bf16 2048^3 matmul GFLOP/s");
+  std::string report_file;
+  auto* report = app.add_subcommand("report", "print the table of a --json results file");
+  report->add_option("file", report_file, "results JSON")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+  try {
+    at::set_num_threads(common.threads);
+    if (report->parsed()) {
+      print_report(report_file);
+      return 0;
+    }
+    if (!load->parsed() && std::getenv("OPENBLAS_CORETYPE"))
+      std::fprintf(stderr, "warning: OPENBLAS_CORETYPE=%s is set; fp32 GEMM may run at half speed "
+                   "(bench/run unsets it)\n", std::getenv("OPENBLAS_CORETYPE"));
+    print_row_header();
+    if (train->parsed()) cmd_train(common, train_args);
+    else if (forward->parsed()) cmd_forward(common, forward_args);
+    else if (load->parsed()) cmd_load(common, load_args);
+    else if (pack->parsed()) cmd_pack(common, pack_examples, pack_rows);
+    else if (gemm->parsed()) cmd_gemm(common);
+  } catch (const mftk::UsageError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    if (!e.hint().empty()) std::fprintf(stderr, "hint: %s\n", e.hint().c_str());
+    return 2;
+  } catch (const mftk::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    if (!e.hint().empty()) std::fprintf(stderr, "hint: %s\n", e.hint().c_str());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
