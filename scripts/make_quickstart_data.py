@@ -5,7 +5,7 @@ byte-identical. Four small tasks a tiny model can learn on a CPU in minutes,
 each generalising to the held-out prompts rather than memorising them:
   unit conversion  "Convert 7 km to m."          -> "7000 m"
   lookups          "What is the capital of Peru?" -> "Lima"   (held-out phrasings)
-  word repetition  "Say pear twice."              -> "pear pear"
+  word repetition  "Say pear twice."              -> "pear pear"  (held-out phrasings)
   next number      "What number comes after 41?" -> "42"
 """
 import json
@@ -33,11 +33,21 @@ def unit_example(held_out):
             return f"Convert {n} {a} to {b}.", f"{n * k} {b}"
 
 
+# A word never produced in training could not be produced at all (its
+# lm_head row only ever gets pushed down), so what is held out is a
+# phrasing of the request for a word, as with the capitals: every word is
+# trained under some phrasings and tested under another.
+repeat_templates = ["Say {} twice.", "Repeat {} two times.", "Write {} twice.", "Echo {} two times."]
+repeat_pairs = [(t, w) for t in range(len(repeat_templates)) for w in range(len(words))]
+rng.shuffle(repeat_pairs)
+held_out_repeats = set(repeat_pairs[:24])
+
+
 def repeat_example(held_out):
     while True:
-        i = rng.randrange(len(words))
-        if (i % 3 == 0) == held_out:
-            return f"Say {words[i]} twice.", f"{words[i]} {words[i]}"
+        t, w = rng.choice(repeat_pairs)
+        if ((t, w) in held_out_repeats) == held_out:
+            return repeat_templates[t].format(words[w]), f"{words[w]} {words[w]}"
 
 
 def next_example(held_out):
