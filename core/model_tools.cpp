@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 
 #include <ATen/ATen.h>
@@ -18,6 +20,7 @@
 #include "mftk/log.h"
 #include "mftk/model.h"
 #include "mftk/packer.h"
+#include "mftk/quantizer.h"
 #include "mftk/tokenizer.h"
 #include "recipe.h"
 #include "registry.h"
@@ -70,9 +73,11 @@ ModelBundle load_model_bundle(Registry& registry, const ModelBundleOptions& o) {
   ModelBundle b;
   b.model_dir = o.model_dir;
   const Config config = component_config(registry, Kind::model, o.model_plugin, "model", {{"path", o.model_dir}});
+  b.quantizer = quantizer_for_checkpoint(registry, o.model_dir, nullptr, "");
   b.model = registry.create<Model>(Kind::model, o.model_plugin, config);
   LoadOptions lo;
   lo.path = o.model_dir;
+  lo.quantizer = b.quantizer.get();
   lo.compute_dtype = o.bf16 ? at::kBFloat16 : at::kFloat;
   if (o.bf16) lo.weight_dtype = at::kBFloat16;
   b.model->load_config(o.model_dir);
@@ -81,6 +86,44 @@ ModelBundle load_model_bundle(Registry& registry, const ModelBundleOptions& o) {
   b.tokenizer = Tokenizer::load(o.model_dir);
   if (!o.adapter_dir.empty()) b.adapter = load_adapter(registry, o.adapter_plugin, o.adapter_dir, *b.model);
   return b;
+}
+
+std::string stored_quantizer_plugin(const std::string& model_dir) {
+  const auto path = std::filesystem::path(model_dir) / "config.json";
+  std::ifstream in(path);
+  if (!in) return "";  // the model plugin reports a missing config.json
+  const auto config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (config.is_discarded() || !config.is_object() || !config.contains("quantization_config")) return "";
+  const auto& q = config["quantization_config"];
+  const std::string method = q.is_object() ? q.value("quant_method", std::string()) : std::string();
+  const bool four_bit = q.is_object() && q.value("load_in_4bit", false);
+  const std::string type = q.is_object() ? q.value("bnb_4bit_quant_type", std::string("fp4")) : std::string();
+  if (method == "bitsandbytes" && four_bit && type == "nf4") return "nf4";
+  std::string what = method.empty() ? std::string("an unnamed method") : "\"" + method + "\"";
+  if (method == "bitsandbytes") what += four_bit ? " 4-bit " + type : " 8-bit";
+  throw UsageError(fmt::format("{}: quantization_config says the weights are quantised with {}, which mftk cannot "
+                               "load (it loads plain checkpoints and bitsandbytes 4-bit NF4 ones)",
+                               path.string(), what),
+                   "point [model] path at the unquantised checkpoint; `mftk quantize --plugin nf4` makes an "
+                   "NF4 folder from it");
+}
+
+std::unique_ptr<Quantizer> quantizer_for_checkpoint(Registry& registry, const std::string& model_dir,
+                                                    std::unique_ptr<Quantizer> requested,
+                                                    const std::string& requested_plugin) {
+  const std::string stored = stored_quantizer_plugin(model_dir);
+  if (stored.empty()) return requested;
+  if (requested) {
+    if (requested_plugin != stored)
+      throw UsageError(fmt::format("{} is saved quantised by the '{}' quantizer, but [quantize] names '{}'",
+                                   model_dir, stored, requested_plugin),
+                       fmt::format("set [quantize] plugin = \"{}\", or point [model] path at the unquantised "
+                                   "checkpoint", stored));
+    return requested;
+  }
+  log::info("model: {} is saved quantised ({}); loading its weights as stored", model_dir, stored);
+  return registry.create<Quantizer>(Kind::quantizer, stored,
+                                    component_config(registry, Kind::quantizer, stored, "quantize"));
 }
 
 std::vector<int32_t> encode_text(const Tokenizer& tokenizer, const std::string& text) {

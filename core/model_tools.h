@@ -5,7 +5,8 @@
 // inside a packed row as alone in its own row).
 //
 // defines: mftk::core::component_config, mftk::core::ModelBundleOptions, mftk::core::ModelBundle,
-//          mftk::core::load_model_bundle, mftk::core::load_adapter, mftk::core::encode_text,
+//          mftk::core::load_model_bundle, mftk::core::stored_quantizer_plugin,
+//          mftk::core::quantizer_for_checkpoint, mftk::core::load_adapter, mftk::core::encode_text,
 //          mftk::core::encode_prompt, mftk::core::parse_chat_messages,
 //          mftk::core::tokenization_json, mftk::core::TopToken, mftk::core::TokenLogprobs,
 //          mftk::core::compute_logprobs, mftk::core::logprobs_json, mftk::core::make_recipe_packer,
@@ -29,6 +30,7 @@ namespace mftk {
 class Adapter;
 class Model;
 class Packer;
+class Quantizer;
 class Tokenizer;
 }  // namespace mftk
 
@@ -55,12 +57,26 @@ struct ModelBundleOptions {
 // when asked, an adapter folder loaded onto it. Declared in destruction
 // order: the adapter's ops live in the model's slots.
 struct ModelBundle {
+  std::unique_ptr<Quantizer> quantizer;  // a checkpoint saved quantised; first: the model's slots use it
   std::unique_ptr<Model> model;
   std::unique_ptr<Adapter> adapter;
   std::shared_ptr<Tokenizer> tokenizer;
   std::string model_dir;
 };
 ModelBundle load_model_bundle(Registry& registry, const ModelBundleOptions& options);
+
+// The quantizer plugin a checkpoint folder was saved with, from config.json's
+// quantization_config ("nf4" for a bitsandbytes 4-bit NF4 folder), or ""
+// for a plain checkpoint. Formats mftk cannot load are a UsageError.
+std::string stored_quantizer_plugin(const std::string& model_dir);
+
+// The quantizer to load `model_dir` with: `requested` (the recipe's
+// [quantize], may be null) when the folder is plain or was saved by that
+// same plugin; the stored format's plugin with default keys when the
+// recipe names none. A recipe naming another quantizer is a UsageError.
+std::unique_ptr<Quantizer> quantizer_for_checkpoint(Registry& registry, const std::string& model_dir,
+                                                    std::unique_ptr<Quantizer> requested,
+                                                    const std::string& requested_plugin);
 
 // Creates the adapter component `plugin` (default keys; `config` when the
 // recipe has one) and loads `dir` onto `model`.

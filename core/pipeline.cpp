@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -20,12 +21,14 @@
 #include "generate.h"
 #include "mftk/adapter.h"
 #include "mftk/exporter.h"
+#include "mftk/linear_slot.h"
 #include "mftk/model.h"
 #include "mftk/optimizer.h"
 #include "mftk/packer.h"
 #include "mftk/quantizer.h"
 #include "mftk/safetensors.h"
 #include "mftk/tokenizer.h"
+#include "model_tools.h"
 #include "recipe.h"
 #include "registry.h"
 #include "run_log.h"
@@ -98,13 +101,20 @@ std::string token_text(const Tokenizer& tok, const std::vector<int32_t>& ids) {
 }  // namespace
 
 LoadedModel load_model(const Recipe& recipe, Registry& registry, bool bf16) {
+  if (bf16 && !cpu_has_native_bf16())
+    spdlog::warn("training.bf16: this CPU has no native bf16 matmul (avx512_bf16), so bf16 compute runs about "
+                 "25x slower than fp32 here; set training.bf16 = false (bf16 weights are still kept in bf16 and "
+                 "widened per matmul)");
   const auto* ref = recipe.component("model");
   if (!ref)
     throw UsageError(fmt::format("{}: the recipe has no [model] table", recipe.path()),
                      "add [model] with plugin = \"mistral\" and path = \"<checkpoint folder>\"");
   LoadedModel lm;
   lm.path = ref->config.get_string("path");
-  lm.quantizer = make_component<Quantizer>(recipe, registry, "quantize", Kind::quantizer, "");
+  const auto* quantize = recipe.component("quantize");
+  lm.quantizer = quantizer_for_checkpoint(registry, lm.path,
+                                          make_component<Quantizer>(recipe, registry, "quantize", Kind::quantizer, ""),
+                                          quantize ? quantize->plugin : "");
   lm.model = registry.create<Model>(Kind::model, ref->plugin, ref->config);
   LoadOptions lo;
   lo.path = lm.path;
@@ -127,7 +137,16 @@ void save_hf_checkpoint(Model& model, const std::string& source_dir, const std::
     tensors.emplace_back(slot->name + ".weight", slot->op->dense_weight(dtype).contiguous());
   }
   save_checkpoint(dir, tensors);
-  for (const char* f : {"config.json", "generation_config.json", "tokenizer.model", "tokenizer_config.json",
+  // Every weight written is dense, so a quantised source's
+  // quantization_config must not follow it (loaders would expect 4-bit
+  // tensors); everything else in config.json is kept as it was.
+  {
+    std::ifstream in(fs::path(source_dir) / "config.json");
+    auto config = nlohmann::json::parse(in);
+    config.erase("quantization_config");
+    write_file_atomic((fs::path(dir) / "config.json").string(), config.dump(2) + "\n");
+  }
+  for (const char* f : {"generation_config.json", "tokenizer.model", "tokenizer_config.json",
                         "special_tokens_map.json"}) {
     const auto src = fs::path(source_dir) / f;
     if (fs::exists(src)) fs::copy_file(src, fs::path(dir) / f, fs::copy_options::overwrite_existing);
@@ -275,6 +294,10 @@ int run_pipeline(const Recipe& recipe, Registry& registry) {
   const bool want_merge = training.get_bool("merge_adapter") || !recipe.exports().empty();
   std::string merged_dir = adapter ? "" : final_dir;
   if (adapter && want_merge) {
+    if (lm.quantizer)
+      spdlog::info("merge: the base is quantised; the adapter is merged onto the dequantised base weights "
+                   "(written in {}), so the merged model carries the base's quantisation error",
+                   c10::toString(model.shape().checkpoint_dtype));
     adapter->merge(model);
     merged_dir = (fs::path(output_dir) / "merged").string();
     save_hf_checkpoint(model, lm.path, merged_dir);
@@ -287,6 +310,9 @@ int run_pipeline(const Recipe& recipe, Registry& registry) {
     job.model_dir = merged_dir;
     job.out = ex.config.get_string("out");
     job.model = &model;
+    // Calibration documents for exporters that run the model (awq): the
+    // training documents' token ids; exporters that need none ignore them.
+    for (const auto& ex : data.train) job.calibration_rows.push_back(ex.ids);
     auto report = exporter->run(job);
     spdlog::info("export [{}] {}: {} ({} bytes) {}", ex.table, ex.plugin, report.path, report.bytes, report.summary);
     summary["exports"].push_back({{"plugin", ex.plugin}, {"path", report.path}, {"bytes", report.bytes}});

@@ -15,6 +15,7 @@
 #include "generate.h"
 #include "init_checkpoint.h"
 #include "mftk/adapter.h"
+#include "mftk/quantizer.h"
 #include "mftk/exporter.h"
 #include "mftk/model.h"
 #include "mftk/tokenizer.h"
@@ -90,6 +91,47 @@ std::string generated_text(const Tokenizer& tokenizer, std::vector<int32_t> toke
   return tokenizer.decode(tokens);
 }
 
+// Runs the exporter `plugin` on a checkpoint folder, `sets` validated as
+// the keys of an [[export]] table. With an adapter, the merged model is
+// written to a temporary folder next to `out` first and exported from there.
+void run_export(const char* command, const std::string& plugin, const std::string& model_dir,
+                const std::string& adapter_dir, const std::string& out, const std::vector<std::string>& sets) {
+  // The command line becomes a one-table recipe, validated like a file.
+  std::vector<std::string> overrides;
+  for (const auto& s : sets) overrides.push_back("export[0]." + s);
+  std::string toml = fmt::format("[[export]]\nplugin = \"{}\"\nout = \"\"\n", plugin);
+  overrides.push_back("export[0].out=\"" + out + "\"");
+  auto recipe = core::Recipe::parse(toml, fmt::format("mftk {}", command), overrides);
+  core::Registry registry;
+  recipe.resolve(registry);
+  const auto& ref = recipe.exports().at(0);
+  auto exporter = registry.create<Exporter>(Kind::exporter, ref.plugin, ref.config);
+  ExportJob job;
+  job.model_dir = model_dir;
+  job.out = out;
+  std::string merged_dir;
+  if (!adapter_dir.empty()) {
+    core::ModelBundleOptions o;
+    o.model_dir = model_dir;
+    o.adapter_dir = adapter_dir;
+    auto bundle = core::load_model_bundle(registry, o);
+    bundle.adapter->merge(*bundle.model);
+    merged_dir = (fs::path(out).parent_path() / (fs::path(out).filename().string() + ".merged-tmp")).string();
+    fs::remove_all(merged_dir);
+    core::save_hf_checkpoint(*bundle.model, model_dir, merged_dir);
+    spdlog::info("{}: merged {} into {} (temporary, removed after the export)", command, adapter_dir, merged_dir);
+    job.model_dir = merged_dir;
+  }
+  try {
+    auto report = exporter->run(job);
+    spdlog::info("{} {}: {} ({} bytes) {}", command, ref.plugin, report.path, report.bytes, report.summary);
+  } catch (...) {
+    if (!merged_dir.empty()) fs::remove_all(merged_dir);
+    throw;
+  }
+  if (!merged_dir.empty()) fs::remove_all(merged_dir);
+}
+
 }  // namespace
 
 void add_model_commands(CLI::App& app) {
@@ -144,28 +186,37 @@ void add_model_commands(CLI::App& app) {
     auto* cmd = app.add_subcommand("export", "run one exporter plugin on a checkpoint folder");
     cmd->add_option("--plugin", a->plugin, "exporter name (mftk plugins lists them)")->required();
     cmd->add_option("--model", a->model, "checkpoint folder")->required();
-    cmd->add_option("--adapter", a->adapter, "adapter folder to merge first");
+    cmd->add_option("--adapter", a->adapter, "adapter folder to merge into --model before exporting");
     cmd->add_option("--out", a->out, "file or folder to write")->required();
     cmd->add_option("--set", a->sets, "exporter key=value (repeatable)")->take_all();
     cmd->callback([a] {
-      if (!a->adapter.empty())
-        throw UsageError("mftk export --adapter: merging before export is not built yet; run `mftk merge` first "
-                         "(training-engine issue)");
-      // The command line becomes a one-table recipe, validated like a file.
-      std::vector<std::string> overrides;
-      for (const auto& s : a->sets) overrides.push_back("export[0]." + s);
-      std::string toml = fmt::format("[[export]]\nplugin = \"{}\"\nout = \"\"\n", a->plugin);
-      overrides.push_back("export[0].out=\"" + a->out + "\"");
-      auto recipe = core::Recipe::parse(toml, "mftk export", overrides);
+      run_export("export", a->plugin, a->model, a->adapter, a->out, a->sets);
+    });
+  }
+  {
+    struct QuantizeArgs {
+      std::string plugin = "nf4", model, out;
+      std::vector<std::string> sets;
+    };
+    auto a = std::make_shared<QuantizeArgs>();
+    auto* cmd = app.add_subcommand("quantize", "write a checkpoint folder quantised, to load later without re-quantising");
+    cmd->footer(
+        "Streams --model tensor by tensor through the quantizer plugin's checkpoint writer and writes --out in "
+        "the layout the quantised format's own tools read (nf4: transformers + bitsandbytes 4-bit, with "
+        "quantization_config in config.json). A recipe whose [model] path is --out loads the stored weights "
+        "as they are. Keys as in the recipe's [quantize] table: --set double_quant=true --set blocksize=64.");
+    cmd->add_option("--plugin", a->plugin, "quantizer name (mftk plugins lists them)")->capture_default_str();
+    cmd->add_option("--model", a->model, "checkpoint folder (bf16, f16 or f32)")->required();
+    cmd->add_option("--out", a->out, "folder to write")->required();
+    cmd->add_option("--set", a->sets, "quantizer key=value (repeatable)")->take_all();
+    cmd->callback([a] {
       core::Registry registry;
-      recipe.resolve(registry);
-      const auto& ref = recipe.exports().at(0);
-      auto exporter = registry.create<Exporter>(Kind::exporter, ref.plugin, ref.config);
-      ExportJob job;
-      job.model_dir = a->model;
-      job.out = a->out;
-      auto report = exporter->run(job);
-      spdlog::info("export {}: {} ({} bytes) {}", ref.plugin, report.path, report.bytes, report.summary);
+      registry.find(Kind::quantizer, a->plugin);  // a UsageError listing the quantizers when there is none
+      std::error_code ec;
+      if (fs::exists(a->out, ec) && fs::equivalent(a->out, a->model, ec))
+        throw UsageError(fmt::format("quantize: --out {} is the --model folder", a->out),
+                         "write the quantised checkpoint to a new folder");
+      run_export("quantize", a->plugin, a->model, "", a->out, a->sets);
     });
   }
   {
@@ -269,8 +320,8 @@ void add_model_commands(CLI::App& app) {
     auto* cmd = app.add_subcommand("merge", "fold an adapter into its base and write a plain HF checkpoint");
     cmd->footer(
         "Loads --model and --adapter, folds the adapter into the base weights and writes --out with the "
-        "base's config.json and tokenizer files, in the base checkpoint's dtype. No quantizer is applied here; "
-        "an adapter trained on a quantised base merges onto the dequantised weights.");
+        "base's config.json and tokenizer files, in the base checkpoint's dtype. An adapter trained on a quantised base (QLoRA) merges onto the "
+        "dequantised weights; a base folder saved quantised (`mftk quantize`) is dequantised and written dense.");
     add_model_source_options(cmd, *a, /*adapter_required=*/true);
     cmd->add_option("--out", *out, "folder to write (not the --model folder)")->required();
     cmd->callback([a, out] {
@@ -280,8 +331,12 @@ void add_model_commands(CLI::App& app) {
                          "write the merged checkpoint to a new folder; the base is read while writing");
       core::Registry registry;
       auto bundle = core::load_model_bundle(registry, *a);
-      spdlog::info("merge: folding {} into {} (dense weights as stored; no quantizer)", a->adapter_dir,
-                   a->model_dir);
+      if (bundle.quantizer)
+        spdlog::info("merge: folding {} into {}: the base is stored quantised, so the adapter is merged onto the "
+                     "dequantised base weights (written in {})",
+                     a->adapter_dir, a->model_dir, c10::toString(bundle.model->shape().checkpoint_dtype));
+      else
+        spdlog::info("merge: folding {} into {} (dense weights as stored)", a->adapter_dir, a->model_dir);
       bundle.adapter->merge(*bundle.model);
       core::save_hf_checkpoint(*bundle.model, a->model_dir, *out);
       spdlog::info("merge: wrote {}", *out);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -93,9 +94,29 @@ void MistralModel::load(const LoadOptions& options) {
   const CheckpointReader reader = CheckpointReader::open(path);
   const std::vector<CheckpointTensor> expected = checkpoint_tensors(config_);
 
+  // Slots the checkpoint stores already quantised (a folder the quantizer
+  // wrote): their ops come from the stored tensors, and "<slot>.weight" is
+  // the quantizer's business, not config.json's.
+  std::map<std::string, std::shared_ptr<LinearOp>> stored_quantized;
+  if (options.quantizer)
+    for (const auto& t : expected) {
+      if (t.role == TensorRole::embed_tokens || t.role == TensorRole::input_norm ||
+          t.role == TensorRole::post_attention_norm || t.role == TensorRole::final_norm)
+        continue;
+      const std::string module = hf_module_name(t.role, t.layer);
+      if (auto op = options.quantizer->load_quantized(module, reader, compute_dtype_))
+        stored_quantized.emplace(module, std::move(op));
+    }
+  auto stored_module_of = [&](const std::string& tensor) -> bool {
+    for (const auto& [module, op] : stored_quantized)
+      if (tensor.rfind(module + ".weight", 0) == 0) return true;
+    return false;
+  };
+
   // Every tensor present with the shape config.json implies, before any is used.
   std::vector<std::string> missing;
   for (const auto& t : expected) {
+    if (stored_module_of(t.name)) continue;
     if (!reader.contains(t.name)) {
       missing.push_back(fmt::format("'{}' (expected shape {})", t.name, shape_str(t.shape)));
       continue;
@@ -117,7 +138,7 @@ void MistralModel::load(const LoadOptions& options) {
   for (const auto& name : reader.names()) {
     const bool known = std::any_of(expected.begin(), expected.end(),
                                    [&](const CheckpointTensor& t) { return t.name == name; });
-    if (known) continue;
+    if (known || stored_module_of(name)) continue;
     if (name == hf_tensor_name(TensorRole::lm_head) && config_.tie_word_embeddings)
       log::warn("mistral: {} holds lm_head.weight but tie_word_embeddings is set; using "
                 "model.embed_tokens.weight for lm_head, as transformers does", path);
@@ -142,6 +163,10 @@ void MistralModel::load(const LoadOptions& options) {
     const auto shape = tensor_shape(role, config_);
     slot.out_features = shape[0];
     slot.in_features = shape[1];
+    if (auto it = stored_quantized.find(slot.name); it != stored_quantized.end()) {
+      slot.op = it->second;
+      return slot;
+    }
     const at::Tensor raw = reader.get(hf_tensor_name(role, layer));
     if (options.quantizer && options.quantizer->wants(slot.name)) {
       const at::Tensor on_device = raw.device() == device_ ? raw : raw.to(device_);
@@ -189,6 +214,9 @@ void MistralModel::load(const LoadOptions& options) {
     log::warn("mistral: config.json sets attention_dropout = {}; attention dropout is not "
               "implemented, training runs without it", config_.attention_dropout);
   loaded_ = true;
+  if (!stored_quantized.empty())
+    log::info("mistral: {} of {} linear weights loaded as stored quantised ({}), not re-quantised",
+              stored_quantized.size(), linear_slots().size(), stored_quantized.begin()->second->describe());
   log::info("mistral: loaded {} ({} layers, hidden {}, heads {}/{} kv, window {}), {:.1f} MB of "
             "weights, weights {}, compute {}",
             path, config_.num_hidden_layers, config_.hidden_size, config_.num_attention_heads,

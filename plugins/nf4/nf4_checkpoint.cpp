@@ -264,6 +264,78 @@ Nf4Weights nf4_weights_of(Model& model) {
   return out;
 }
 
+std::shared_ptr<const Nf4Tensor> read_nf4_module(const CheckpointReader& reader, const std::string& module,
+                                                 const std::string& where, std::set<std::string>* used) {
+  const std::string p = module + ".weight";
+  if (reader.contains(module + kFp4StateSuffix))
+    throw Error(fmt::format("nf4: {}: '{}' is an FP4 weight; only NF4 is supported", where, module),
+                "quantise the model with bnb_4bit_quant_type=\"nf4\"");
+  const std::string state_name = module + kQuantStateSuffix;
+  if (!reader.contains(state_name)) return nullptr;
+  auto tensor = [&](const std::string& key, bool required) -> at::Tensor {
+    if (!reader.contains(key)) {
+      if (required)
+        throw Error(fmt::format("nf4: {}: '{}' has a quant state but no tensor '{}'", where, module, key),
+                    "the checkpoint is incomplete");
+      return {};
+    }
+    if (used) used->insert(key);
+    return reader.get(key);
+  };
+
+  const at::Tensor state_bytes = tensor(state_name, true);
+  if (state_bytes.scalar_type() != at::kByte || state_bytes.dim() != 1)
+    throw Error(fmt::format("nf4: {}: '{}' is not a 1-D uint8 tensor", where, state_name));
+  const std::string text(reinterpret_cast<const char*>(state_bytes.data_ptr<uint8_t>()),
+                         static_cast<size_t>(state_bytes.numel()));
+  json state;
+  try {
+    state = json::parse(text);
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("nf4: {}: '{}' does not hold JSON: {}", where, state_name, e.what()));
+  }
+  auto w = std::make_shared<Nf4Tensor>();
+  try {
+    if (state.at("quant_type").get<std::string>() != "nf4")
+      throw Error(fmt::format("quant_type is \"{}\", not \"nf4\"", state.at("quant_type").get<std::string>()));
+    w->blocksize = state.at("blocksize").get<int64_t>();
+    w->dtype = dtype_from_torch_name(state.at("dtype").get<std::string>(), state_name);
+    w->shape = state.at("shape").get<std::vector<int64_t>>();
+    if (state.contains("nested_blocksize")) {
+      if (state.at("nested_blocksize").get<int64_t>() != kNestedBlocksize)
+        throw Error(fmt::format("nested_blocksize {} is not {}", state.at("nested_blocksize").dump(),
+                                kNestedBlocksize));
+      if (state.at("nested_dtype").get<std::string>() != "float32")
+        throw Error(fmt::format("nested_dtype is \"{}\", not \"float32\"", state.at("nested_dtype").get<std::string>()));
+      w->offset = static_cast<float>(state.at("nested_offset").get<double>());
+    }
+  } catch (const json::exception& e) {
+    throw Error(fmt::format("nf4: {}: quant state of '{}' is malformed: {}", where, module, e.what()),
+                "expected the keys quant_type, blocksize, dtype, shape (and nested_* with double quant)");
+  } catch (const Error& e) {
+    throw Error(fmt::format("nf4: {}: quant state of '{}': {}", where, module, e.what()),
+                "only bitsandbytes NF4 weights can be read");
+  }
+
+  const at::Tensor packed = tensor(p, true);
+  w->packed = packed.reshape({packed.numel()});
+  const at::Tensor absmax = tensor(p + ".absmax", true);
+  const at::Tensor quant_map = tensor(p + ".quant_map", true);
+  if (quant_map.scalar_type() != at::kFloat || quant_map.numel() != 16 ||
+      std::memcmp(quant_map.data_ptr<float>(), kNf4Codes.data(), sizeof(float) * 16) != 0)
+    throw Error(fmt::format("nf4: {}: '{}.quant_map' is not the NF4 code table", where, p),
+                "only bitsandbytes NF4 weights can be read");
+  if (state.contains("nested_blocksize")) {
+    w->quantized_absmax = absmax;
+    w->nested_absmax = tensor(p + ".nested_absmax", true);
+    w->nested_map = tensor(p + ".nested_quant_map", true);
+  } else {
+    w->absmax = absmax;
+  }
+  w->check(fmt::format("{}: '{}'", where, module));
+  return w;
+}
+
 Nf4Checkpoint load_nf4_checkpoint(const std::string& dir) {
   const CheckpointReader reader = CheckpointReader::open(dir);
   Nf4Checkpoint out;
@@ -274,69 +346,7 @@ Nf4Checkpoint load_nf4_checkpoint(const std::string& dir) {
                   "quantise the model with bnb_4bit_quant_type=\"nf4\"");
     if (!ends_with(name, kQuantStateSuffix)) continue;
     const std::string module = name.substr(0, name.size() - std::strlen(kQuantStateSuffix));
-    const std::string p = module + ".weight";
-    auto tensor = [&](const std::string& key, bool required) -> at::Tensor {
-      if (!reader.contains(key)) {
-        if (required)
-          throw Error(fmt::format("nf4: {}: '{}' has a quant state but no tensor '{}'", dir, module, key),
-                      "the checkpoint is incomplete");
-        return {};
-      }
-      used.insert(key);
-      return reader.get(key);
-    };
-
-    const at::Tensor state_bytes = tensor(name, true);
-    if (state_bytes.scalar_type() != at::kByte || state_bytes.dim() != 1)
-      throw Error(fmt::format("nf4: {}: '{}' is not a 1-D uint8 tensor", dir, name));
-    const std::string text(reinterpret_cast<const char*>(state_bytes.data_ptr<uint8_t>()),
-                           static_cast<size_t>(state_bytes.numel()));
-    json state;
-    try {
-      state = json::parse(text);
-    } catch (const std::exception& e) {
-      throw Error(fmt::format("nf4: {}: '{}' does not hold JSON: {}", dir, name, e.what()));
-    }
-    auto w = std::make_shared<Nf4Tensor>();
-    try {
-      if (state.at("quant_type").get<std::string>() != "nf4")
-        throw Error(fmt::format("quant_type is \"{}\", not \"nf4\"", state.at("quant_type").get<std::string>()));
-      w->blocksize = state.at("blocksize").get<int64_t>();
-      w->dtype = dtype_from_torch_name(state.at("dtype").get<std::string>(), name);
-      w->shape = state.at("shape").get<std::vector<int64_t>>();
-      if (state.contains("nested_blocksize")) {
-        if (state.at("nested_blocksize").get<int64_t>() != kNestedBlocksize)
-          throw Error(fmt::format("nested_blocksize {} is not {}", state.at("nested_blocksize").dump(),
-                                  kNestedBlocksize));
-        if (state.at("nested_dtype").get<std::string>() != "float32")
-          throw Error(fmt::format("nested_dtype is \"{}\", not \"float32\"", state.at("nested_dtype").get<std::string>()));
-        w->offset = static_cast<float>(state.at("nested_offset").get<double>());
-      }
-    } catch (const json::exception& e) {
-      throw Error(fmt::format("nf4: {}: quant state of '{}' is malformed: {}", dir, module, e.what()),
-                  "expected the keys quant_type, blocksize, dtype, shape (and nested_* with double quant)");
-    } catch (const Error& e) {
-      throw Error(fmt::format("nf4: {}: quant state of '{}': {}", dir, module, e.what()),
-                  "only bitsandbytes NF4 weights can be read");
-    }
-
-    const at::Tensor packed = tensor(p, true);
-    w->packed = packed.reshape({packed.numel()});
-    const at::Tensor absmax = tensor(p + ".absmax", true);
-    const at::Tensor quant_map = tensor(p + ".quant_map", true);
-    if (quant_map.scalar_type() != at::kFloat || quant_map.numel() != 16 ||
-        std::memcmp(quant_map.data_ptr<float>(), kNf4Codes.data(), sizeof(float) * 16) != 0)
-      throw Error(fmt::format("nf4: {}: '{}.quant_map' is not the NF4 code table", dir, p),
-                  "only bitsandbytes NF4 weights can be read");
-    if (state.contains("nested_blocksize")) {
-      w->quantized_absmax = absmax;
-      w->nested_absmax = tensor(p + ".nested_absmax", true);
-      w->nested_map = tensor(p + ".nested_quant_map", true);
-    } else {
-      w->absmax = absmax;
-    }
-    w->check(fmt::format("{}: '{}'", dir, module));
-    out.quantized.emplace(module, std::move(w));
+    out.quantized.emplace(module, read_nf4_module(reader, module, dir, &used));
   }
   for (const auto& name : reader.names())
     if (!used.count(name)) out.other_tensors.push_back(name);

@@ -11,12 +11,13 @@
 // defines: mftk::nf4::Nf4Weights, mftk::nf4::python_float_repr, mftk::nf4::quant_state_json,
 //          mftk::nf4::bnb_state_tensors, mftk::nf4::BnbConfigOptions, mftk::nf4::save_nf4_checkpoint,
 //          mftk::nf4::QuantizeReport, mftk::nf4::quantize_checkpoint, mftk::nf4::nf4_weights_of,
-//          mftk::nf4::Nf4Checkpoint, mftk::nf4::load_nf4_checkpoint, mftk::nf4::Nf4Exporter
+//          mftk::nf4::Nf4Checkpoint, mftk::nf4::read_nf4_module, mftk::nf4::load_nf4_checkpoint, mftk::nf4::Nf4Exporter
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,7 @@
 #include "nf4_tensor.h"
 
 namespace mftk {
+class CheckpointReader;
 class Model;
 }
 
@@ -89,6 +91,12 @@ struct Nf4Checkpoint {
   Nf4Weights quantized;
   std::vector<std::string> other_tensors;  // sorted
 };
+
+// One module of an open bitsandbytes 4-bit checkpoint (views of the mapped
+// files), or nullptr when the module has no NF4 quant state there. `where`
+// names the checkpoint in errors; `used` collects the tensor names read.
+std::shared_ptr<const Nf4Tensor> read_nf4_module(const CheckpointReader& reader, const std::string& module,
+                                                 const std::string& where, std::set<std::string>* used = nullptr);
 
 // Reads every "<module>.weight.quant_state.bitsandbytes__nf4" module of a
 // folder written by save_nf4_checkpoint or by transformers' save_pretrained.

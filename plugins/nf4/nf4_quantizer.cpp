@@ -6,6 +6,7 @@
 
 #include "mftk/error.h"
 #include "mftk/log.h"
+#include "nf4_checkpoint.h"
 #include "nf4_linear.h"
 #include "nf4_tensor.h"
 
@@ -73,6 +74,19 @@ std::shared_ptr<LinearOp> Nf4Quantizer::quantize(const std::string& slot_name, c
   log::debug("nf4: {} [{}, {}] {} -> {} ({} bytes)", slot_name, weight.size(0), weight.size(1),
              c10::toString(weight.scalar_type()), op->describe(), q->storage_bytes());
   return op;
+}
+
+std::shared_ptr<LinearOp> Nf4Quantizer::load_quantized(const std::string& slot_name,
+                                                       const CheckpointReader& checkpoint,
+                                                       at::ScalarType compute_dtype) {
+  std::shared_ptr<const Nf4Tensor> stored = read_nf4_module(checkpoint, slot_name, "checkpoint");
+  if (!stored) return nullptr;
+  if (stored->blocksize != options_.blocksize || stored->double_quant() != options_.double_quant)
+    log::debug("nf4: {} is stored with blocksize {}{}; kept as stored", slot_name, stored->blocksize,
+               stored->double_quant() ? " and double quant" : "");
+  ++slots_;
+  bytes_out_ += stored->storage_bytes();
+  return make_nf4_linear(std::move(stored), options_.compute_dtype.value_or(compute_dtype));
 }
 
 }  // namespace mftk::nf4

@@ -49,6 +49,13 @@ class Nf4Quantizer final : public Quantizer {
   std::shared_ptr<LinearOp> quantize(const std::string& slot_name, const at::Tensor& weight,
                                      at::ScalarType compute_dtype) override;
 
+  // A slot stored as bitsandbytes NF4 in `checkpoint` (a folder from
+  // `mftk quantize` or transformers' save_pretrained) becomes an Nf4Linear
+  // over the mapped tensors, with the blocksize and double quant it was
+  // saved with; nullptr for a slot stored dense.
+  std::shared_ptr<LinearOp> load_quantized(const std::string& slot_name, const CheckpointReader& checkpoint,
+                                           at::ScalarType compute_dtype) override;
+
   const Nf4Options& options() const { return options_; }
   int64_t slots_quantized() const { return slots_; }
   int64_t bytes_in() const { return bytes_in_; }    // of the weights as given

@@ -674,4 +674,68 @@ TEST(Nf4Qlora, TinyMistralLoadsQuantisedTrainsAndStaysCloseToFp32) {
   }
 }
 
+// A folder written by the quantizer's checkpoint writer loads back through
+// the model plugin as stored: the same packed bytes and the same logits as
+// quantising the dense checkpoint while loading, and the core picks the
+// quantizer from config.json when the recipe names none.
+TEST(Nf4Qlora, SavedFolderLoadsAsStoredAndComputesWhatQuantisingAtLoadDoes) {
+  tt::QuietLog quiet;
+  const std::string dense_dir = tt::tiny_checkpoint(2);
+  TempDir out;
+  const std::string q_dir = out.sub("nf4");
+  mftk::nf4::Nf4Options options;
+  options.double_quant = true;
+  mftk::nf4::quantize_checkpoint(dense_dir, q_dir, options);
+  EXPECT_EQ(mftk::core::stored_quantizer_plugin(q_dir), "nf4");
+  EXPECT_EQ(mftk::core::stored_quantizer_plugin(dense_dir), "");
+
+  mftk::core::Registry registry;
+  auto load = [&](const std::string& dir, std::unique_ptr<mftk::Quantizer> requested) {
+    mftk::core::ModelBundle b;
+    b.quantizer = mftk::core::quantizer_for_checkpoint(registry, dir, std::move(requested), requested ? "nf4" : "");
+    b.model = registry.create<mftk::Model>(
+        mftk::Kind::model, "mistral",
+        mftk::core::component_config(registry, mftk::Kind::model, "mistral", "model", {{"path", dir}}));
+    mftk::LoadOptions lo;
+    lo.path = dir;
+    lo.compute_dtype = at::kFloat;
+    lo.quantizer = b.quantizer.get();
+    b.model->load_config(dir);
+    b.model->load(lo);
+    return b;
+  };
+  auto nf4_quantizer = [&] {
+    return registry.create<mftk::Quantizer>(
+        mftk::Kind::quantizer, "nf4",
+        mftk::core::component_config(registry, mftk::Kind::quantizer, "nf4", "quantize", {{"double_quant", true}}));
+  };
+  mftk::core::ModelBundle at_load = load(dense_dir, nf4_quantizer());
+  mftk::core::ModelBundle stored = load(q_dir, nullptr);  // no [quantize]: picked from config.json
+  ASSERT_TRUE(stored.quantizer);
+
+  const mftk::nf4::Nf4Weights a = mftk::nf4::nf4_weights_of(*at_load.model);
+  const mftk::nf4::Nf4Weights b = mftk::nf4::nf4_weights_of(*stored.model);
+  ASSERT_EQ(a.size(), 14u);
+  ASSERT_EQ(b.size(), a.size());
+  for (const auto& [name, w] : a) {
+    ASSERT_TRUE(b.count(name)) << name;
+    EXPECT_TRUE(same_bytes(w->packed, b.at(name)->packed)) << name;
+    EXPECT_TRUE(same_bytes(w->block_absmax(), b.at(name)->block_absmax())) << name;
+  }
+  const std::vector<mftk::PackedRow> rows = tt::synthetic_rows(5, 3, at_load.model->shape().vocab_size);
+  const mftk::Batch batch = mftk::core::make_batch(rows);
+  at::NoGradGuard no_grad;
+  const at::Tensor la = at_load.model->logits(at_load.model->forward(batch));
+  const at::Tensor lb = stored.model->logits(stored.model->forward(batch));
+  EXPECT_TRUE(same_bytes(la, lb)) << "max diff " << (la - lb).abs().max().item<double>();
+
+  // A recipe naming another quantizer for a stored NF4 folder is refused.
+  try {
+    mftk::core::quantizer_for_checkpoint(registry, q_dir, nf4_quantizer(), "int8");
+    ADD_FAILURE() << "expected a UsageError";
+  } catch (const mftk::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("saved quantised by the 'nf4' quantizer"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace

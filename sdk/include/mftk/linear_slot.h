@@ -1,6 +1,6 @@
 // The seam between models, quantizers and adapters: named linear slots.
 //
-// defines: mftk::LinearOp, mftk::LinearSlot, mftk::make_dense_linear
+// defines: mftk::LinearOp, mftk::LinearSlot, mftk::make_dense_linear, mftk::cpu_has_native_bf16
 //
 // A model exposes every linear layer under its Hugging Face module name
 // ("model.layers.7.self_attn.k_proj", "lm_head") as a LinearSlot. The slot
@@ -46,8 +46,15 @@ struct LinearSlot {
   at::Tensor forward(const at::Tensor& x) const { return op->forward(x); }
 };
 
-// The plain op every slot starts with: y = x W^T (+ b). W keeps its dtype;
-// x is cast to it for the matmul and the result cast back to x's dtype.
+// The plain op every slot starts with: y = x W^T (+ b). W keeps its dtype.
+// The matmul runs in W's dtype (x cast to it, the result cast back) where
+// that dtype has native matmul support; a bf16 W with fp32 x on a CPU
+// without it (no avx512_bf16 / AMX) is widened to fp32 for the matmul
+// instead, since emulated bf16 GEMM there is ~25x slower than fp32.
 std::shared_ptr<LinearOp> make_dense_linear(at::Tensor weight, at::Tensor bias = {});
+
+// Whether bf16 matmuls on this CPU run on native instructions (oneDNN with
+// avx512_bf16 or AMX), checked once at run time.
+bool cpu_has_native_bf16();
 
 }  // namespace mftk

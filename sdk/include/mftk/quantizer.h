@@ -10,6 +10,8 @@
 
 namespace mftk {
 
+class CheckpointReader;
+
 class Quantizer {
  public:
   virtual ~Quantizer() = default;
@@ -21,6 +23,17 @@ class Quantizer {
   virtual std::shared_ptr<LinearOp> quantize(const std::string& slot_name,
                                              const at::Tensor& weight,
                                              at::ScalarType compute_dtype) = 0;
+  // A checkpoint saved already quantised in this quantizer's format: the
+  // slot's op built from the stored tensors as they are (no re-quantising),
+  // or nullptr when the checkpoint holds this slot dense. The model calls it
+  // before it checks the slot's "<slot>.weight" against config.json, and
+  // leaves alone every "<slot>.weight.*" tensor of a slot it returned.
+  virtual std::shared_ptr<LinearOp> load_quantized(const std::string& slot_name,
+                                                   const CheckpointReader& checkpoint,
+                                                   at::ScalarType compute_dtype) {
+    (void)slot_name, (void)checkpoint, (void)compute_dtype;
+    return nullptr;
+  }
 };
 
 }  // namespace mftk
