@@ -9,8 +9,9 @@ class App;
 
 namespace mftk::cli {
 
-void add_recipe_commands(CLI::App& app);  // run, validate, plugins     (cmd_recipe.cpp)
-void add_model_commands(CLI::App& app);   // init, generate, logprobs   (cmd_model.cpp)
-void add_data_commands(CLI::App& app);    // tokenize                    (cmd_data.cpp)
+void add_recipe_commands(CLI::App& app);   // run, validate, plugins                       (cmd_recipe.cpp)
+void add_model_commands(CLI::App& app);    // init, export, quantize, generate, logprobs, merge (cmd_model.cpp)
+void add_data_commands(CLI::App& app);     // tokenize, preprocess, eval, verify            (cmd_data.cpp)
+void add_inspect_commands(CLI::App& app);  // inspect (GGUF files)                           (cmd_inspect.cpp)
 
 }  // namespace mftk::cli

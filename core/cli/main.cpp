@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
   mftk::cli::add_recipe_commands(app);
   mftk::cli::add_model_commands(app);
   mftk::cli::add_data_commands(app);
+  mftk::cli::add_inspect_commands(app);
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,129 @@
+// The "gguf" exporter (see gguf_exporter.h).
+#include "gguf_exporter.h"
+
+#include <chrono>
+#include <filesystem>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "ggml_quants.h"
+#include "gguf_reader.h"
+#include "mftk/error.h"
+#include "mftk/safetensors.h"
+#include "mistral_config.h"
+
+namespace mftk::gguf {
+
+namespace {
+constexpr const char* kSupported = "f32, f16, bf16, q8_0, q4_k, q6_k, q4_k_m";
+}
+
+std::vector<KeySpec> gguf_keys() {
+  return {
+      KeySpec::string("type", std::string("f16"),
+                      "how 2-D weights are stored: f32, f16, bf16, q8_0, q4_k, q6_k or q4_k_m "
+                      "(llama-quantize's mix); norms are always F32"),
+      KeySpec::string("name", std::string(""), "general.name in the file; empty: the model folder's name"),
+  };
+}
+
+GgufExportOptions gguf_options_from_config(const Config& config) {
+  GgufExportOptions o;
+  const std::string& type = config.get_string("type");
+  auto encoding = parse_encoding(type);
+  if (!encoding) {
+    config.fail("type", fmt::format("unknown encoding \"{}\"; the gguf exporter writes {}", type, kSupported),
+                "q4_k_m is llama.cpp's usual 4-bit choice, q8_0 its near-lossless one");
+  }
+  o.encoding = *encoding;
+  o.name = config.get_string("name");
+  return o;
+}
+
+namespace {
+
+// Reopens the written file and compares it with what was planned: a cheap
+// proof the file parses and says what we meant (the data bytes were counted
+// by the writer).
+void check_written_file(const std::string& path, const GgufWriter::Metadata& metadata,
+                        const std::vector<PlannedTensor>& plan) {
+  const auto file = core::GgufFile::open(path);
+  MFTK_CHECK(file.metadata().size() == metadata.size(), "{}: reads back {} metadata keys, {} were written", path,
+             file.metadata().size(), metadata.size());
+  for (const auto& [key, value] : metadata) {
+    const auto* got = file.find(key);
+    MFTK_CHECK(got && *got == value, "{}: metadata '{}' does not read back as written", path, key);
+  }
+  MFTK_CHECK(file.tensors().size() == plan.size(), "{}: reads back {} tensors, {} were written", path,
+             file.tensors().size(), plan.size());
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const auto& t = file.tensors()[i];
+    MFTK_CHECK(t.name == plan[i].decl.name && t.type == plan[i].decl.type && t.ne == plan[i].decl.ne,
+               "{}: tensor {} reads back as '{}', '{}' was written", path, i, t.name, plan[i].decl.name);
+  }
+}
+
+}  // namespace
+
+ExportReport export_gguf(const std::string& model_dir, const std::string& out, const GgufExportOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto config = mistral::MistralConfig::load(model_dir);
+  const auto checkpoint = CheckpointReader::open(model_dir);
+  std::string name = options.name;
+  if (name.empty()) name = std::filesystem::path(model_dir).lexically_normal().filename().string();
+  if (name.empty()) name = std::filesystem::absolute(model_dir).lexically_normal().parent_path().filename().string();
+
+  const auto tokenizer = load_tokenizer_facts(model_dir, config.vocab_size);
+  const auto metadata = llama_metadata(config, tokenizer, options.encoding, name);
+  const auto plan = plan_llama_tensors(config, checkpoint, options.encoding, model_dir);
+
+  std::vector<GgufTensorDecl> decls;
+  for (const auto& p : plan) decls.push_back(p.decl);
+  GgufWriter writer(out, metadata, decls);
+
+  int fallbacks = 0;
+  std::vector<uint8_t> encoded;
+  for (const auto& p : plan) {
+    // A mapped view; .to(kFloat) copies only when the checkpoint is not fp32.
+    at::Tensor w = checkpoint.get(p.hf_name).to(at::kFloat).contiguous();
+    const float* data = w.data_ptr<float>();
+    const int64_t cols = p.hf_shape.back();
+    const int64_t rows = w.numel() / std::max<int64_t>(cols, 1);
+    const uint64_t row_bytes = core::ggml_row_bytes(p.decl.type, uint64_t(cols));
+    std::vector<int64_t> order;
+    if (p.rope_heads > 0) order = llama_rope_row_order(rows, p.rope_heads);
+    encoded.resize(size_t(row_bytes * uint64_t(rows)));
+    // Rows are encoded in GGUF order straight from the source rows: the
+    // permutation costs no copy of the tensor.
+    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t src = order.empty() ? r : order[size_t(r)];
+        encode_row(p.decl.type, data + src * cols, encoded.data() + uint64_t(r) * row_bytes, size_t(cols));
+      }
+    });
+    writer.write(encoded.data(), encoded.size());
+    if (p.fell_back) {
+      ++fallbacks;
+      spdlog::warn("gguf: {} ({}) has rows of {} values, not a whole number of {} blocks: written as {}",
+                   p.decl.name, p.hf_name, cols, core::ggml_type_traits(weight_type(options.encoding)).name,
+                   core::ggml_type_traits(p.decl.type).name);
+    }
+  }
+  encoded = {};
+  const uint64_t bytes = writer.finish();
+  check_written_file(out, metadata, plan);
+
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ExportReport report;
+  report.path = out;
+  report.bytes = int64_t(bytes);
+  report.summary = fmt::format("{} tensors, {} weights, {} metadata keys, {:.1f} s{}", plan.size(),
+                               to_string(options.encoding), metadata.size(), seconds,
+                               fallbacks ? fmt::format(" ({} tensors in a fallback type)", fallbacks) : "");
+  return report;
+}
+
+}  // namespace mftk::gguf

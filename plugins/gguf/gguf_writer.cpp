@@ -1,0 +1,210 @@
+// The streaming GGUF writer (see gguf_writer.h).
+#include "gguf_writer.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "mftk/error.h"
+
+namespace mftk::gguf {
+
+using core::GgufValue;
+using core::GgufValueType;
+
+uint64_t GgufTensorDecl::nbytes() const {
+  uint64_t rows = 1;
+  for (size_t d = 1; d < ne.size(); ++d) rows *= ne[d];
+  return core::ggml_row_bytes(type, ne.at(0)) * rows;
+}
+
+namespace {
+
+uint64_t round_up(uint64_t x, uint64_t a) { return x + (a - x % a) % a; }
+
+// Bytes go through one buffered FILE; every write is checked.
+class Output {
+ public:
+  explicit Output(const std::string& path) : path_(path) {
+    f_ = std::fopen(path.c_str(), "wb");
+    if (!f_) throw Error(fmt::format("{}: cannot create: {}", path, std::strerror(errno)));
+    std::setvbuf(f_, nullptr, _IOFBF, 1 << 20);
+  }
+  ~Output() {
+    if (f_) std::fclose(f_);
+  }
+  void bytes(const void* p, uint64_t n) {
+    if (n && std::fwrite(p, 1, n, f_) != n)
+      throw Error(fmt::format("{}: write failed after {} bytes: {}", path_, written_, std::strerror(errno)),
+                  "check free disk space");
+    written_ += n;
+  }
+  template <class T>
+  void scalar(T v) { bytes(&v, sizeof v); }  // little-endian host
+  void string(const std::string& s) {
+    scalar<uint64_t>(s.size());
+    bytes(s.data(), s.size());
+  }
+  void zeros(uint64_t n) {
+    static const char kZeros[256] = {};
+    while (n) {
+      const uint64_t k = n < sizeof kZeros ? n : sizeof kZeros;
+      bytes(kZeros, k);
+      n -= k;
+    }
+  }
+  uint64_t written() const { return written_; }
+  void close() {
+    const bool ok = std::fflush(f_) == 0;
+    const bool closed = std::fclose(f_) == 0;
+    f_ = nullptr;
+    if (!ok || !closed) throw Error(fmt::format("{}: flush failed: {}", path_, std::strerror(errno)));
+  }
+
+ private:
+  std::string path_;
+  std::FILE* f_ = nullptr;
+  uint64_t written_ = 0;
+};
+
+void write_value(Output& out, const GgufValue& v) {
+  switch (v.type) {
+    case GgufValueType::uint8:
+    case GgufValueType::int8:
+    case GgufValueType::boolean: out.scalar<uint8_t>(uint8_t(v.integer)); break;
+    case GgufValueType::uint16:
+    case GgufValueType::int16: out.scalar<uint16_t>(uint16_t(v.integer)); break;
+    case GgufValueType::uint32:
+    case GgufValueType::int32: out.scalar<uint32_t>(uint32_t(v.integer)); break;
+    case GgufValueType::uint64:
+    case GgufValueType::int64: out.scalar<uint64_t>(v.integer); break;
+    case GgufValueType::float32: out.scalar<float>(float(v.real)); break;
+    case GgufValueType::float64: out.scalar<double>(v.real); break;
+    case GgufValueType::string: out.string(v.text); break;
+    case GgufValueType::array:
+      out.scalar<uint32_t>(uint32_t(v.element_type));
+      out.scalar<uint64_t>(v.items.size());
+      for (const auto& item : v.items) write_value(out, item);
+      break;
+    default: throw Error(fmt::format("gguf: cannot write a value of {}", core::to_string(v.type)));
+  }
+}
+
+}  // namespace
+
+struct GgufWriter::Impl {
+  std::string path;
+  std::string tmp_path;
+  std::unique_ptr<Output> out;
+  std::vector<GgufTensorDecl> tensors;
+  uint64_t alignment = core::kGgufDefaultAlignment;
+  size_t next = 0;            // tensor being written
+  uint64_t next_written = 0;  // of its bytes
+  bool finished = false;
+};
+
+GgufWriter::GgufWriter(std::string path, const Metadata& metadata, std::vector<GgufTensorDecl> tensors)
+    : impl_(std::make_unique<Impl>()) {
+  auto& m = *impl_;
+  m.path = std::move(path);
+  m.tmp_path = m.path + ".tmp";
+  m.tensors = std::move(tensors);
+  auto fail = [&](const std::string& what) { throw Error(fmt::format("{}: gguf writer: {}", m.path, what)); };
+
+  std::set<std::string> keys;
+  for (const auto& [key, value] : metadata) {
+    if (key.empty() || key.size() > 65535) fail(fmt::format("metadata key of {} bytes", key.size()));
+    if (!keys.insert(key).second) fail(fmt::format("metadata key '{}' given twice", key));
+    if (key == "general.alignment") {
+      if (value.type != GgufValueType::uint32 || value.integer == 0 || (value.integer & (value.integer - 1)))
+        fail("general.alignment must be a uint32 power of two");
+      m.alignment = value.integer;
+    }
+  }
+  std::set<std::string> names;
+  for (const auto& t : m.tensors) {
+    if (t.name.empty() || t.name.size() > 63) fail(fmt::format("tensor name '{}' is not 1 to 63 bytes", t.name));
+    if (!names.insert(t.name).second) fail(fmt::format("tensor '{}' declared twice", t.name));
+    if (t.ne.empty() || t.ne.size() > 4) fail(fmt::format("tensor '{}' has {} dimensions (1 to 4)", t.name, t.ne.size()));
+    const auto& traits = core::ggml_type_traits(t.type);
+    if (t.ne[0] % traits.block_size != 0)
+      fail(fmt::format("tensor '{}': ne[0] = {} is not a multiple of the {} block size {}", t.name, t.ne[0],
+                       traits.name, traits.block_size));
+  }
+
+  std::error_code ec;
+  const auto parent = std::filesystem::path(m.path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  m.out = std::make_unique<Output>(m.tmp_path);
+  Output& out = *m.out;
+  out.scalar<uint32_t>(core::kGgufMagic);
+  out.scalar<uint32_t>(core::kGgufVersion);
+  out.scalar<uint64_t>(m.tensors.size());
+  out.scalar<uint64_t>(metadata.size());
+  for (const auto& [key, value] : metadata) {
+    out.string(key);
+    out.scalar<uint32_t>(uint32_t(value.type));
+    write_value(out, value);
+  }
+  uint64_t offset = 0;
+  for (const auto& t : m.tensors) {
+    out.string(t.name);
+    out.scalar<uint32_t>(uint32_t(t.ne.size()));
+    for (uint64_t d : t.ne) out.scalar<uint64_t>(d);
+    out.scalar<uint32_t>(uint32_t(t.type));
+    out.scalar<uint64_t>(offset);
+    offset += round_up(t.nbytes(), m.alignment);
+  }
+  out.zeros(round_up(out.written(), m.alignment) - out.written());
+}
+
+GgufWriter::~GgufWriter() {
+  if (impl_ && !impl_->finished) {
+    impl_->out.reset();
+    std::error_code ec;
+    std::filesystem::remove(impl_->tmp_path, ec);
+  }
+}
+
+std::string GgufWriter::next_tensor() const {
+  return impl_->next < impl_->tensors.size() ? impl_->tensors[impl_->next].name : std::string();
+}
+
+void GgufWriter::write(const void* data, uint64_t bytes) {
+  auto& m = *impl_;
+  if (m.next >= m.tensors.size())
+    throw Error(fmt::format("{}: gguf writer: {} bytes written after the last tensor", m.path, bytes));
+  const auto& t = m.tensors[m.next];
+  const uint64_t total = t.nbytes();
+  if (bytes > total - m.next_written)
+    throw Error(fmt::format("{}: gguf writer: tensor '{}' takes {} bytes, got {} more after {}", m.path, t.name,
+                            total, bytes, m.next_written));
+  m.out->bytes(data, bytes);
+  m.next_written += bytes;
+  if (m.next_written == total) {
+    m.out->zeros(round_up(total, m.alignment) - total);
+    ++m.next;
+    m.next_written = 0;
+  }
+}
+
+uint64_t GgufWriter::finish() {
+  auto& m = *impl_;
+  if (m.next < m.tensors.size())
+    throw Error(fmt::format("{}: gguf writer: finished before tensor '{}' ({} of {} written)", m.path,
+                            m.tensors[m.next].name, m.next, m.tensors.size()));
+  const uint64_t size = m.out->written();
+  m.out->close();
+  m.out.reset();
+  std::error_code ec;
+  std::filesystem::rename(m.tmp_path, m.path, ec);
+  if (ec) throw Error(fmt::format("{}: cannot rename {} into place: {}", m.path, m.tmp_path, ec.message()));
+  m.finished = true;
+  return size;
+}
+
+}  // namespace mftk::gguf

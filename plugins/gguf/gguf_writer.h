@@ -1,0 +1,57 @@
+// Streams a GGUF v3 file (layout in core/gguf_format.h): the header, every
+// metadata value and the tensor table go out first, then each tensor's data
+// in the declared order, one at a time, so a 7B export holds one tensor in
+// memory, not the model. The file is written next to `path` and renamed
+// into place by finish(), so a crash never leaves a half-written model.
+//
+// Written the way ggml's C reader wants it (FORMATS.md §4.2): offsets are
+// the running sum of each tensor's bytes rounded up to the alignment, the
+// data section starts at the alignment, padding is zeros.
+//
+// defines: mftk::gguf::GgufTensorDecl, mftk::gguf::GgufWriter
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gguf_format.h"
+
+namespace mftk::gguf {
+
+struct GgufTensorDecl {
+  std::string name;              // <= 63 bytes
+  core::GgmlType type;
+  std::vector<uint64_t> ne;      // ne[0] fastest: the reverse of the torch shape
+  uint64_t nbytes() const;       // the encoded size
+};
+
+class GgufWriter {
+ public:
+  using Metadata = std::vector<std::pair<std::string, core::GgufValue>>;
+
+  // Validates everything (unique keys and names, name lengths, dims,
+  // block-size multiples, general.alignment a uint32 power of two) and
+  // writes the header. Throws mftk::Error naming `path`.
+  GgufWriter(std::string path, const Metadata& metadata, std::vector<GgufTensorDecl> tensors);
+  ~GgufWriter();  // removes the temporary file unless finish() ran
+  GgufWriter(const GgufWriter&) = delete;
+  GgufWriter& operator=(const GgufWriter&) = delete;
+
+  // The data of the next declared tensor, exactly nbytes() bytes, in
+  // pieces if the caller likes (the tensor ends when its bytes are in).
+  void write(const void* data, uint64_t bytes);
+  // Name of the tensor write() expects next (empty when all are written).
+  std::string next_tensor() const;
+  // Flushes, checks every tensor was written, renames into place; returns
+  // the file size.
+  uint64_t finish();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mftk::gguf

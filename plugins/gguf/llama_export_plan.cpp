@@ -1,0 +1,258 @@
+// Mistral -> GGUF `llama` metadata and tensor plan (see llama_export_plan.h).
+// Keys and their types follow llama.cpp's HF converter (FORMATS.md §4.3):
+// llama.cpp checks each key's type, so a u32 written as an i32 is an error
+// there, not a warning.
+#include "llama_export_plan.h"
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "mftk/error.h"
+#include "mftk/safetensors.h"
+#include "mftk/tokenizer.h"
+#include "mistral_config.h"
+#include "tensor_names.h"
+
+namespace mftk::gguf {
+
+using core::GgmlType;
+using core::GgufValue;
+
+std::optional<Encoding> parse_encoding(const std::string& name) {
+  if (name == "f32") return Encoding::f32;
+  if (name == "f16") return Encoding::f16;
+  if (name == "bf16") return Encoding::bf16;
+  if (name == "q8_0") return Encoding::q8_0;
+  if (name == "q4_k") return Encoding::q4_k;
+  if (name == "q6_k") return Encoding::q6_k;
+  if (name == "q4_k_m") return Encoding::q4_k_m;
+  return std::nullopt;
+}
+
+std::string to_string(Encoding e) {
+  switch (e) {
+    case Encoding::f32: return "f32";
+    case Encoding::f16: return "f16";
+    case Encoding::bf16: return "bf16";
+    case Encoding::q8_0: return "q8_0";
+    case Encoding::q4_k: return "q4_k";
+    case Encoding::q6_k: return "q6_k";
+    case Encoding::q4_k_m: return "q4_k_m";
+  }
+  return "?";
+}
+
+GgmlType weight_type(Encoding e) {
+  switch (e) {
+    case Encoding::f32: return GgmlType::f32;
+    case Encoding::f16: return GgmlType::f16;
+    case Encoding::bf16: return GgmlType::bf16;
+    case Encoding::q8_0: return GgmlType::q8_0;
+    case Encoding::q4_k:
+    case Encoding::q4_k_m: return GgmlType::q4_k;
+    case Encoding::q6_k: return GgmlType::q6_k;
+  }
+  return GgmlType::f16;
+}
+
+uint32_t llama_file_type(Encoding e) {
+  switch (e) {
+    case Encoding::f32: return 0;   // ALL_F32
+    case Encoding::f16: return 1;   // MOSTLY_F16
+    case Encoding::bf16: return 32; // MOSTLY_BF16
+    case Encoding::q8_0: return 7;  // MOSTLY_Q8_0
+    case Encoding::q4_k: return 14;   // MOSTLY_Q4_K_S: llama.cpp has no "all Q4_K" file type; S is the nearest
+    case Encoding::q6_k: return 18;   // MOSTLY_Q6_K
+    case Encoding::q4_k_m: return 15; // MOSTLY_Q4_K_M
+  }
+  return 1;
+}
+
+bool use_more_bits(int64_t layer, int64_t n_layers) {
+  return layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2;
+}
+
+std::vector<int64_t> llama_rope_row_order(int64_t rows, int64_t n_head) {
+  MFTK_CHECK(n_head > 0 && rows % (2 * n_head) == 0,
+             "gguf: {} rows cannot be split into {} heads of an even head size", rows, n_head);
+  const int64_t head_dim = rows / n_head;
+  const int64_t half = head_dim / 2;
+  std::vector<int64_t> order(static_cast<size_t>(rows));
+  for (int64_t h = 0; h < n_head; ++h)
+    for (int64_t k = 0; k < half; ++k)
+      for (int64_t s = 0; s < 2; ++s) order[size_t(h * head_dim + 2 * k + s)] = h * head_dim + s * half + k;
+  return order;
+}
+
+namespace {
+
+nlohmann::json read_json_if_present(const std::filesystem::path& path) {
+  if (!std::filesystem::exists(path)) return nlohmann::json::object();
+  std::ifstream in(path);
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("{}: not valid JSON: {}", path.string(), e.what()));
+  }
+}
+
+// A special token in tokenizer_config.json: "<pad>", {"content": "<pad>"}, or null.
+std::optional<std::string> special_token_text(const nlohmann::json& config, const char* key) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return std::nullopt;
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_object() && it->contains("content") && (*it)["content"].is_string())
+    return (*it)["content"].get<std::string>();
+  return std::nullopt;
+}
+
+}  // namespace
+
+TokenizerFacts load_tokenizer_facts(const std::string& model_dir, int64_t vocab_size) {
+  auto tok = Tokenizer::load(model_dir);
+  const int32_t n = tok->vocab_size();
+  if (n > vocab_size)
+    throw Error(fmt::format("{}: the tokenizer has {} pieces but the model only {} embeddings (vocab_size)",
+                            model_dir, n, vocab_size),
+                "the tokenizer does not belong to this checkpoint");
+  TokenizerFacts f;
+  f.tokens.reserve(size_t(vocab_size));
+  for (int32_t id = 0; id < n; ++id) {
+    f.tokens.push_back(tok->piece(id));
+    f.scores.push_back(tok->score(id));
+    f.types.push_back(int32_t(tok->type(id)));
+  }
+  for (int64_t id = n; id < vocab_size; ++id) {
+    f.tokens.push_back(fmt::format("[PAD{}]", id));
+    f.scores.push_back(-1000.0f);
+    f.types.push_back(int32_t(PieceType::unused));
+  }
+  f.bos = uint32_t(tok->bos_id());
+  f.eos = uint32_t(tok->eos_id());
+  f.unk = uint32_t(tok->unk_id());
+  f.add_bos = tok->add_bos();
+  f.add_eos = tok->add_eos();
+
+  const auto config_path = std::filesystem::path(model_dir) / "tokenizer_config.json";
+  const nlohmann::json config = read_json_if_present(config_path);
+  if (auto pad = special_token_text(config, "pad_token")) {
+    if (auto id = tok->piece_to_id(*pad)) f.pad = uint32_t(*id);
+    else
+      throw Error(fmt::format("{}: pad_token \"{}\" is not a piece of tokenizer.model", config_path.string(), *pad));
+  }
+  if (auto it = config.find("chat_template"); it != config.end() && !it->is_null()) {
+    if (it->is_string()) {
+      f.chat_template = it->get<std::string>();
+    } else if (it->is_array()) {
+      // transformers' list form: [{"name": "default", "template": ...}, ...]
+      for (const auto& entry : *it)
+        if (entry.value("name", "") == "default" && entry.contains("template") && entry["template"].is_string())
+          f.chat_template = entry["template"].get<std::string>();
+    }
+  }
+  return f;
+}
+
+GgufWriter::Metadata llama_metadata(const mistral::MistralConfig& c, const TokenizerFacts& t, Encoding encoding,
+                                    const std::string& name) {
+  GgufWriter::Metadata m;
+  auto u32 = [](int64_t v) {
+    MFTK_CHECK(v >= 0 && v <= int64_t(UINT32_MAX), "gguf: {} does not fit a uint32 key", v);
+    return GgufValue::u32(uint32_t(v));
+  };
+  m.emplace_back("general.architecture", GgufValue::str("llama"));
+  m.emplace_back("general.name", GgufValue::str(name));
+  m.emplace_back("general.alignment", GgufValue::u32(core::kGgufDefaultAlignment));
+  m.emplace_back("general.file_type", GgufValue::u32(llama_file_type(encoding)));
+  m.emplace_back("general.quantization_version", GgufValue::u32(2));  // GGML_QUANT_VERSION
+  m.emplace_back("llama.vocab_size", u32(c.vocab_size));
+  m.emplace_back("llama.context_length", u32(c.max_position_embeddings));
+  m.emplace_back("llama.embedding_length", u32(c.hidden_size));
+  m.emplace_back("llama.block_count", u32(c.num_hidden_layers));
+  m.emplace_back("llama.feed_forward_length", u32(c.intermediate_size));
+  m.emplace_back("llama.attention.head_count", u32(c.num_attention_heads));
+  m.emplace_back("llama.attention.head_count_kv", u32(c.num_key_value_heads));
+  m.emplace_back("llama.rope.dimension_count", u32(c.head_dim));
+  m.emplace_back("llama.rope.freq_base", GgufValue::f32(float(c.rope_theta)));
+  m.emplace_back("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(float(c.rms_norm_eps)));
+  // llama.cpp assumes head size = embedding / heads unless told otherwise.
+  if (c.head_dim * c.num_attention_heads != c.hidden_size) {
+    m.emplace_back("llama.attention.key_length", u32(c.head_dim));
+    m.emplace_back("llama.attention.value_length", u32(c.head_dim));
+  }
+  // llama.cpp's llama architecture runs plain causal attention and ignores
+  // this key; it records the window for readers that do use it.
+  if (c.sliding_window) m.emplace_back("llama.attention.sliding_window", u32(*c.sliding_window));
+
+  m.emplace_back("tokenizer.ggml.model", GgufValue::str("llama"));
+  m.emplace_back("tokenizer.ggml.tokens", GgufValue::strings(t.tokens));
+  m.emplace_back("tokenizer.ggml.scores", GgufValue::f32s(t.scores));
+  m.emplace_back("tokenizer.ggml.token_type", GgufValue::i32s(t.types));
+  m.emplace_back("tokenizer.ggml.bos_token_id", GgufValue::u32(t.bos));
+  m.emplace_back("tokenizer.ggml.eos_token_id", GgufValue::u32(t.eos));
+  m.emplace_back("tokenizer.ggml.unknown_token_id", GgufValue::u32(t.unk));
+  if (t.pad) m.emplace_back("tokenizer.ggml.padding_token_id", GgufValue::u32(*t.pad));
+  m.emplace_back("tokenizer.ggml.add_bos_token", GgufValue::boolean(t.add_bos));
+  m.emplace_back("tokenizer.ggml.add_eos_token", GgufValue::boolean(t.add_eos));
+  if (!t.chat_template.empty()) m.emplace_back("tokenizer.chat_template", GgufValue::str(t.chat_template));
+  return m;
+}
+
+std::vector<PlannedTensor> plan_llama_tensors(const mistral::MistralConfig& config, const CheckpointReader& checkpoint,
+                                              Encoding encoding, const std::string& model_dir) {
+  std::vector<PlannedTensor> plan;
+  std::set<std::string> used;
+  for (const auto& ct : mistral::checkpoint_tensors(config)) {
+    if (!checkpoint.contains(ct.name))
+      throw Error(fmt::format("{}: the checkpoint has no tensor '{}'", model_dir, ct.name),
+                  "export a merged Hugging Face checkpoint (mftk merge writes one)");
+    const auto& info = checkpoint.info(ct.name);
+    if (info.shape != ct.shape)
+      throw Error(fmt::format("{}: tensor '{}' has shape [{}], config.json implies [{}]", model_dir, ct.name,
+                              fmt::join(info.shape, ", "), fmt::join(ct.shape, ", ")));
+    used.insert(ct.name);
+    PlannedTensor p;
+    p.hf_name = ct.name;
+    p.hf_shape = ct.shape;
+    p.decl.name = mistral::gguf_tensor_name(ct.role, ct.layer);
+    for (auto it = ct.shape.rbegin(); it != ct.shape.rend(); ++it) p.decl.ne.push_back(uint64_t(*it));
+    if (ct.shape.size() == 1) {
+      p.decl.type = GgmlType::f32;  // norms: llama.cpp computes them in F32; the converter always writes F32
+    } else {
+      p.decl.type = weight_type(encoding);
+      if (encoding == Encoding::q4_k_m) {
+        // llama-quantize's Q4_K_M rules (llama_tensor_get_type): the output
+        // matrix (the embeddings when tied, as they are the output then),
+        // and attn_v / ffn_down of the use_more_bits layers, get Q6_K.
+        const bool output = ct.role == mistral::TensorRole::lm_head ||
+                            (ct.role == mistral::TensorRole::embed_tokens && config.tie_word_embeddings);
+        const bool more_bits = (ct.role == mistral::TensorRole::v_proj || ct.role == mistral::TensorRole::down_proj) &&
+                               use_more_bits(ct.layer, config.num_hidden_layers);
+        if (output || more_bits) p.decl.type = GgmlType::q6_k;
+      }
+      if (p.decl.ne[0] % core::ggml_type_traits(p.decl.type).block_size != 0) {
+        // Q8_0 -> F16 is what llama.cpp's converter does; for K-quants
+        // llama-quantize uses Q5_0 (for Q4_K) or Q8_0 (for Q6_K): we write
+        // Q8_0 for both, having no Q5_0 encoder.
+        p.decl.type = p.decl.type == GgmlType::q8_0 ? GgmlType::f16 : GgmlType::q8_0;
+        p.fell_back = true;
+      }
+    }
+    if (ct.role == mistral::TensorRole::q_proj) p.rope_heads = config.num_attention_heads;
+    if (ct.role == mistral::TensorRole::k_proj) p.rope_heads = config.num_key_value_heads;
+    plan.push_back(std::move(p));
+  }
+  for (const auto& name : checkpoint.names()) {
+    if (used.count(name)) continue;
+    if (name == "lm_head.weight" && config.tie_word_embeddings) continue;  // tied: llama.cpp reuses token_embd
+    throw Error(fmt::format("{}: tensor '{}' has no place in a llama-architecture GGUF", model_dir, name),
+                "the gguf exporter writes plain Mistral checkpoints (no biases, adapters or extra heads)");
+  }
+  return plan;
+}
+
+}  // namespace mftk::gguf
