@@ -137,8 +137,9 @@ int64_t weight_bytes(const std::string& dir) {
 }  // namespace
 
 std::optional<BenchCheckpoint> ensure_checkpoint(const std::string& preset, const std::string& dtype) {
-  if (preset != "tiny" && preset != "7b-1layer")
-    throw UsageError(fmt::format("unknown benchmark preset '{}'", preset), "use --preset tiny or --preset 7b-1layer");
+  if (preset != "tiny" && preset != "7b-1layer" && preset != "7b")
+    throw UsageError(fmt::format("unknown benchmark preset '{}'", preset),
+                     "use --preset tiny, 7b-1layer or 7b (full depth)");
   if (dtype != "f32" && dtype != "bf16")
     throw UsageError(fmt::format("unknown dtype '{}'", dtype), "use f32 or bf16");
   const std::string v1 = (fs::path(MFTK_SHARED_DIR) / "data" / "mistral-tokenizers" / "tokenizer.model.v1").string();
@@ -162,12 +163,12 @@ std::optional<BenchCheckpoint> ensure_checkpoint(const std::string& preset, cons
     }
   } else {
     if (!have_v1) {
-      std::printf("skipped: preset 7b-1layer needs Mistral's tokenizer %s (vocab 32000), which is not here\n",
-                  v1.c_str());
+      std::printf("skipped: preset %s needs Mistral's tokenizer %s (vocab 32000), which is not here\n",
+                  preset.c_str(), v1.c_str());
       return std::nullopt;
     }
     o.preset = "mistral-7b-v0.1";
-    o.overrides["num_hidden_layers"] = 1;
+    if (preset == "7b-1layer") o.overrides["num_hidden_layers"] = 1;
     o.tokenizer = v1;
   }
   ck.tokenizer = o.tokenizer.empty() ? "trained" : o.tokenizer;

@@ -5,6 +5,8 @@
 //   train    one training step (LoRA or full) vs the peer's step
 //   pack     swa_packer vs padding efficiency; prepare_data vs plain encoding
 //   gemm     2048^3 matmul GFLOP/s, the peak MFU is measured against
+//   qlora    peak RSS of one QLoRA step on an NF4 base vs the same step on the bf16 base
+//   nf4-dequant  NF4 dequantisation GB/s vs a libtorch gather-and-scale
 //   report   the table of a --json results file
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,11 +33,13 @@
 #include "fs_util.h"
 #include "mftk/adapter.h"
 #include "mftk/error.h"
+#include "mftk/linear_slot.h"
 #include "mftk/model.h"
 #include "mftk/optimizer.h"
 #include "mftk/packer.h"
 #include "mftk/quantizer.h"
 #include "mftk/tokenizer.h"
+#include "nf4_bench.h"
 #include "peer_step.h"
 #include "pipeline.h"
 #include "recipe.h"
@@ -821,6 +825,138 @@ void cmd_gemm(const CommonOptions& common) {
   emit(common, rows);
 }
 
+// ---------------------------------------------------------------------------
+// QLoRA: NF4 dequantisation throughput, and the memory of one QLoRA step
+
+void cmd_nf4_dequant(const CommonOptions& common, int64_t rows, int64_t cols) {
+  const auto paths = nf4::measure_dequant_throughput(rows, cols, 5);
+  auto find = [&](const std::string& name) -> const nf4::DequantThroughput* {
+    for (const auto& p : paths)
+      if (p.name == name) return &p;
+    return nullptr;
+  };
+  std::vector<Row> out;
+  for (const char* dtype : {"f32", "bf16"}) {
+    const auto* peer = find(fmt::format("libtorch gather -> {}", dtype));
+    const auto* best = find(fmt::format("nf4 avx2 -> {}", dtype));
+    if (!best) best = find(fmt::format("nf4 scalar -> {}", dtype));
+    if (!peer || !best) continue;
+    Row r;
+    r.workload = fmt::format("nf4 dequant {}x{} -> {} (GB/s written)", rows, cols, dtype);
+    r.unit = "GB/s";
+    r.mftk = best->output_gbps;
+    r.peer = peer->output_gbps;
+    r.ratio = best->output_gbps / peer->output_gbps;
+    nlohmann::json all = nlohmann::json::object();
+    for (const auto& p : paths) all[p.name] = {{"seconds", p.seconds}, {"output_gbps", p.output_gbps},
+                                               {"packed_gbps", p.packed_gbps}};
+    r.extra = {{"rows", rows}, {"cols", cols}, {"path", best->name}, {"paths", all}};
+    r.extra["note"] = fmt::format("{} vs a libtorch gather-and-scale; {:.2f} GB/s of packed weights read",
+                                  best->name, best->packed_gbps);
+    out.push_back(r);
+  }
+  emit(common, out);
+}
+
+// One QLoRA step as the seed recipe takes it (LoRA on the seven projections,
+// gradient checkpointing, paged_adamw_8bit, bf16 compute) on an NF4 base,
+// next to the same step on the bf16 base; each in its own process so each
+// peak RSS is its own.
+void cmd_qlora(const CommonOptions& common, const TrainArgs& a) {
+  auto made = in_child([&] {
+    auto ck = ensure_checkpoint(a.preset, "bf16");
+    return ck ? nlohmann::json{{"dir", ck->dir}, {"bytes", ck->bytes}} : nlohmann::json{{"skipped", true}};
+  });
+  if (made.contains("skipped")) return;
+  if (made.contains("error")) throw Error(made["error"].get<std::string>());
+  const std::string dir = made["dir"];
+  const int64_t seq = a.seq > 0 ? a.seq : 512;
+  const int64_t batch = a.batch > 0 ? a.batch : 1;
+
+  // bf16 compute where the CPU has native bf16 matmul; fp32 compute over
+  // the bf16 / NF4 weights elsewhere (emulated bf16 GEMM is ~25x slower).
+  const bool bf16_compute = cpu_has_native_bf16();
+  const char* compute = bf16_compute ? "bf16" : "f32";
+  auto probe = [&](bool nf4_base) {
+    return in_child([&] {
+      std::string text = fmt::format(
+          "[model]\nplugin = \"mistral\"\npath = \"{}\"\ndtype = \"bf16\"\ncompute_dtype = \"{}\"\n\n"
+          "[optimizer]\nplugin = \"paged_adamw_8bit\"\n\n"
+          "[adapter]\nplugin = \"lora\"\nr = 16\nalpha = 32\ndropout = 0.0\n"
+          "target_modules = [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", "
+          "\"down_proj\"]\n",
+          dir, compute);
+      if (nf4_base) text += "\n[quantize]\nplugin = \"nf4\"\ndouble_quant = true\n";
+      Engine engine;
+      make_engine(engine, text);
+      const MemoryStatus m0 = read_memory_status();
+      reset_peak_rss();
+      const auto t0 = Clock::now();
+      auto lm = core::load_model(*engine.recipe, engine.registry, bf16_compute);
+      const double load_s = seconds_since(t0);
+      const MemoryStatus loaded = read_memory_status();
+      Model& model = *lm.model;
+      const auto* aref = engine.recipe->component("adapter");
+      auto adapter = engine.registry.create<Adapter>(Kind::adapter, aref->plugin, aref->config);
+      adapter->inject(model);
+      adapter->set_training(true);
+      NamedTensors trainable = adapter->trainable_parameters();
+      const auto* oref = engine.recipe->component("optimizer");
+      auto optimizer = engine.registry.create<Optimizer>(Kind::optimizer, oref->plugin, oref->config);
+      optimizer->attach(trainable);
+      model.set_gradient_checkpointing(true);
+      model.set_training(true);
+      const at::Tensor ids = random_ids(batch, seq, model.shape().vocab_size, 5);
+      const auto t1 = Clock::now();
+      const double loss = mftk_train_step(model, *optimizer, trainable, mftk_batch(ids), 1e-4, 1.0);
+      const double step_s = seconds_since(t1);
+      const MemoryStatus stepped = read_memory_status();
+      int64_t trainable_count = 0;
+      for (const auto& [n, t] : trainable) trainable_count += t.numel();
+      return nlohmann::json{{"rss_before", m0.rss},
+                            {"peak_after_load", loaded.peak_rss},
+                            {"anon_after_load", loaded.rss_anon},
+                            {"file_after_load", loaded.rss_file},
+                            {"peak_after_step", stepped.peak_rss},
+                            {"load_seconds", load_s},
+                            {"step_seconds", step_s},
+                            {"loss", loss},
+                            {"trainable_parameters", trainable_count}};
+    });
+  };
+  const nlohmann::json q = probe(true);
+  if (q.contains("error")) throw Error("qlora step (nf4 base): " + q["error"].get<std::string>());
+  const nlohmann::json b = probe(false);
+  if (b.contains("error")) throw Error("qlora step (bf16 base): " + b["error"].get<std::string>());
+  const double qpeak = q["peak_after_step"].get<double>(), bpeak = b["peak_after_step"].get<double>();
+  Row r;
+  r.workload = fmt::format("qlora step {} nf4 vs bf16 base b{}x{} (peak RSS GB)", a.preset, batch, seq);
+  r.unit = "GB";
+  r.mftk = qpeak / 1e9;
+  r.peer = bpeak / 1e9;
+  r.ratio = qpeak / bpeak;
+  r.extra = {{"preset", a.preset},
+             {"checkpoint", dir},
+             {"checkpoint_bytes", made["bytes"]},
+             {"batch", batch},
+             {"seq", seq},
+             {"peak_rss_bytes", q["peak_after_step"]},
+             {"peer_peak_rss_bytes", b["peak_after_step"]},
+             {"nf4_load_peak_rss_bytes", q["peak_after_load"]},
+             {"bf16_load_peak_rss_bytes", b["peak_after_load"]},
+             {"nf4", q},
+             {"bf16", b},
+             {"compute_dtype", compute},
+             {"target", "QLoRA step under 6 GB and at least 65% below the bf16-base step"}};
+  r.extra["note"] = fmt::format(
+      "{} compute; nf4 base: load peak {:.2f} GB ({:.0f} s), step peak {:.2f} GB ({:.0f} s, loss {:.4f}); bf16 base: load peak "
+      "{:.2f} GB, step peak {:.2f} GB ({:.0f} s, loss {:.4f}); {:.0f}% below the bf16 step",
+      compute, q["peak_after_load"].get<double>() / 1e9, q["load_seconds"].get<double>(), qpeak / 1e9,
+      q["step_seconds"].get<double>(), q["loss"].get<double>(), b["peak_after_load"].get<double>() / 1e9, bpeak / 1e9,
+      b["step_seconds"].get<double>(), b["loss"].get<double>(), 100.0 * (1.0 - qpeak / bpeak));
+  emit(common, {r});
+}
+
 }  // namespace
 }  // namespace mftk::bench
 
@@ -855,6 +991,17 @@ int main(int argc, char** argv) {
   pack->add_option("--examples", pack_examples, "synthetic examples to pack (default 2000)");
   pack->add_option("--rows", pack_rows, "instruction rows to preprocess (default 20000)");
   auto* gemm = app.add_subcommand("gemm", "fp32 and bf16 2048^3 matmul GFLOP/s");
+  TrainArgs qlora_args;
+  qlora_args.preset = "7b-1layer";
+  auto* qlora = app.add_subcommand("qlora", "peak RSS of loading and of one QLoRA step, NF4 vs bf16 base");
+  qlora->add_option("--preset", qlora_args.preset, "7b-1layer | 7b (full depth, ~14.5 GB bf16 on disk)")
+      ->check(CLI::IsMember({"7b-1layer", "7b"}));
+  qlora->add_option("--seq", qlora_args.seq, "tokens per row (default 512)");
+  qlora->add_option("--batch", qlora_args.batch, "rows (default 1)");
+  int64_t dq_rows = 4096, dq_cols = 14336;
+  auto* nf4_dequant = app.add_subcommand("nf4-dequant", "NF4 dequantisation GB/s vs a libtorch gather-and-scale");
+  nf4_dequant->add_option("--rows", dq_rows, "weight rows (default 4096)");
+  nf4_dequant->add_option("--cols", dq_cols, "weight columns (default 14336: a 7B MLP weight)");
   std::string report_file;
   auto* report = app.add_subcommand("report", "print the table of a --json results file");
   report->add_option("file", report_file, "results JSON")->required();
@@ -880,6 +1027,8 @@ int main(int argc, char** argv) {
     else if (load->parsed()) cmd_load(common, load_args);
     else if (pack->parsed()) cmd_pack(common, pack_examples, pack_rows);
     else if (gemm->parsed()) cmd_gemm(common);
+    else if (qlora->parsed()) cmd_qlora(common, qlora_args);
+    else if (nf4_dequant->parsed()) cmd_nf4_dequant(common, dq_rows, dq_cols);
   } catch (const mftk::UsageError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     if (!e.hint().empty()) std::fprintf(stderr, "hint: %s\n", e.hint().c_str());
