@@ -182,22 +182,6 @@ void copy_lora_into(Model& model, PeerWeights& w) {
   }
 }
 
-// Full fine-tuning as the pipeline sets it up: every weight a writable fp32 leaf.
-NamedTensors make_all_trainable(Model& model) {
-  NamedTensors out;
-  at::NoGradGuard no_grad;
-  for (auto* slot : model.linear_slots()) {
-    at::Tensor w = slot->op->dense_weight(at::kFloat).clone().requires_grad_(true);
-    slot->op = make_dense_linear(w);
-    out.emplace_back(slot->name + ".weight", w);
-  }
-  for (auto& [name, t] : model.named_parameters()) {
-    t.set_data(t.detach().to(at::kFloat).clone());
-    t.requires_grad_(true);
-    out.emplace_back(name, t);
-  }
-  return out;
-}
 
 // Random tokens [batch, seq] (ids 3.. so no special token), and the same
 // rows as an mftk Batch: one document per row, every next token supervised.
@@ -328,7 +312,7 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
     peer_trainable = peer.trainable_count();
     peer_t = run_phase("peer", a.warmup, a.steps, [&] { return peer.train_step(ids); });
   }
-  if (!lora) trainable = make_all_trainable(model);
+  if (!lora) trainable = core::make_all_trainable(model);
   const auto* oref = engine.recipe->component("optimizer");
   auto optimizer = engine.registry.create<Optimizer>(Kind::optimizer, oref->plugin, oref->config);
   optimizer->attach(trainable);

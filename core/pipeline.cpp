@@ -68,6 +68,20 @@ int64_t count_parameters(Model& model) {
   return n;
 }
 
+void setup_log_file(const std::string& output_dir) {
+  auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>((fs::path(output_dir) / "mftk.log").string());
+  spdlog::default_logger()->sinks().push_back(sink);
+}
+
+std::string token_text(const Tokenizer& tok, const std::vector<int32_t>& ids) {
+  std::vector<int32_t> plain;
+  for (auto id : ids)
+    if (id != tok.eos_id() && id != tok.bos_id()) plain.push_back(id);
+  return tok.decode(plain);
+}
+
+}  // namespace
+
 // Full fine-tuning: every weight becomes a writable fp32 leaf (the loaded
 // ones may be read-only views of the mapped checkpoint).
 NamedTensors make_all_trainable(Model& model) {
@@ -85,20 +99,6 @@ NamedTensors make_all_trainable(Model& model) {
   }
   return out;
 }
-
-void setup_log_file(const std::string& output_dir) {
-  auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>((fs::path(output_dir) / "mftk.log").string());
-  spdlog::default_logger()->sinks().push_back(sink);
-}
-
-std::string token_text(const Tokenizer& tok, const std::vector<int32_t>& ids) {
-  std::vector<int32_t> plain;
-  for (auto id : ids)
-    if (id != tok.eos_id() && id != tok.bos_id()) plain.push_back(id);
-  return tok.decode(plain);
-}
-
-}  // namespace
 
 LoadedModel load_model(const Recipe& recipe, Registry& registry, bool bf16) {
   if (bf16 && !cpu_has_native_bf16())

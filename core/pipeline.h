@@ -1,6 +1,6 @@
 // `mftk run`: the whole flow, top to bottom, one named call per stage.
 //
-// defines: mftk::core::run_pipeline, mftk::core::save_hf_checkpoint,
+// defines: mftk::core::run_pipeline, mftk::core::save_hf_checkpoint, mftk::core::make_all_trainable,
 //          mftk::core::exact_match, mftk::core::LoadedModel, mftk::core::load_model
 #pragma once
 
@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "mftk/batch.h"
+#include "mftk/tensor.h"
 
 namespace mftk {
 class Model;
@@ -39,6 +40,10 @@ LoadedModel load_model(const Recipe& recipe, Registry& registry, bool bf16);
 // Writes model's weights (slots folded to dense) as a plain HF checkpoint
 // into dir, with config.json and the tokenizer files copied from source_dir.
 void save_hf_checkpoint(Model& model, const std::string& source_dir, const std::string& dir);
+
+// Full fine-tuning: every weight (linear slots and the model's own tensors)
+// becomes a writable fp32 leaf; returns them as the trainable tensors.
+NamedTensors make_all_trainable(Model& model);
 
 // Greedy exact match on up to `limit` examples: the prompt is everything
 // before the first supervised token, the reference the supervised tokens.

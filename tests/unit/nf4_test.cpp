@@ -574,29 +574,35 @@ TEST(Nf4Save, LoadRefusesFp4AndForeignQuantMaps) {
 // ---------------------------------------------------------------------------
 // QLoRA: a tiny Mistral loaded through the registry with the nf4 quantizer.
 
+std::unique_ptr<mftk::Quantizer> nf4_quantizer(mftk::core::Registry& registry,
+                                               const std::map<std::string, mftk::Value>& keys) {
+  return registry.create<mftk::Quantizer>(
+      mftk::Kind::quantizer, "nf4", mftk::core::component_config(registry, mftk::Kind::quantizer, "nf4", "quantize", keys));
+}
+
+// The mistral plugin loading `dir` with fp32 compute and `quantizer` (may be null).
+mftk::core::ModelBundle load_mistral(mftk::core::Registry& registry, const std::string& dir,
+                                     std::unique_ptr<mftk::Quantizer> quantizer) {
+  mftk::core::ModelBundle b;
+  b.quantizer = std::move(quantizer);
+  b.model = registry.create<mftk::Model>(
+      mftk::Kind::model, "mistral",
+      mftk::core::component_config(registry, mftk::Kind::model, "mistral", "model", {{"path", dir}}));
+  mftk::LoadOptions lo;
+  lo.path = dir;
+  lo.compute_dtype = at::kFloat;
+  lo.quantizer = b.quantizer.get();
+  b.model->load_config(dir);
+  b.model->load(lo);
+  return b;
+}
+
 TEST(Nf4Qlora, TinyMistralLoadsQuantisedTrainsAndStaysCloseToFp32) {
   tt::QuietLog quiet;
   const std::string dir = tt::tiny_checkpoint(2);
   mftk::core::Registry registry;
-  auto load = [&](bool quantised) {
-    mftk::core::LoadedModel lm;
-    if (quantised)
-      lm.quantizer = registry.create<mftk::Quantizer>(
-          mftk::Kind::quantizer, "nf4",
-          mftk::core::component_config(registry, mftk::Kind::quantizer, "nf4", "quantize"));
-    lm.model = registry.create<mftk::Model>(
-        mftk::Kind::model, "mistral",
-        mftk::core::component_config(registry, mftk::Kind::model, "mistral", "model", {{"path", dir}}));
-    mftk::LoadOptions lo;
-    lo.path = dir;
-    lo.compute_dtype = at::kFloat;
-    lo.quantizer = lm.quantizer.get();
-    lm.model->load_config(dir);
-    lm.model->load(lo);
-    return lm;
-  };
-  mftk::core::LoadedModel dense = load(false);
-  mftk::core::LoadedModel q = load(true);
+  mftk::core::ModelBundle dense = load_mistral(registry, dir, nullptr);
+  mftk::core::ModelBundle q = load_mistral(registry, dir, nf4_quantizer(registry, {}));
 
   int quantised_slots = 0;
   double weight_error = 0, weight_norm = 0;
@@ -690,27 +696,10 @@ TEST(Nf4Qlora, SavedFolderLoadsAsStoredAndComputesWhatQuantisingAtLoadDoes) {
   EXPECT_EQ(mftk::core::stored_quantizer_plugin(dense_dir), "");
 
   mftk::core::Registry registry;
-  auto load = [&](const std::string& dir, std::unique_ptr<mftk::Quantizer> requested) {
-    mftk::core::ModelBundle b;
-    b.quantizer = mftk::core::quantizer_for_checkpoint(registry, dir, std::move(requested), requested ? "nf4" : "");
-    b.model = registry.create<mftk::Model>(
-        mftk::Kind::model, "mistral",
-        mftk::core::component_config(registry, mftk::Kind::model, "mistral", "model", {{"path", dir}}));
-    mftk::LoadOptions lo;
-    lo.path = dir;
-    lo.compute_dtype = at::kFloat;
-    lo.quantizer = b.quantizer.get();
-    b.model->load_config(dir);
-    b.model->load(lo);
-    return b;
-  };
-  auto nf4_quantizer = [&] {
-    return registry.create<mftk::Quantizer>(
-        mftk::Kind::quantizer, "nf4",
-        mftk::core::component_config(registry, mftk::Kind::quantizer, "nf4", "quantize", {{"double_quant", true}}));
-  };
-  mftk::core::ModelBundle at_load = load(dense_dir, nf4_quantizer());
-  mftk::core::ModelBundle stored = load(q_dir, nullptr);  // no [quantize]: picked from config.json
+  mftk::core::ModelBundle at_load = load_mistral(registry, dense_dir, nf4_quantizer(registry, {{"double_quant", true}}));
+  // No [quantize]: the quantizer is picked from config.json.
+  mftk::core::ModelBundle stored =
+      load_mistral(registry, q_dir, mftk::core::quantizer_for_checkpoint(registry, q_dir, nullptr, ""));
   ASSERT_TRUE(stored.quantizer);
 
   const mftk::nf4::Nf4Weights a = mftk::nf4::nf4_weights_of(*at_load.model);
@@ -731,7 +720,7 @@ TEST(Nf4Qlora, SavedFolderLoadsAsStoredAndComputesWhatQuantisingAtLoadDoes) {
 
   // A recipe naming another quantizer for a stored NF4 folder is refused.
   try {
-    mftk::core::quantizer_for_checkpoint(registry, q_dir, nf4_quantizer(), "int8");
+    mftk::core::quantizer_for_checkpoint(registry, q_dir, nf4_quantizer(registry, {}), "int8");
     ADD_FAILURE() << "expected a UsageError";
   } catch (const mftk::UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("saved quantised by the 'nf4' quantizer"), std::string::npos) << e.what();
