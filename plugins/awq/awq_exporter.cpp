@@ -1,0 +1,343 @@
+// The "awq" exporter (see awq_exporter.h).
+#include "awq_exporter.h"
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "awq_calibration.h"
+#include "awq_quant.h"
+#include "awq_search.h"
+#include "mftk/error.h"
+#include "mftk/safetensors.h"
+#include "mftk/tokenizer.h"
+#include "mistral_config.h"
+#include "mistral_model.h"
+#include "tensor_names.h"
+
+namespace mftk::awq {
+
+namespace fs = std::filesystem;
+using mistral::TensorRole;
+
+std::vector<KeySpec> awq_keys() {
+  return {
+      KeySpec::integer("group_size", int64_t(128),
+                       "input channels sharing one scale and zero point; must divide every linear's in_features "
+                       "(128 is what AutoAWQ, transformers and vLLM expect by default)")
+          .range(8, 1 << 20),
+      KeySpec::string("calibration_file", std::string(""),
+                      "JSONL ({\"text\": ...} or {\"messages\": [...]}) or plain text to run the model on; empty: "
+                      "the training documents inside `mftk run`, required for `mftk export`"),
+      KeySpec::integer("calibration_rows", int64_t(128), "rows of calibration_len tokens to run (AutoAWQ: 128)")
+          .range(1, 1 << 20),
+      KeySpec::integer("calibration_len", int64_t(512), "tokens per calibration row (AutoAWQ: 512)").range(1, 1 << 20),
+      KeySpec::integer("sample_tokens", int64_t(512),
+                       "recorded input rows per linear that the scale and clip searches score on (memory: "
+                       "sample_tokens x in_features x 4 bytes per recorded linear)")
+          .range(1, 1 << 20),
+      KeySpec::boolean("duo_scaling", true, "s = x_mean^a / w_mean^(1-a) (AutoAWQ's default); false: s = x_mean^a"),
+      KeySpec::boolean("clip", true, "search a clipping range per group after scaling (AutoAWQ's apply_clip)"),
+  };
+}
+
+AwqOptions awq_options_from_config(const Config& config) {
+  AwqOptions o;
+  o.group_size = config.get_int("group_size");
+  if (o.group_size % 8 != 0)
+    config.fail("group_size", fmt::format("{} is not a multiple of 8", o.group_size), "use 128 (or 64, 32)");
+  o.calibration_file = config.get_string("calibration_file");
+  o.calibration_rows = config.get_int("calibration_rows");
+  o.calibration_len = config.get_int("calibration_len");
+  o.sample_tokens = config.get_int("sample_tokens");
+  o.duo_scaling = config.get_bool("duo_scaling");
+  o.clip = config.get_bool("clip");
+  return o;
+}
+
+void check_awq_shapes(const mistral::MistralConfig& config, int64_t group_size) {
+  const std::vector<std::pair<const char*, int64_t>> inputs = {
+      {"hidden_size (q/k/v/gate/up in_features)", config.hidden_size},
+      {"num_attention_heads x head_dim (o_proj in_features)", config.q_dim()},
+      {"intermediate_size (down_proj in_features)", config.intermediate_size}};
+  for (const auto& [what, n] : inputs)
+    if (n % group_size != 0)
+      throw UsageError(fmt::format("awq: group_size {} does not divide {} = {}", group_size, what, n),
+                       "--set group_size=N with N dividing every linear's input size (e.g. 32 or 64)");
+  const std::vector<std::pair<const char*, int64_t>> outputs = {
+      {"hidden_size", config.hidden_size}, {"kv heads x head_dim", config.kv_dim()},
+      {"q heads x head_dim", config.q_dim()}, {"intermediate_size", config.intermediate_size}};
+  for (const auto& [what, n] : outputs)
+    if (n % 8 != 0)
+      throw UsageError(fmt::format("awq: {} = {} is not a multiple of 8: AutoAWQ's GEMM layout packs 8 output "
+                                   "channels per int32", what, n),
+                       "AWQ cannot store this model's shapes; export it with another plugin (gguf)");
+}
+
+nlohmann::json awq_quantization_config(int64_t group_size) {
+  return {{"quant_method", "awq"}, {"zero_point", true},   {"group_size", group_size},
+          {"bits", 4},             {"version", "gemm"},    {"modules_to_not_convert", nullptr}};
+}
+
+std::vector<ScalingGroup> mistral_scaling_groups(const mistral::MistralConfig& config, int64_t layer) {
+  auto module = [&](TensorRole r) { return mistral::hf_module_name(r, layer); };
+  std::vector<ScalingGroup> groups;
+  groups.push_back({mistral::hf_tensor_name(TensorRole::input_norm, layer), true,
+                    {module(TensorRole::q_proj), module(TensorRole::k_proj), module(TensorRole::v_proj)}});
+  // v_proj's output channel c is o_proj's input channel c only when there
+  // is one v head per q head; with GQA each v channel feeds several o_proj
+  // columns, so no single row division can absorb a per-column scale
+  // (AutoAWQ skips it too): o_proj gets clip and rounding only.
+  const bool v_absorbs = config.kv_dim() == config.q_dim();
+  groups.push_back({v_absorbs ? module(TensorRole::v_proj) : "", false, {module(TensorRole::o_proj)}});
+  groups.push_back({mistral::hf_tensor_name(TensorRole::post_attention_norm, layer), true,
+                    {module(TensorRole::gate_proj), module(TensorRole::up_proj)}});
+  groups.push_back({module(TensorRole::up_proj), false, {module(TensorRole::down_proj)}});
+  return groups;
+}
+
+namespace {
+
+bool skips_clip(const std::string& module) {
+  // AutoAWQ leaves query/key projections unclipped: their error is
+  // amplified by the softmax, which the per-linear clip loss cannot see.
+  return module.find("q_proj") != std::string::npos || module.find("k_proj") != std::string::npos;
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("awq: cannot read {}", path.string()));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  if (!out) throw Error(fmt::format("awq: cannot write {}", path.string()));
+}
+
+// calibration_file when the recipe names one, else the caller's documents
+// (the pipeline passes the training documents), else a UsageError.
+std::vector<std::vector<int32_t>> calibration_rows_for(const ExportJob& job, const AwqOptions& o) {
+  if (!o.calibration_file.empty()) {
+    const auto tokenizer = Tokenizer::load(job.model_dir);
+    return calibration_rows_from_file(o.calibration_file, *tokenizer, o.calibration_rows, o.calibration_len);
+  }
+  auto rows = calibration_rows_from_documents(job.calibration_rows, o.calibration_rows, o.calibration_len);
+  if (rows.empty())
+    throw UsageError("awq: no calibration data: AWQ chooses its scales from the activations of real text",
+                     "--set calibration_file=FILE (JSONL rows with \"text\" or \"messages\", or plain text lines), "
+                     "e.g. the training data");
+  return rows;
+}
+
+// The folder being built; removed unless kept, so a failed export leaves
+// neither a half-written OUT nor its temporary folder behind.
+class TemporaryFolder {
+ public:
+  explicit TemporaryFolder(fs::path path) : path_(std::move(path)) {
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TemporaryFolder() {
+    std::error_code ec;
+    if (!kept_) fs::remove_all(path_, ec);
+  }
+  TemporaryFolder(const TemporaryFolder&) = delete;
+  TemporaryFolder& operator=(const TemporaryFolder&) = delete;
+  const fs::path& path() const { return path_; }
+  // Renames the folder to `target` (replacing it).
+  void keep_as(const fs::path& target) {
+    fs::remove_all(target);
+    fs::rename(path_, target);
+    kept_ = true;
+  }
+
+ private:
+  fs::path path_;
+  bool kept_ = false;
+};
+
+// The per-linear output error relative to the output's mean square: lets
+// the report add errors of linears of very different scales.
+double relative_error(const at::Tensor& x, const at::Tensor& reference, const at::Tensor& approx) {
+  const double power = at::matmul(x, reference.t()).pow(2).mean().item<double>();
+  return output_error(x, reference, approx) / std::max(power, 1e-30);
+}
+
+}  // namespace
+
+ExportReport export_awq(const ExportJob& job, const AwqOptions& o) {
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t G = o.group_size;
+  const auto config = mistral::MistralConfig::load(job.model_dir);
+  check_awq_shapes(config, G);
+  const fs::path out(job.out);
+  std::error_code ec;
+  if (out.empty()) throw UsageError("awq: no output folder", "--out DIR (a folder; it is replaced)");
+  if (fs::exists(out, ec) && fs::equivalent(out, job.model_dir, ec))
+    throw UsageError(fmt::format("awq: --out {} is the model folder", job.out), "write the AWQ folder somewhere new");
+  const auto checkpoint = CheckpointReader::open(job.model_dir);
+
+  // 1. Calibration: the input of every group's first linear, recorded in one pass.
+  const auto rows = calibration_rows_for(job, o);
+  int64_t tokens = 0;
+  for (const auto& r : rows) tokens += int64_t(r.size());
+  std::vector<std::vector<ScalingGroup>> layers;
+  std::vector<std::string> recorded;
+  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
+    layers.push_back(mistral_scaling_groups(config, layer));
+    for (const auto& g : layers.back()) recorded.push_back(g.linears.front());
+  }
+  std::map<std::string, std::shared_ptr<ActivationRecord>> records;
+  {
+    std::unique_ptr<mistral::MistralModel> own;
+    Model* model = job.model;
+    if (!model) {
+      mistral::MistralModelOptions mo;
+      mo.path = job.model_dir;
+      own = std::make_unique<mistral::MistralModel>(mo);
+      LoadOptions lo;
+      lo.path = job.model_dir;
+      lo.compute_dtype = at::kFloat;
+      own->load_config(job.model_dir);
+      own->load(lo);
+      model = own.get();
+    }
+    SlotRecorders recorders(*model, recorded, std::max<int64_t>(1, tokens / o.sample_tokens), o.sample_tokens);
+    run_calibration(*model, rows);
+    records = recorders.records();
+  }
+  spdlog::info("awq: calibration on {} rows, {} tokens; searches score on up to {} sampled tokens", rows.size(),
+               tokens, o.sample_tokens);
+
+  // 2. The output's tensor table: three tensors for each quantised linear.
+  std::set<std::string> quantised;
+  for (const auto& groups : layers)
+    for (const auto& g : groups) quantised.insert(g.linears.begin(), g.linears.end());
+  std::vector<SafetensorsWriter::Decl> decls;
+  for (const auto& name : checkpoint.names()) {
+    const auto& info = checkpoint.info(name);
+    const std::string module = name.size() > 7 ? name.substr(0, name.size() - 7) : "";
+    if (name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 && quantised.count(module)) {
+      const int64_t n_out = info.shape.at(0), n_in = info.shape.at(1);
+      decls.push_back({module + ".qweight", at::kInt, {n_in, n_out / 8}});
+      decls.push_back({module + ".qzeros", at::kInt, {n_in / G, n_out / 8}});
+      decls.push_back({module + ".scales", at::kHalf, {n_in / G, n_out}});
+    } else {
+      decls.push_back({name, dtype_from_safetensors(info.dtype), info.shape});
+    }
+  }
+  TemporaryFolder building(out.string() + ".awq-tmp");
+  const fs::path& tmp = building.path();
+  SafetensorsWriter writer((tmp / "model.safetensors").string(), decls);
+
+  // 3. Layer by layer: scale, clip, round, write.
+  std::set<std::string> written;
+  double rel_rtn = 0, rel_awq = 0;
+  int scaled_groups = 0;
+  for (const auto& groups : layers) {
+    std::map<std::string, at::Tensor> weights;    // fp32 copies, [out, in]
+    std::map<std::string, at::Tensor> originals;  // before scaling, for the report
+    std::map<std::string, at::Tensor> norms;
+    for (const auto& g : groups)
+      for (const auto& l : g.linears) {
+        weights[l] = checkpoint.get(l + ".weight").to(at::kFloat).clone();  // the mapping is read-only
+        originals[l] = weights[l];
+      }
+    std::map<std::string, at::Tensor> inputs;      // module -> its (scaled) sample inputs
+    std::map<std::string, at::Tensor> raw_inputs;  // module -> the recorded ones
+    for (const auto& g : groups) {
+      const auto& record = *records.at(g.linears.front());
+      at::Tensor x = record.sample();
+      for (const auto& l : g.linears) raw_inputs[l] = x;
+      if (!g.prev.empty()) {
+        std::vector<at::Tensor> ws;
+        for (const auto& l : g.linears) ws.push_back(weights[l]);
+        const auto found = search_scales(record.abs_mean(), x, ws, G, 20, o.duo_scaling);
+        const at::Tensor& s = found.scales;
+        if (g.prev_is_norm) {
+          if (!norms.count(g.prev)) norms[g.prev] = checkpoint.get(g.prev).to(at::kFloat).clone();
+          norms[g.prev] = norms[g.prev] / s;
+        } else {
+          weights[g.prev] = weights[g.prev] / s.unsqueeze(1);  // the previous linear's output rows
+        }
+        for (const auto& l : g.linears) weights[l] = weights[l] * s;  // input columns
+        x = x / s;
+        scaled_groups += found.alpha >= 0;
+        spdlog::debug("awq: {} alpha {} loss {:.4g} (plain rounding {:.4g})", g.linears.front(), found.alpha,
+                      found.loss, found.rtn_loss);
+      }
+      for (const auto& l : g.linears) inputs[l] = x;
+    }
+    for (const auto& g : groups)
+      for (const auto& l : g.linears) {
+        at::Tensor w = weights[l];
+        if (o.clip && !skips_clip(l)) w = apply_clip(w, search_clip(w, inputs[l], G), G);
+        const auto q = quantize_groups(w, G);
+        // The report: this linear's output error with AWQ (its scaled input
+        // through the quantised scaled weight, against the exact scaled
+        // weight) next to plain rounding of the original weight.
+        rel_awq += relative_error(inputs[l], weights[l], q.dequantize());
+        rel_rtn += relative_error(raw_inputs[l], originals[l], fake_quantize(originals[l], G));
+        const auto gemm = pack_gemm(q);
+        writer.write(l + ".qweight", gemm.qweight);
+        writer.write(l + ".qzeros", gemm.qzeros);
+        writer.write(l + ".scales", gemm.scales);
+        written.insert(l + ".weight");
+      }
+    for (const auto& [name, norm] : norms) {
+      writer.write(name, norm.to(dtype_from_safetensors(checkpoint.info(name).dtype)));
+      written.insert(name);
+    }
+  }
+  // 4. Everything else as it is: embeddings, final norm, lm_head, any bias.
+  for (const auto& name : checkpoint.names())
+    if (!written.count(name)) writer.write(name, checkpoint.get(name));
+  writer.finish();
+
+  // 5. config.json with quantization_config; tokenizer and other files copied.
+  const fs::path source(job.model_dir);
+  auto cfg = nlohmann::json::parse(read_text(source / "config.json"));
+  cfg["quantization_config"] = awq_quantization_config(G);
+  write_text(tmp / "config.json", cfg.dump(2) + "\n");
+  for (const auto& entry : fs::directory_iterator(source)) {
+    const std::string file = entry.path().filename().string();
+    if (!entry.is_regular_file() || file == "config.json" || file == "model.safetensors.index.json" ||
+        entry.path().extension() == ".safetensors")
+      continue;
+    fs::copy_file(entry.path(), tmp / file, fs::copy_options::overwrite_existing);
+  }
+
+  // 6. Read the file back: every declared tensor, with its dtype and shape.
+  const auto written_file = SafetensorsFile::open((tmp / "model.safetensors").string());
+  MFTK_CHECK(written_file->tensors().size() == decls.size(), "awq: {} reads back {} tensors, {} were written",
+             written_file->path(), written_file->tensors().size(), decls.size());
+  for (const auto& d : decls) {
+    const auto* info = written_file->find(d.name);
+    MFTK_CHECK(info && info->dtype == dtype_to_safetensors(d.dtype) && info->shape == d.shape,
+               "awq: {} does not read back '{}' as written", written_file->path(), d.name);
+  }
+  building.keep_as(out);
+
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ExportReport report;
+  report.path = out.string();
+  report.bytes = int64_t(fs::file_size(out / "model.safetensors"));
+  report.summary = fmt::format(
+      "{} linears 4-bit (group {}), {} of {} groups scaled, calibration {} tokens; summed relative output error on "
+      "the calibration sample {:.4g} (plain rounding {:.4g}), {:.1f} s",
+      quantised.size(), G, scaled_groups, layers.size() * 4, tokens, rel_awq, rel_rtn, seconds);
+  return report;
+}
+
+}  // namespace mftk::awq
