@@ -7,6 +7,7 @@
 //   gemm     2048^3 matmul GFLOP/s, the peak MFU is measured against
 //   qlora    peak RSS of one QLoRA step on an NF4 base vs the same step on the bf16 base
 //   nf4-dequant  NF4 dequantisation GB/s vs a libtorch gather-and-scale
+//   gguf-export  time and peak RSS of a GGUF export against the checkpoint's size
 //   report   the table of a --json results file
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,6 +34,7 @@
 #include "fs_util.h"
 #include "mftk/adapter.h"
 #include "mftk/error.h"
+#include "mftk/exporter.h"
 #include "mftk/linear_slot.h"
 #include "mftk/model.h"
 #include "mftk/optimizer.h"
@@ -810,6 +812,53 @@ void cmd_gemm(const CommonOptions& common) {
 }
 
 // ---------------------------------------------------------------------------
+// GGUF export: time and peak RSS against the checkpoint's size (streaming)
+
+void cmd_gguf_export(const CommonOptions& common, const std::string& preset, const std::string& type) {
+  auto made = in_child([&] {
+    auto ck = ensure_checkpoint(preset, "bf16");
+    return ck ? nlohmann::json{{"dir", ck->dir}, {"bytes", ck->bytes}} : nlohmann::json{{"skipped", true}};
+  });
+  if (made.contains("skipped")) return;
+  if (made.contains("error")) throw Error(made["error"].get<std::string>());
+  const std::string dir = made["dir"];
+  const int64_t bytes = made["bytes"];
+  const std::string out = (fs::path(bench_cache_dir()) / fmt::format("{}-{}.gguf", preset, type)).string();
+  auto probe = in_child([&] {
+    Engine engine;
+    make_engine(engine, fmt::format("[[export]]\nplugin = \"gguf\"\nout = \"{}\"\ntype = \"{}\"\n", out, type));
+    const auto& ref = engine.recipe->exports().at(0);
+    auto exporter = engine.registry.create<Exporter>(Kind::exporter, ref.plugin, ref.config);
+    const MemoryStatus m0 = read_memory_status();
+    reset_peak_rss();
+    ExportJob job;
+    job.model_dir = dir;
+    job.out = out;
+    const auto t0 = Clock::now();
+    const ExportReport report = exporter->run(job);
+    const double seconds = seconds_since(t0);
+    const MemoryStatus m1 = read_memory_status();
+    return nlohmann::json{{"rss_before", m0.rss}, {"peak", m1.peak_rss}, {"anon", m1.rss_anon},
+                          {"seconds", seconds}, {"file_bytes", report.bytes}, {"summary", report.summary}};
+  });
+  if (probe.contains("error")) throw Error("gguf export: " + probe["error"].get<std::string>());
+  fs::remove(out);  // the file is large and only measured
+  const double growth = probe["peak"].get<double>() - probe["rss_before"].get<double>();
+  Row r;
+  r.workload = fmt::format("gguf export {} bf16 -> {} (peak RSS/size)", preset, type);
+  r.unit = "RSS/size";
+  r.mftk = growth / double(bytes);
+  r.extra = {{"preset", preset},      {"type", type},
+             {"checkpoint_bytes", bytes}, {"peak_rss_bytes", probe["peak"]},
+             {"export_seconds", probe["seconds"]}, {"gguf_bytes", probe["file_bytes"]},
+             {"private_rss_bytes", probe["anon"]}};
+  r.extra["note"] = fmt::format("{:.1f} s for {:.2f} GB -> {:.2f} GB; peak RSS growth {:.2f} GB ({:.0f}% of the checkpoint)",
+                                probe["seconds"].get<double>(), double(bytes) / 1e9,
+                                probe["file_bytes"].get<double>() / 1e9, growth / 1e9, 100.0 * growth / double(bytes));
+  emit(common, {r});
+}
+
+// ---------------------------------------------------------------------------
 // QLoRA: NF4 dequantisation throughput, and the memory of one QLoRA step
 
 void cmd_nf4_dequant(const CommonOptions& common, int64_t rows, int64_t cols) {
@@ -982,6 +1031,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"7b-1layer", "7b"}));
   qlora->add_option("--seq", qlora_args.seq, "tokens per row (default 512)");
   qlora->add_option("--batch", qlora_args.batch, "rows (default 1)");
+  std::string gguf_preset = "7b-1layer", gguf_type = "f16";
+  auto* gguf = app.add_subcommand("gguf-export", "time and peak RSS of a GGUF export against the checkpoint's size");
+  gguf->add_option("--preset", gguf_preset, "7b-1layer | 7b")->check(CLI::IsMember({"7b-1layer", "7b"}));
+  gguf->add_option("--type", gguf_type, "f16 | q8_0 | ... (the exporter's type key)");
   int64_t dq_rows = 4096, dq_cols = 14336;
   auto* nf4_dequant = app.add_subcommand("nf4-dequant", "NF4 dequantisation GB/s vs a libtorch gather-and-scale");
   nf4_dequant->add_option("--rows", dq_rows, "weight rows (default 4096)");
@@ -1012,6 +1065,7 @@ int main(int argc, char** argv) {
     else if (pack->parsed()) cmd_pack(common, pack_examples, pack_rows);
     else if (gemm->parsed()) cmd_gemm(common);
     else if (qlora->parsed()) cmd_qlora(common, qlora_args);
+    else if (gguf->parsed()) cmd_gguf_export(common, gguf_preset, gguf_type);
     else if (nf4_dequant->parsed()) cmd_nf4_dequant(common, dq_rows, dq_cols);
   } catch (const mftk::UsageError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
