@@ -23,6 +23,8 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <unordered_map>
@@ -557,16 +559,36 @@ class HeaderParser final : public nlohmann::json_sax<nlohmann::json> {
 // ---------------------------------------------------------------------------
 // Reading
 
+// The live read-only file mappings, so release_mapped_pages acts only on
+// memory that can be read back from a file (never on a heap tensor).
+std::mutex g_mappings_mutex;
+std::map<uintptr_t, size_t> g_mappings;  // start -> size
+
 struct Mapping {
   void* addr = nullptr;
   size_t size = 0;
-  Mapping(void* a, size_t s) : addr(a), size(s) {}
+  Mapping(void* a, size_t s) : addr(a), size(s) {
+    std::lock_guard<std::mutex> lock(g_mappings_mutex);
+    g_mappings[reinterpret_cast<uintptr_t>(a)] = s;
+  }
   Mapping(const Mapping&) = delete;
   Mapping& operator=(const Mapping&) = delete;
   ~Mapping() {
+    {
+      std::lock_guard<std::mutex> lock(g_mappings_mutex);
+      g_mappings.erase(reinterpret_cast<uintptr_t>(addr));
+    }
     if (addr) ::munmap(addr, size);
   }
 };
+
+bool inside_a_mapping(uintptr_t begin, uintptr_t end) {
+  std::lock_guard<std::mutex> lock(g_mappings_mutex);
+  auto it = g_mappings.upper_bound(begin);
+  if (it == g_mappings.begin()) return false;
+  --it;
+  return begin >= it->first && end <= it->first + it->second;
+}
 
 struct FdCloser {
   int fd;
@@ -1343,6 +1365,17 @@ void save_checkpoint(const std::string& dir, const NamedTensors& tensors, uint64
                   "remove it by hand; it belongs to an earlier save and would be mixed with this one");
     }
   }
+}
+
+void release_mapped_pages(const at::Tensor& mapped_view) {
+  if (!mapped_view.defined() || !mapped_view.is_cpu() || !mapped_view.is_contiguous()) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(mapped_view.data_ptr());
+  const uintptr_t end = begin + static_cast<uintptr_t>(mapped_view.nbytes());
+  if (!inside_a_mapping(begin, end)) return;  // a copy (e.g. an unaligned tensor): nothing to release
+  // Only whole pages inside the tensor: its neighbours may share the edges.
+  const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
 }
 
 }  // namespace mftk

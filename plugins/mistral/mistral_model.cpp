@@ -171,6 +171,9 @@ void MistralModel::load(const LoadOptions& options) {
     if (options.quantizer && options.quantizer->wants(slot.name)) {
       const at::Tensor on_device = raw.device() == device_ ? raw : raw.to(device_);
       slot.op = options.quantizer->quantize(slot.name, on_device, compute_dtype_);
+      // The quantised op keeps what it made; the source pages need not stay
+      // resident (a 7B bf16 source would otherwise end up wholly in RSS).
+      if (on_device.is_same(raw)) release_mapped_pages(raw);
     } else {
       slot.op = make_dense_linear(place(raw));
     }

@@ -238,6 +238,7 @@ QuantizeReport quantize_checkpoint(const std::string& source_dir, const std::str
     if (!reader.contains(name)) continue;  // e.g. a tied lm_head
     const at::Tensor weight = reader.get(name);  // mapped; dropped after this iteration
     auto q = std::make_shared<Nf4Tensor>(quantize_nf4(weight, options.blocksize, options.double_quant));
+    release_mapped_pages(weight);  // streaming: the source weight's pages leave the resident set
     report.bytes_in += weight.numel() * int64_t(weight.element_size());
     report.bytes_out += q->storage_bytes();
     quantized.emplace(module, std::move(q));

@@ -785,4 +785,33 @@ TEST(SafetensorsCheckpoint, NothingFound) {
   EXPECT_TRUE(has(mftk_error_of([&] { reader.get("t9"); }), "t9"));
 }
 
+// Resident file-backed memory of this process (RssFile in /proc/self/status).
+int64_t rss_file_bytes() {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("RssFile:", 0) == 0) return std::stoll(line.substr(8)) * 1024;
+  return -1;
+}
+
+TEST(SafetensorsView, ReleasedPagesLeaveTheResidentSetAndReadBackTheSame) {
+  TempDir dir;
+  const at::Tensor big = at::arange(4 << 20, at::kFloat);  // 16 MiB
+  mftk::save_safetensors((dir / "big.safetensors").string(), {{"w", big}});
+  auto file = mftk::SafetensorsFile::open((dir / "big.safetensors").string());
+  const at::Tensor view = file->get("w");
+  const double sum = view.sum().item<double>();  // faults every page in
+  const int64_t before = rss_file_bytes();
+  mftk::release_mapped_pages(view);
+  const int64_t after = rss_file_bytes();
+  EXPECT_GT(before - after, int64_t(15) << 20) << "before " << before << " after " << after;
+  EXPECT_EQ(view.sum().item<double>(), sum);  // read again from the file
+  EXPECT_TRUE(at::equal(view, big));
+
+  // A heap tensor is not a mapping: left alone.
+  const at::Tensor heap = at::arange(4 << 20, at::kFloat);
+  mftk::release_mapped_pages(heap);
+  EXPECT_TRUE(at::equal(heap, big));
+}
+
 }  // namespace
+

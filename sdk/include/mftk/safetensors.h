@@ -85,6 +85,12 @@ class SafetensorsWriter {
   std::unique_ptr<Impl> impl_;
 };
 
+// A tensor read from a checkpoint (a view of the read-only file mapping)
+// whose pages are no longer needed, e.g. after it was quantised: the whole
+// pages inside it leave the resident set (madvise MADV_DONTNEED) and would
+// be read from the file again if touched. No effect on other tensors.
+void release_mapped_pages(const at::Tensor& mapped_view);
+
 // Writes one file at once (atomic).
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
