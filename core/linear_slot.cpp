@@ -1,6 +1,9 @@
 // The dense op every linear slot starts with (see linear_slot.h).
 #include "mftk/linear_slot.h"
 
+#include <algorithm>
+#include <vector>
+
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -8,19 +11,55 @@
 namespace mftk {
 namespace {
 
-// y = x W^T with a bf16 W widened to fp32 for this matmul only; backward
-// widens again for dL/dx. W is frozen: no weight gradient.
+// Rows of W widened to fp32 at a time: ~64 MiB of fp32 per chunk, so a
+// 32000 x 4096 lm_head costs 64 MiB of scratch instead of a 512 MiB copy.
+int64_t widen_chunk_rows(const at::Tensor& weight) {
+  return std::max<int64_t>(1, (int64_t(64) << 20) / std::max<int64_t>(1, weight.size(1) * 4));
+}
+
+// y = x W^T in fp32 over a bf16 W, widened one block of output rows at a time.
+at::Tensor widened_linear(const at::Tensor& x, const at::Tensor& weight) {
+  const int64_t out = weight.size(0), chunk = widen_chunk_rows(weight);
+  if (out <= chunk) return at::linear(x, weight.to(at::kFloat));
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out;
+  at::Tensor y = at::empty(shape, x.options());
+  for (int64_t r = 0; r < out; r += chunk) {
+    const int64_t n = std::min(chunk, out - r);
+    y.narrow(-1, r, n).copy_(at::linear(x, weight.narrow(0, r, n).to(at::kFloat)));
+  }
+  return y;
+}
+
+// dL/dx = g W over the same row blocks.
+at::Tensor widened_input_grad(const at::Tensor& grad_y, const at::Tensor& weight) {
+  const int64_t out = weight.size(0), chunk = widen_chunk_rows(weight);
+  if (out <= chunk) return at::matmul(grad_y, weight.to(at::kFloat));
+  const at::Tensor g = grad_y.reshape({-1, out});
+  at::Tensor grad_x = at::zeros({g.size(0), weight.size(1)}, grad_y.options());
+  for (int64_t r = 0; r < out; r += chunk) {
+    const int64_t n = std::min(chunk, out - r);
+    grad_x.addmm_(g.narrow(1, r, n), weight.narrow(0, r, n).to(at::kFloat));
+  }
+  std::vector<int64_t> shape(grad_y.sizes().begin(), grad_y.sizes().end());
+  shape.back() = weight.size(1);
+  return grad_x.view(shape);
+}
+
+// y = x W^T with a frozen bf16 W widened to fp32 per matmul; the node keeps
+// the bf16 W (a view of the checkpoint), not a copy, and widens again in
+// backward for dL/dx. No weight gradient.
 struct WidenedMatmul : torch::autograd::Function<WidenedMatmul> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight) {
-    ctx->saved_data["weight"] = weight;  // the bf16 tensor (a view of the checkpoint), not a copy
+    ctx->saved_data["weight"] = weight;
     at::NoGradGuard no_grad;
-    return at::linear(x, weight.to(at::kFloat));
+    return widened_linear(x, weight);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_outputs) {
     at::Tensor grad_x;
     if (ctx->needs_input_grad(0) && grad_outputs[0].defined())
-      grad_x = at::matmul(grad_outputs[0], ctx->saved_data["weight"].toTensor().to(at::kFloat));
+      grad_x = widened_input_grad(grad_outputs[0], ctx->saved_data["weight"].toTensor());
     return {grad_x, at::Tensor()};
   }
 };
@@ -43,7 +82,10 @@ class DenseLinear final : public LinearOp {
         const at::Tensor y = WidenedMatmul::apply(x, weight_);
         return bias.defined() ? y + bias : y;
       }
-      return at::linear(x, weight_.to(at::kFloat), bias);
+      if (weight_.requires_grad()) return at::linear(x, weight_.to(at::kFloat), bias);  // trained in bf16
+      at::NoGradGuard no_grad;  // frozen, and x needs no gradient
+      const at::Tensor y = widened_linear(x, weight_);
+      return bias.defined() ? y + bias : y;
     }
     const bool cast = x.scalar_type() != weight_.scalar_type();
     at::Tensor y = at::linear(cast ? x.to(weight_.scalar_type()) : x, weight_,

@@ -33,4 +33,23 @@ TEST(DenseLinear, Bf16WeightWithFp32InputMatchesTheWidenedFormulaAndTrainsOnlyTh
   EXPECT_EQ(op->describe(), "dense BFloat16");
 }
 
+// A wide weight is widened in blocks of output rows (64 MiB of fp32 each):
+// 600 rows of 32768 are two blocks, and both passes must equal the formula.
+TEST(DenseLinear, WideBf16WeightWidenedInRowBlocksEqualsTheFormula) {
+  if (mftk::cpu_has_native_bf16()) GTEST_SKIP() << "this CPU runs bf16 matmuls natively; no widening";
+  at::manual_seed(4);
+  const at::Tensor w = (at::randn({600, 32768}) * 0.01).to(at::kBFloat16);
+  auto op = mftk::make_dense_linear(w);
+  const at::Tensor x = at::randn({2, 3, 32768}).requires_grad_(true);
+  const at::Tensor y = op->forward(x);
+  const at::Tensor upstream = at::randn({2, 3, 600});
+  torch::autograd::backward({y}, {upstream});
+  const at::Tensor wf = w.to(at::kFloat);
+  EXPECT_TRUE(at::allclose(y.detach(), at::matmul(x.detach(), wf.t()), 1e-4, 1e-4));
+  EXPECT_TRUE(at::allclose(x.grad(), at::matmul(upstream, wf), 1e-4, 1e-4));
+  at::NoGradGuard no_grad;  // the inference path widens in blocks too
+  EXPECT_TRUE(at::allclose(op->forward(x.detach()), at::matmul(x.detach(), wf.t()), 1e-4, 1e-4));
+}
+
 }  // namespace
+
