@@ -88,7 +88,8 @@ ExportReport export_gguf(const std::string& model_dir, const std::string& out, c
   std::vector<uint8_t> encoded;
   for (const auto& p : plan) {
     // A mapped view; .to(kFloat) copies only when the checkpoint is not fp32.
-    at::Tensor w = checkpoint.get(p.hf_name).to(at::kFloat).contiguous();
+    const at::Tensor source = checkpoint.get(p.hf_name);
+    at::Tensor w = source.to(at::kFloat).contiguous();
     const float* data = w.data_ptr<float>();
     const int64_t cols = p.hf_shape.back();
     const int64_t rows = w.numel() / std::max<int64_t>(cols, 1);
@@ -105,6 +106,10 @@ ExportReport export_gguf(const std::string& model_dir, const std::string& out, c
       }
     });
     writer.write(encoded.data(), encoded.size());
+    // Streaming: the source pages need not stay resident once encoded (else
+    // the whole checkpoint ends up in RSS by the last tensor).
+    w = at::Tensor();
+    release_mapped_pages(source);
     if (p.fell_back) {
       ++fallbacks;
       spdlog::warn("gguf: {} ({}) has rows of {} values, not a whole number of {} blocks: written as {}",
