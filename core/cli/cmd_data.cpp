@@ -27,18 +27,6 @@
 namespace mftk::cli {
 namespace {
 
-struct RecipeArgs {
-  std::string path;
-  std::vector<std::string> overrides;
-};
-
-void add_recipe_options(CLI::App* cmd, RecipeArgs& args) {
-  cmd->add_option("recipe", args.path, "recipe TOML file")->required();
-  cmd->add_option("--set", args.overrides, "override a recipe key: table.key=value (repeatable)")
-      ->take_all()
-      ->allow_extra_args(false);
-}
-
 // A recipe loaded, its plugins resolved, and [training] threads applied.
 struct LoadedRecipe {
   explicit LoadedRecipe(const RecipeArgs& args)

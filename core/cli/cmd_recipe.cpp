@@ -18,12 +18,6 @@
 #include "registry.h"
 
 namespace mftk::cli {
-namespace {
-
-struct RecipeArgs {
-  std::string path;
-  std::vector<std::string> overrides;
-};
 
 void add_recipe_options(CLI::App* cmd, RecipeArgs& args) {
   cmd->add_option("recipe", args.path, "recipe TOML file")->required();
@@ -31,6 +25,8 @@ void add_recipe_options(CLI::App* cmd, RecipeArgs& args) {
       ->take_all()
       ->allow_extra_args(false);
 }
+
+namespace {
 
 // Loads, resolves and builds every component once, so a plugin's own
 // checks run too; nothing heavy happens (no weights, no data).

@@ -3,6 +3,9 @@
 // main turns that into one message and an exit code (1 runtime, 2 usage).
 #pragma once
 
+#include <string>
+#include <vector>
+
 namespace CLI {
 class App;
 }
@@ -13,5 +16,13 @@ void add_recipe_commands(CLI::App& app);   // run, validate, plugins            
 void add_model_commands(CLI::App& app);    // init, export, quantize, generate, logprobs, merge (cmd_model.cpp)
 void add_data_commands(CLI::App& app);     // tokenize, preprocess, eval, verify            (cmd_data.cpp)
 void add_inspect_commands(CLI::App& app);  // inspect (GGUF files)                           (cmd_inspect.cpp)
+
+// The positional recipe file and its --set overrides, shared by every
+// recipe-taking command (cmd_recipe.cpp).
+struct RecipeArgs {
+  std::string path;
+  std::vector<std::string> overrides;
+};
+void add_recipe_options(CLI::App* cmd, RecipeArgs& args);
 
 }  // namespace mftk::cli
