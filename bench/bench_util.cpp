@@ -92,10 +92,13 @@ int64_t lora_parameter_count(const FlopShape& s, int64_t rank) {
   return s.layers * rank * per_layer;
 }
 
-double step_flops(const FlopShape& s, int64_t batch, int64_t seq, bool lora, int64_t rank) {
+double step_flops(const FlopShape& s, int64_t batch, int64_t seq, bool lora, int64_t rank, double supervised_fraction) {
   const double N = double(batch * seq);
   const double A = double(s.layers) * double(batch) * 4.0 * double(seq) * double(seq) * double(s.heads * s.head_dim);
-  const double Pf = double(s.matmul_parameters());
+  // The lm_head only has work where there is a loss: the needed FLOPs, not
+  // what an implementation that scores every position spends.
+  const double head = double(s.hidden * s.vocab);
+  const double Pf = double(s.matmul_parameters()) - head + head * supervised_fraction;
   if (!lora) return 6.0 * Pf * N + 3.0 * A;
   return 4.0 * Pf * N + 6.0 * double(lora_parameter_count(s, rank)) * N + 3.0 * A;
 }

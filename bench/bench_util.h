@@ -55,8 +55,10 @@ struct FlopShape {
 // P_l: LoRA rank r on q,k,v,o,gate,up,down of every layer.
 int64_t lora_parameter_count(const FlopShape& s, int64_t rank);
 // One training step on batch x seq tokens: LoRA 4 P_f N + 6 P_l N + 3 A, full 6 P_f N + 3 A,
-// with A = L batch 4 seq^2 h_q (the full masked square, as eager attention computes it).
-double step_flops(const FlopShape& s, int64_t batch, int64_t seq, bool lora, int64_t rank);
+// with A = L batch 4 seq^2 h_q (the full masked square, as eager attention computes it);
+// the lm_head's share of P_f scaled by supervised_fraction (it only has work where there is a loss).
+double step_flops(const FlopShape& s, int64_t batch, int64_t seq, bool lora, int64_t rank,
+                  double supervised_fraction = 1.0);
 // A forward pass (no adapter): 2 P_f N + A.
 double forward_flops(const FlopShape& s, int64_t batch, int64_t seq);
 

@@ -192,13 +192,16 @@ at::Tensor random_ids(int64_t batch, int64_t seq, int64_t vocab, uint64_t seed) 
   return at::randint(3, vocab, {batch, seq}, gen, at::TensorOptions().dtype(at::kLong));
 }
 
-Batch mftk_batch(const at::Tensor& ids) {
+// One document per row; its first `prompt_tokens` tokens are the prompt
+// (not supervised), the rest the response.
+Batch mftk_batch(const at::Tensor& ids, int64_t prompt_tokens = 0) {
   std::vector<PackedRow> rows(size_t(ids.size(0)));
   for (int64_t b = 0; b < ids.size(0); ++b) {
     Example ex;
     const at::Tensor row = ids[b].to(at::kInt).contiguous();
     ex.ids.assign(row.data_ptr<int32_t>(), row.data_ptr<int32_t>() + row.numel());
     ex.loss_mask.assign(ex.ids.size(), 1);
+    std::fill_n(ex.loss_mask.begin(), std::min<size_t>(size_t(prompt_tokens), ex.loss_mask.size()), 0);
     core::append_document(rows[size_t(b)], ex, ex.ids.size());
   }
   return core::make_batch(rows);
@@ -262,6 +265,7 @@ struct TrainArgs {
   std::string preset = "tiny", mode = "lora", dtype = "f32";
   int64_t seq = 0, batch = 0;
   int warmup = 2, steps = 5;
+  double response_fraction = 1.0;  // supervised share of each row (the rest is prompt)
 };
 
 void cmd_train(const CommonOptions& common, const TrainArgs& a) {
@@ -287,7 +291,11 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
   Model& model = *lm.model;
   const ModelShape shape = model.shape();
   const at::Tensor ids = random_ids(batch, seq, shape.vocab_size, 7);
-  const Batch mb = mftk_batch(ids);
+  // Instruction data supervises the response only: mftk computes logits for
+  // the supervised positions alone, the peer (like a transformers model with
+  // labels = -100) for all of them.
+  const int64_t prompt_tokens = std::llround((1.0 - a.response_fraction) * double(seq));
+  const Batch mb = mftk_batch(ids, prompt_tokens);
   constexpr double kLr = 1e-4, kMaxGradNorm = 1.0;
 
   // The peer first, from the model's weights before anything is trained.
@@ -312,7 +320,7 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
     }
     PeerModel peer(peer_shape(shape), std::move(pw), po);
     peer_trainable = peer.trainable_count();
-    peer_t = run_phase("peer", a.warmup, a.steps, [&] { return peer.train_step(ids); });
+    peer_t = run_phase("peer", a.warmup, a.steps, [&] { return peer.train_step(ids, prompt_tokens); });
   }
   if (!lora) trainable = core::make_all_trainable(model);
   const auto* oref = engine.recipe->component("optimizer");
@@ -325,7 +333,8 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
 
   int64_t mftk_trainable = 0;
   for (const auto& [n, t] : trainable) mftk_trainable += t.numel();
-  const double flops = step_flops(flop_shape(shape), batch, seq, lora, 8);
+  const double supervised = double(seq - std::max<int64_t>(prompt_tokens, 1)) / double(seq);
+  const double flops = step_flops(flop_shape(shape), batch, seq, lora, 8, a.response_fraction < 1.0 ? supervised : 1.0);
   const double tokens = double(batch * seq);
   const double mftk_tps = tokens / mftk_t.median_s(), peer_tps = tokens / peer_t.median_s();
   // Same weights, same tokens: the first step's loss (before any update) must agree.
@@ -334,6 +343,7 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
 
   Row r;
   r.workload = fmt::format("train {} {} {} b{}x{}", a.preset, a.mode, a.dtype, batch, seq);
+  if (prompt_tokens > 0) r.workload += fmt::format(" resp{:.0f}%", 100.0 * a.response_fraction);
   r.unit = "tokens/s";
   r.mftk = mftk_tps;
   r.peer = peer_tps;
@@ -343,6 +353,7 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
              {"dtype", a.dtype},
              {"batch", batch},
              {"seq", seq},
+             {"response_fraction", a.response_fraction},
              {"warmup_steps", a.warmup},
              {"measured_steps", a.steps},
              {"mftk_tokens_per_s", mftk_tps},
@@ -1015,6 +1026,9 @@ int main(int argc, char** argv) {
   add_shape(train, train_args);
   train->add_option("--mode", train_args.mode, "lora (r=8, alpha=16, 7 projections) | full")
       ->check(CLI::IsMember({"lora", "full"}));
+  train->add_option("--response-fraction", train_args.response_fraction,
+                    "supervised share of each row, the rest a masked prompt (default 1: every token)")
+      ->check(CLI::Range(0.01, 1.0));
   auto* forward = app.add_subcommand("forward", "forward (no grad) tokens/s and peak RSS vs the peer");
   add_shape(forward, forward_args);
   auto* load = app.add_subcommand("load", "peak RSS and time of loading a bf16 checkpoint vs reading it all");

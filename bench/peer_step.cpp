@@ -120,14 +120,16 @@ at::Tensor PeerModel::logits(const at::Tensor& ids) {
   return at::linear(head.scalar_type() == dt ? x : x.to(head.scalar_type()), head).to(at::kFloat);
 }
 
-double PeerModel::train_step(const at::Tensor& ids) {
+double PeerModel::train_step(const at::Tensor& ids, int64_t prompt_tokens) {
   MFTK_CHECK(o_.train, "peer: train_step on a forward-only model");
   const int64_t B = ids.size(0), T = ids.size(1);
   const at::Tensor all_logits = logits(ids);
   // Position t predicts token t+1.
   const at::Tensor shifted = all_logits.narrow(1, 0, T - 1).reshape({B * (T - 1), shape_.vocab});
-  const at::Tensor targets = ids.narrow(1, 1, T - 1).reshape({B * (T - 1)});
-  const at::Tensor loss = at::nll_loss(at::log_softmax(shifted, -1), targets);
+  at::Tensor labels = ids.narrow(1, 1, T - 1).clone();
+  if (prompt_tokens > 1) labels.narrow(1, 0, std::min(prompt_tokens - 1, T - 1)).fill_(-100);
+  const at::Tensor loss = at::nll_loss(at::log_softmax(shifted, -1), labels.reshape({B * (T - 1)}), {},
+                                       at::Reduction::Mean, /*ignore_index=*/-100);
   loss.backward();
   const double value = loss.item<double>();
 

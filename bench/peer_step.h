@@ -66,9 +66,12 @@ class PeerModel {
 
   // Logits [B, T, V] in fp32 for ids [B, T] (int64), no graph when called under NoGradGuard.
   at::Tensor logits(const at::Tensor& ids);
-  // Forward, mean next-token cross-entropy over all B x (T-1) targets,
+  // Forward, mean next-token cross-entropy over the B x (T-1) targets,
   // backward, clipping, AdamW, gradients cleared. Returns the loss.
-  double train_step(const at::Tensor& ids);
+  // Targets for tokens before `prompt_tokens` in each row are ignored
+  // (labels = -100, the way a transformers user masks the prompt): the
+  // logits are still computed for every position.
+  double train_step(const at::Tensor& ids, int64_t prompt_tokens = 0);
 
   int64_t trainable_count() const;
 
