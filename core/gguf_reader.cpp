@@ -174,7 +174,10 @@ GgufValue read_value(Cursor& c, GgufValueType type, const std::string& key, int 
 
 struct GgufFile::Impl {
   std::string path;
-  std::unique_ptr<MappedFile> file;
+  std::unique_ptr<MappedFile> file;  // open(): the mapped file
+  std::string owned;                 // parse(): the bytes handed in
+  const char* bytes = nullptr;       // whichever of the two holds the file
+  uint64_t size = 0;
   uint32_t version = 0;
   uint32_t alignment = kGgufDefaultAlignment;
   uint64_t data_offset = 0;
@@ -193,7 +196,28 @@ GgufFile GgufFile::open(const std::string& path) {
   auto impl = std::make_unique<Impl>();
   impl->path = path;
   impl->file = std::make_unique<MappedFile>(path);
-  Cursor c(impl->path, impl->file->data(), impl->file->size());
+  impl->bytes = impl->file->data();
+  impl->size = impl->file->size();
+  parse_into(*impl);
+  return GgufFile(std::move(impl));
+}
+
+GgufFile GgufFile::parse(const std::string& name, std::string bytes) {
+  auto impl = std::make_unique<Impl>();
+  impl->path = name;
+  impl->owned = std::move(bytes);
+  impl->bytes = impl->owned.data();
+  impl->size = impl->owned.size();
+  parse_into(*impl);
+  return GgufFile(std::move(impl));
+}
+
+// Fills impl's header, metadata and tensor table from impl.bytes; every
+// read is bounds-checked by the Cursor.
+void GgufFile::parse_into(Impl& impl_ref) {
+  GgufFile::Impl* impl = &impl_ref;
+  const std::string& path = impl->path;
+  Cursor c(impl->path, impl->bytes, impl->size);
 
   // --- header
   const uint32_t magic = c.read<uint32_t>("the magic");
@@ -257,7 +281,12 @@ GgufFile GgufFile::open(const std::string& path) {
     if (t.ne[0] % traits->block_size != 0)
       c.fail(fmt::format("tensor '{}': ne[0] = {} is not a multiple of the {} block size {}", t.name, t.ne[0],
                          traits->name, traits->block_size));
-    t.nbytes = elements / traits->block_size * traits->type_size;
+    // elements stays below 2^62, but times the type size (up to 8 bytes an
+    // element for f64/i64) the byte count can wrap, and a wrapped count
+    // would pass the bounds check below.
+    if (__builtin_mul_overflow(elements / traits->block_size, uint64_t(traits->type_size), &t.nbytes))
+      c.fail(fmt::format("tensor '{}': {} elements of {} need more than 2^64 bytes", t.name, elements,
+                         traits->name));
     t.offset = c.read<uint64_t>("a tensor offset");
     if (t.offset % impl->alignment != 0)
       c.fail(fmt::format("tensor '{}': offset {} is not a multiple of the alignment {}", t.name, t.offset,
@@ -270,7 +299,7 @@ GgufFile GgufFile::open(const std::string& path) {
   // --- data section: starts at the next multiple of the alignment
   const uint64_t end_of_infos = c.pos();
   impl->data_offset = end_of_infos + (impl->alignment - end_of_infos % impl->alignment) % impl->alignment;
-  const uint64_t size = impl->file->size();
+  const uint64_t size = impl->size;
   if (!impl->tensors.empty() && impl->data_offset > size)
     throw Error(fmt::format("{}: the tensor data should start at byte {} but the file has {} bytes", path,
                             impl->data_offset, size),
@@ -282,14 +311,13 @@ GgufFile GgufFile::open(const std::string& path) {
                               "(the data section has {} bytes)",
                               path, t.name, t.nbytes, t.offset, data_size),
                   "the file is truncated; re-export it");
-  return GgufFile(std::move(impl));
 }
 
 const std::string& GgufFile::path() const { return impl_->path; }
 uint32_t GgufFile::version() const { return impl_->version; }
 uint32_t GgufFile::alignment() const { return impl_->alignment; }
 uint64_t GgufFile::data_offset() const { return impl_->data_offset; }
-uint64_t GgufFile::file_size() const { return impl_->file->size(); }
+uint64_t GgufFile::file_size() const { return impl_->size; }
 const GgufFile::Metadata& GgufFile::metadata() const { return impl_->metadata; }
 
 const GgufValue* GgufFile::find(const std::string& key) const {
@@ -315,7 +343,7 @@ const GgufTensorInfo* GgufFile::find_tensor(const std::string& name) const {
 
 std::string_view GgufFile::data(const GgufTensorInfo& tensor) const {
   // Bounds were checked in open(); tensor must be one of ours.
-  return {impl_->file->data() + impl_->data_offset + tensor.offset, size_t(tensor.nbytes)};
+  return {impl_->bytes + impl_->data_offset + tensor.offset, size_t(tensor.nbytes)};
 }
 
 }  // namespace mftk::core

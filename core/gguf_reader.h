@@ -36,6 +36,9 @@ class GgufFile {
 
   // Throws mftk::Error "<path>: <what> (at byte N)" for anything malformed.
   static GgufFile open(const std::string& path);
+  // The same checks on a file image held in memory (the fuzz target and its
+  // regression tests); `name` stands in for the path in messages.
+  static GgufFile parse(const std::string& name, std::string bytes);
   GgufFile(GgufFile&&) noexcept;
   GgufFile& operator=(GgufFile&&) noexcept;
   ~GgufFile();
@@ -59,6 +62,7 @@ class GgufFile {
  private:
   struct Impl;
   explicit GgufFile(std::unique_ptr<Impl> impl);
+  static void parse_into(Impl& impl);  // open() and parse(): the checks on impl's bytes
   std::unique_ptr<Impl> impl_;
 };
 

@@ -119,7 +119,10 @@ Config validate_table(const Recipe::RawTable& table, const std::vector<KeySpec>&
   std::vector<std::string> names;
   for (const auto& k : keys) names.push_back(k.name);
 
-  for (const auto& [key, raw] : table.values) {
+  // Not a structured binding: C++17 lambdas cannot capture one (clang refuses).
+  for (const auto& entry : table.values) {
+    const std::string& key = entry.first;
+    const Recipe::RawValue& raw = entry.second;
     if (key == "plugin" || key == "path_to_plugin") continue;
     auto spec = std::find_if(keys.begin(), keys.end(), [&](const KeySpec& k) { return k.name == key; });
     if (spec == keys.end()) {

@@ -36,6 +36,7 @@
 
 #include "mftk/error.h"
 #include "mftk/log.h"
+#include "safetensors_parse.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "mftk's safetensors I/O maps little-endian data as-is; big-endian hosts are not supported"
@@ -778,6 +779,56 @@ std::string dtype_to_safetensors(at::ScalarType t) {
 }
 
 // ---------------------------------------------------------------------------
+// The byte-level parse (safetensors_parse.h)
+
+namespace detail {
+
+uint64_t safetensors_header_length(const std::string& path, uint64_t file_size,
+                                   const unsigned char* length_bytes) {
+  if (file_size < 8) {
+    throw Error(fmt::format("{}: file is {} bytes, shorter than the 8-byte header length field (header too "
+                            "small)", path, file_size), kBadFileHint);
+  }
+  uint64_t header_size = 0;
+  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | length_bytes[i];
+  if (header_size > kMaxHeaderBytes) {
+    throw Error(fmt::format("{}: header length {} is larger than the {}-byte limit (header too large)", path,
+                            header_size, kMaxHeaderBytes), kBadFileHint);
+  }
+  if (8 + header_size > file_size) {
+    throw Error(fmt::format("{}: header length {} reaches past the end of the {}-byte file (invalid header "
+                            "length; truncated file?)", path, header_size, file_size), kBadFileHint);
+  }
+  return header_size;
+}
+
+SafetensorsHeader parse_safetensors_header(const std::string& path, const std::string& header,
+                                           uint64_t data_size) {
+  if (const size_t bad = find_invalid_utf8(header); bad != std::string::npos) {
+    throw Error(fmt::format("{}: header is not valid UTF-8 (bad byte at header offset {})", path, bad),
+                kBadFileHint);
+  }
+  // nlohmann skips a leading byte-order mark; serde_json (the reference) does not.
+  if (header.size() >= 3 && header.compare(0, 3, "\xEF\xBB\xBF") == 0) {
+    throw Error(fmt::format("{}: header starts with a UTF-8 byte-order mark, which is not JSON", path),
+                kBadFileHint);
+  }
+  HeaderParser sax;
+  const bool parsed = nlohmann::json::sax_parse(header.data(), header.data() + header.size(), &sax);
+  if (!parsed || !sax.error.empty()) {
+    throw Error(fmt::format("{}: {}", path, sax.error.empty() ? "header is not valid JSON"
+                                                                   : sax.error),
+                kBadFileHint);
+  }
+
+  detail::SafetensorsHeader out{std::move(sax.tensors), std::move(sax.metadata)};
+  validate_layout(path, out.tensors, data_size);
+  return out;
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------
 // SafetensorsFile
 
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
@@ -797,49 +848,18 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   }
   const auto file_size = static_cast<uint64_t>(st.st_size);
 
-  if (file_size < 8) {
-    throw Error(fmt::format("{}: file is {} bytes, shorter than the 8-byte header length field (header too "
-                            "small)", path, file_size), kBadFileHint);
-  }
   unsigned char length_bytes[8];
-  if (!pread_exact(fd, length_bytes, 8, 0, path)) {
+  if (file_size >= 8 && !pread_exact(fd, length_bytes, 8, 0, path)) {
     throw Error(fmt::format("{}: file shrank while being read", path));
   }
-  uint64_t header_size = 0;
-  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | length_bytes[i];
-  if (header_size > kMaxHeaderBytes) {
-    throw Error(fmt::format("{}: header length {} is larger than the {}-byte limit (header too large)", path,
-                            header_size, kMaxHeaderBytes), kBadFileHint);
-  }
-  if (8 + header_size > file_size) {
-    throw Error(fmt::format("{}: header length {} reaches past the end of the {}-byte file (invalid header "
-                            "length; truncated file?)", path, header_size, file_size), kBadFileHint);
-  }
+  const uint64_t header_size =
+      detail::safetensors_header_length(path, file_size, file_size >= 8 ? length_bytes : nullptr);
   std::string header(header_size, '\0');
   if (!pread_exact(fd, header.data(), header.size(), 8, path)) {
     throw Error(fmt::format("{}: file shrank while being read", path));
   }
-
-  if (const size_t bad = find_invalid_utf8(header); bad != std::string::npos) {
-    throw Error(fmt::format("{}: header is not valid UTF-8 (bad byte at header offset {})", path, bad),
-                kBadFileHint);
-  }
-  // nlohmann skips a leading byte-order mark; serde_json (the reference) does not.
-  if (header.size() >= 3 && header.compare(0, 3, "\xEF\xBB\xBF") == 0) {
-    throw Error(fmt::format("{}: header starts with a UTF-8 byte-order mark, which is not JSON", path),
-                kBadFileHint);
-  }
-  HeaderParser sax;
-  const bool parsed = nlohmann::json::sax_parse(header.data(), header.data() + header.size(), &sax);
-  if (!parsed || !sax.error.empty()) {
-    throw Error(fmt::format("{}: {}", path, sax.error.empty() ? "header is not valid JSON"
-                                                                   : sax.error),
-                kBadFileHint);
-  }
-
-  std::vector<TensorInfo> tensors = std::move(sax.tensors);
   const uint64_t data_start = 8 + header_size;
-  validate_layout(path, tensors, file_size - data_start);
+  detail::SafetensorsHeader parsed = detail::parse_safetensors_header(path, header, file_size - data_start);
 
   // PROT_READ + MAP_PRIVATE rather than a writable copy-on-write mapping:
   // every get() of a tensor returns a view of the same pages, so an in-place
@@ -852,7 +872,7 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     throw Error(fmt::format("{}: mmap of {} bytes failed: {}", path, file_size, errno_text(errno)));
   }
   auto mapping = std::make_shared<Mapping>(addr, static_cast<size_t>(file_size));
-  return std::make_shared<MappedSafetensorsFile>(path, std::move(tensors), std::move(sax.metadata),
+  return std::make_shared<MappedSafetensorsFile>(path, std::move(parsed.tensors), std::move(parsed.metadata),
                                                  std::move(mapping), data_start);
 }
 
@@ -890,6 +910,36 @@ void check_shard_name(const std::string& index_path, const std::string& name) {
 
 }  // namespace
 
+detail::CheckpointIndex detail::parse_checkpoint_index(const std::string& index_name, const std::string& text) {
+  nlohmann::json index;
+  try {
+    index = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("{}: not valid JSON: {}", index_name, e.what()), kBadFileHint);
+  }
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
+    throw Error(fmt::format("{}: no \"weight_map\" object (expected {{\"metadata\": {{...}}, \"weight_map\": "
+                            "{{\"tensor name\": \"shard file\", ...}}}})", index_name), kBadFileHint);
+  }
+  CheckpointIndex out;
+  for (const auto& [name, shard] : index["weight_map"].items()) {
+    if (!shard.is_string()) {
+      throw Error(fmt::format("{}: weight_map entry '{}' is not a file name string", index_name, name),
+                  kBadFileHint);
+    }
+    const std::string shard_name = shard.get<std::string>();
+    check_shard_name(index_name, shard_name);
+    out.tensors_by_shard[shard_name].push_back(name);
+    out.shard_of[name] = shard_name;
+  }
+  const auto metadata = index.find("metadata");
+  if (metadata != index.end() && metadata->is_object()) {
+    const auto total = metadata->find("total_size");
+    if (total != metadata->end() && total->is_number_unsigned()) out.total_size = total->get<uint64_t>();
+  }
+  return out;
+}
+
 CheckpointReader CheckpointReader::open(const std::string& dir, const std::string& stem) {
   CheckpointReader reader;
   std::error_code ec;
@@ -906,29 +956,10 @@ CheckpointReader CheckpointReader::open(const std::string& dir, const std::strin
     if (!in) throw Error(fmt::format("cannot open checkpoint index {}", index_name));
     std::stringstream buffer;
     buffer << in.rdbuf();
-    nlohmann::json index;
-    try {
-      index = nlohmann::json::parse(buffer.str());
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(fmt::format("{}: not valid JSON: {}", index_name, e.what()), kBadFileHint);
-    }
-    if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
-      throw Error(fmt::format("{}: no \"weight_map\" object (expected {{\"metadata\": {{...}}, \"weight_map\": "
-                              "{{\"tensor name\": \"shard file\", ...}}}})", index_name), kBadFileHint);
-    }
+    const detail::CheckpointIndex index = detail::parse_checkpoint_index(index_name, buffer.str());
+    const auto& tensors_by_shard = index.tensors_by_shard;
+    const auto& shard_of = index.shard_of;
     const fs::path folder = index_path.parent_path();
-    std::map<std::string, std::vector<std::string>> tensors_by_shard;
-    std::map<std::string, std::string> shard_of;
-    for (const auto& [name, shard] : index["weight_map"].items()) {
-      if (!shard.is_string()) {
-        throw Error(fmt::format("{}: weight_map entry '{}' is not a file name string", index_name, name),
-                    kBadFileHint);
-      }
-      const std::string shard_name = shard.get<std::string>();
-      check_shard_name(index_name, shard_name);
-      tensors_by_shard[shard_name].push_back(name);
-      shard_of[name] = shard_name;
-    }
     std::vector<std::string> missing;
     for (const auto& [shard_name, names] : tensors_by_shard) {
       if (!fs::is_regular_file(folder / shard_name, ec)) missing.push_back(shard_name);
@@ -960,13 +991,11 @@ CheckpointReader CheckpointReader::open(const std::string& dir, const std::strin
         total += t.nbytes();
       }
     }
-    if (index.contains("metadata") && index["metadata"].is_object() &&
-        index["metadata"].contains("total_size") && index["metadata"]["total_size"].is_number_unsigned() &&
-        index["metadata"]["total_size"].get<uint64_t>() != total) {
+    if (index.total_size && *index.total_size != total) {
       // huggingface_hub counts storage sizes, which can differ for views;
       // not an error.
       log::warn("{}: metadata.total_size is {} but the shards hold {} bytes of tensors", index_name,
-                index["metadata"]["total_size"].get<uint64_t>(), total);
+                *index.total_size, total);
     }
   };
 

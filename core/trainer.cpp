@@ -135,8 +135,10 @@ bool manifest_ok(const std::string& dir, std::string* why) {
       if (!fs::exists(p)) throw Error(fmt::format("{} is missing", file));
       if (int64_t(fs::file_size(p)) != entry.at("bytes").get<int64_t>())
         throw Error(fmt::format("{} has the wrong size", file));
-      if (sha256_file_hex(p) != entry.at("sha256").get<std::string>())
-        throw Error(fmt::format("{} does not match its checksum", file));
+      // Name both digests: the user can tell a flipped bit from a different save.
+      if (const auto found = sha256_file_hex(p), listed = entry.at("sha256").get<std::string>(); found != listed)
+        throw Error(fmt::format("{} does not match its checksum in manifest.json (sha256 {}, the file has {})", file,
+                                listed, found));
     }
     return true;
   } catch (const std::exception& e) {

@@ -148,6 +148,9 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--tokenizer", o->tokenizer, "use this tokenizer.model instead of training one");
     cmd->add_option("--corpus", o->corpus, "text to train the tokenizer on (default: mftk's corpus)");
     cmd->add_option("--vocab", o->tokenizer_vocab, "vocabulary size of a trained tokenizer")->capture_default_str();
+    cmd->add_option("--max-shard-bytes", o->max_shard_bytes,
+                    "split the weights into shards + model.safetensors.index.json above this size")
+        ->capture_default_str();
     cmd->add_option("--chat", *chat, "trained tokenizers: v3 ([INST] control tokens) or v1 (plain text)")
         ->check(CLI::IsMember({"v1", "v3"}))
         ->capture_default_str();

@@ -3,6 +3,7 @@
 // "base_model.model.<module>.lora_{A,B}.weight", shapes [r, in] / [out, r],
 // scaling alpha/r (alpha/sqrt(r) with rsLoRA), merge W + s * B @ A.
 #include "lora_adapter.h"
+#include "peft_config.h"
 
 #include <algorithm>
 #include <cmath>
@@ -31,7 +32,6 @@ using json = nlohmann::json;
 namespace mftk::lora {
 namespace {
 
-const char* const kAllLinear = "all-linear";
 const char* const kPeftPrefix = "base_model.model.";
 const char* const kConfigFile = "adapter_config.json";
 const char* const kWeightsFile = "adapter_model.safetensors";
@@ -470,124 +470,10 @@ void LoRAAdapter::save(const std::string& dir, const std::string& base_model) co
 // ---------------------------------------------------------------------------
 // load
 
-namespace {
-
-// What load() takes from adapter_config.json.
-LoRAOptions read_peft_config(const fs::path& path) {
-  const std::string where = path.string();
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw Error(fmt::format("lora: {} not found", where),
-                "an adapter folder holds adapter_config.json and adapter_model.safetensors (PEFT save_pretrained)");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  json c;
-  try {
-    c = json::parse(buffer.str());
-  } catch (const json::exception& e) {
-    throw Error(fmt::format("lora: {}: not valid JSON: {}", where, e.what()), "re-save the adapter");
-  }
-  if (!c.is_object()) throw Error(fmt::format("lora: {}: expected a JSON object", where), "re-save the adapter");
-
-  auto bad = [&](const std::string& key, const std::string& why, const std::string& hint = {}) {
-    return UsageError(fmt::format("lora: {}: {} {}", where, key, why), hint);
-  };
-  auto has = [&](const char* key) { return c.contains(key) && !c[key].is_null(); };
-  auto unsupported = [&](const std::string& key, const std::string& what) {
-    return bad(key, fmt::format("= {}: {} is not supported yet", c[key].dump(), what),
-               "convert the adapter to plain LoRA with PEFT first, or train it with mftk");
-  };
-
-  if (!c.contains("peft_type") || !c["peft_type"].is_string())
-    throw bad("peft_type", "is missing; this is not a PEFT adapter config",
-              "a PEFT LoRA adapter_config.json has \"peft_type\": \"LORA\"");
-  if (c["peft_type"].get<std::string>() != "LORA")
-    throw bad("peft_type", fmt::format("is \"{}\"; the lora plugin loads only \"LORA\" adapters",
-                                       c["peft_type"].get<std::string>()),
-              "use the adapter plugin made for this PEFT method");
-
-  LoRAOptions o;
-  if (!c.contains("r") || !c["r"].is_number_integer() || c["r"].get<int64_t>() < 1)
-    throw bad("r", fmt::format("must be a positive integer, found {}", c.value("r", json()).dump()));
-  o.r = c["r"].get<int64_t>();
-  o.alpha = 8.0;  // PEFT's default when the key is absent
-  if (has("lora_alpha")) {
-    if (!c["lora_alpha"].is_number()) throw bad("lora_alpha", "must be a number");
-    o.alpha = c["lora_alpha"].get<double>();
-  }
-  o.dropout = 0.0;
-  if (has("lora_dropout")) {
-    if (!c["lora_dropout"].is_number()) throw bad("lora_dropout", "must be a number");
-    o.dropout = c["lora_dropout"].get<double>();
-    if (!(o.dropout >= 0.0 && o.dropout < 1.0)) throw bad("lora_dropout", "must be in [0, 1)");
-  }
-  if (has("use_rslora")) {
-    if (!c["use_rslora"].is_boolean()) throw bad("use_rslora", "must be true or false");
-    o.use_rslora = c["use_rslora"].get<bool>();
-  }
-
-  if (!has("target_modules"))
-    throw bad("target_modules", "is missing", "the adapter's config must list the modules it adapts");
-  const json& tm = c["target_modules"];
-  if (tm.is_string()) {
-    if (tm.get<std::string>() != kAllLinear)
-      throw bad("target_modules", fmt::format("is the regular expression \"{}\"; regex target_modules are not "
-                                              "supported yet", tm.get<std::string>()),
-                "re-save the adapter with target_modules as a list of module names");
-    o.target_modules = {kAllLinear};
-  } else if (tm.is_array() && !tm.empty()) {
-    o.target_modules.clear();
-    for (const auto& e : tm) {
-      if (!e.is_string()) throw bad("target_modules", "must list strings");
-      o.target_modules.push_back(e.get<std::string>());
-    }
-  } else {
-    throw bad("target_modules", "must be a non-empty list of module names");
-  }
-
-  o.modules_to_save.clear();
-  if (has("modules_to_save")) {
-    if (!c["modules_to_save"].is_array()) throw bad("modules_to_save", "must be a list of module names or null");
-    for (const auto& e : c["modules_to_save"]) {
-      if (!e.is_string()) throw bad("modules_to_save", "must list strings");
-      o.modules_to_save.push_back(e.get<std::string>());
-    }
-  }
-
-  for (const char* key : {"rank_pattern", "alpha_pattern"})
-    if (has(key) && !(c[key].is_object() && c[key].empty()))
-      throw unsupported(key, "per-module rank/alpha");
-  if (has("use_dora") && c["use_dora"] != json(false)) throw unsupported("use_dora", "DoRA");
-  if (has("lora_bias") && c["lora_bias"] != json(false)) throw unsupported("lora_bias", "a bias on lora_B");
-  if (has("bias") && c["bias"] != json("none")) throw unsupported("bias", "training the base biases");
-  if (has("layers_to_transform")) throw unsupported("layers_to_transform", "adapting only some layers");
-  if (has("exclude_modules") && !(c["exclude_modules"].is_array() && c["exclude_modules"].empty()))
-    throw unsupported("exclude_modules", "excluding modules");
-  if (has("layer_replication")) throw unsupported("layer_replication", "duplicating layers");
-  if (has("trainable_token_indices")) throw unsupported("trainable_token_indices", "trainable tokens");
-  if (has("init_lora_weights") && c["init_lora_weights"].is_string()) {
-    const std::string init = c["init_lora_weights"].get<std::string>();
-    // These inits rewrite the base weights when PEFT loads the adapter.
-    for (const char* changes_base : {"pissa", "olora", "corda", "loftq"})
-      if (init.rfind(changes_base, 0) == 0)
-        throw bad("init_lora_weights", fmt::format("= \"{}\" changes the base weights when the adapter is "
-                                                   "loaded; not supported yet", init),
-                  "convert it to a plain LoRA adapter with PEFT (path_initial_model_for_weight_conversion)");
-  }
-  if (has("fan_in_fan_out") && c["fan_in_fan_out"] == json(true))
-    log::warn("lora: {}: fan_in_fan_out = true applies to Conv1D layers only; ignored for linear layers, as "
-              "PEFT does", where);
-  if (has("task_type") && c["task_type"] != json("CAUSAL_LM"))
-    log::warn("lora: {}: task_type is {}, loading it into a causal LM anyway", where, c["task_type"].dump());
-  return o;
-}
-
-}  // namespace
-
 void LoRAAdapter::load(const std::string& dir, Model& model) {
   const fs::path folder(dir);
   const fs::path config_path = folder / kConfigFile;
-  LoRAOptions file = read_peft_config(config_path);
+  LoRAOptions file = read_peft_config(config_path.string());
   file.init = options_.init;
 
   if (injected_) {

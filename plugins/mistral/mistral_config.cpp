@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include <nlohmann/json.hpp>
 
@@ -180,13 +181,18 @@ MistralConfig MistralConfig::load(const std::string& dir) {
   if (!in)
     throw Error(fmt::format("cannot open {}", path),
                 "the model path must be a Hugging Face checkpoint folder with config.json");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return parse(text, path);
+}
+
+MistralConfig MistralConfig::parse(const std::string& text, const std::string& source) {
   json config;
   try {
-    config = json::parse(in);
+    config = json::parse(text);
   } catch (const json::exception& e) {
-    throw Error(fmt::format("{}: not valid JSON: {}", path, e.what()));
+    throw Error(fmt::format("{}: not valid JSON: {}", source, e.what()));
   }
-  return from_json(config, path);
+  return from_json(config, source);
 }
 
 MistralConfig MistralConfig::preset(const std::string& name, int64_t vocab_size) {

@@ -48,6 +48,8 @@ struct MistralConfig {
   // the five shape keys (vocab, hidden, intermediate, layers, heads), which
   // are required. Throws mftk::Error naming the file and the key.
   static MistralConfig from_json(const nlohmann::json& config, const std::string& source);
+  // The text of a config.json (JSON, then from_json); `source` names the file.
+  static MistralConfig parse(const std::string& text, const std::string& source);
   // Reads <dir>/config.json.
   static MistralConfig load(const std::string& dir);
   // A named shape (tiny, small, mistral-7b-v0.1, mistral-7b-v0.3), from the
