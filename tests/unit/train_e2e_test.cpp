@@ -5,8 +5,14 @@
 // leave a checkpoint that "latest" resumes from.
 #include <gtest/gtest.h>
 #include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <chrono>
 #include <csignal>
@@ -17,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fs_util.h"
+#include "mftk/safetensors.h"
 #include "train_test_support.h"
 #include "trainer.h"
 
@@ -98,8 +105,12 @@ max_new_tokens = 3
                      fmt::arg("save_steps", save_steps));
 }
 
-// Starts `mftk <args>` with stdout and stderr appended to `log`.
-pid_t spawn_mftk(const std::vector<std::string>& args, const std::string& log) {
+// Starts `mftk <args>` with stdout and stderr appended to `log`. A finite
+// file_size_limit (RLIMIT_FSIZE, with SIGXFSZ ignored so a write past it
+// fails with EFBIG instead of killing the process) stands in for a full disk
+// where no small filesystem can be mounted.
+pid_t spawn_mftk(const std::vector<std::string>& args, const std::string& log,
+                 rlim_t file_size_limit = RLIM_INFINITY) {
   std::vector<std::string> all = {kMftk};
   all.insert(all.end(), args.begin(), args.end());
   std::vector<char*> argv;
@@ -109,6 +120,11 @@ pid_t spawn_mftk(const std::vector<std::string>& args, const std::string& log) {
   if (pid == 0) {  // only async-signal-safe calls until exec
     const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd >= 0) dup2(fd, 1), dup2(fd, 2);
+    if (file_size_limit != RLIM_INFINITY) {
+      signal(SIGXFSZ, SIG_IGN);  // SIG_IGN survives exec
+      const rlimit limit{file_size_limit, file_size_limit};
+      setrlimit(RLIMIT_FSIZE, &limit);
+    }
     execv(argv[0], argv.data());
     _exit(127);
   }
@@ -355,4 +371,176 @@ TEST(QloraE2E, QuickstartQloraFromAQuantisedFolderTracksBf16LoraAndMerges) {
   for (size_t i = 0; i < 4; ++i)
     EXPECT_NEAR(a["logprobs"][i].get<double>(), m["logprobs"][i].get<double>(), 2e-2)  // bf16 merged weights
         << "position " << i;
+}
+
+// --------------------------------------------------------------------------
+// Fault tests (issue #10): kill -9 in the middle of training, a disk that
+// fills during a save, a corrupted checkpoint named in the recipe.
+
+namespace {
+
+// Exit code of a run, or -1 when it did not exit normally in time.
+int exit_code(int status) { return status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
+
+// The adapter a finished run saved, tensor by tensor.
+std::map<std::string, at::Tensor> adapter_tensors(const std::string& run_dir) {
+  const auto reader = mftk::CheckpointReader::open(run_dir + "/adapter", "adapter_model");
+  std::map<std::string, at::Tensor> out;
+  for (const auto& name : reader.names()) out[name] = reader.get(name).to(at::kDouble);
+  return out;
+}
+
+// A tmpfs of `bytes` mounted at `at` for the scope, or the reason it could
+// not be (mounting needs CAP_SYS_ADMIN: root on a VM has it, many containers
+// do not).
+class SmallTmpfs {
+ public:
+  SmallTmpfs(const std::string& at, size_t bytes) : at_(at) {
+    fs::create_directories(at);
+    const std::string options = fmt::format("size={},mode=0755", bytes);
+    if (mount("tmpfs", at.c_str(), "tmpfs", 0, options.c_str()) == 0) mounted_ = true;
+    else why_ = std::strerror(errno);
+  }
+  ~SmallTmpfs() {
+    if (mounted_) umount2(at_.c_str(), MNT_DETACH);
+  }
+  SmallTmpfs(const SmallTmpfs&) = delete;
+  SmallTmpfs& operator=(const SmallTmpfs&) = delete;
+  bool mounted() const { return mounted_; }
+  const std::string& why() const { return why_; }
+  uint64_t free_bytes() const {
+    struct statvfs st {};
+    return statvfs(at_.c_str(), &st) == 0 ? uint64_t(st.f_bavail) * st.f_frsize : 0;
+  }
+
+ private:
+  std::string at_, why_;
+  bool mounted_ = false;
+};
+
+// Writes zeros to `path` until the filesystem has at most `leave` bytes free.
+void fill_disk(const SmallTmpfs& disk, const std::string& path, uint64_t leave) {
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
+  const std::vector<char> zeros(4096, 0);
+  while (disk.free_bytes() > leave) {
+    const size_t n = std::min<uint64_t>(zeros.size(), disk.free_bytes() - leave);
+    if (write(fd, zeros.data(), n) <= 0) break;
+  }
+  close(fd);
+}
+
+uint64_t folder_bytes(const std::string& dir) {
+  uint64_t total = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) total += e.file_size();
+  return total;
+}
+
+}  // namespace
+
+TEST_F(TrainE2E, KillMinus9MidTrainingThenResumeLatestEndsWithTheUninterruptedWeights) {
+  const std::string recipe = write_recipe(40, 2);
+  const std::string reference = dir_.sub("reference");
+  ASSERT_EQ(run_mftk({"run", recipe, "--set", fmt::format("training.output_dir=\"{}\"", reference)}, log()), 0)
+      << text_of(log());
+
+  // Kill somewhere between two saves (not on purpose inside one: the test
+  // above does that), then resume from whatever "latest" finds.
+  const pid_t pid = spawn_mftk({"run", recipe}, log());
+  ASSERT_GT(pid, 0);
+  const bool some = wait_until([&] { return fs::is_directory(out() + "/checkpoint-6"); }, 90s);
+  std::this_thread::sleep_for(30ms);
+  kill(pid, SIGKILL);
+  const int status = wait_status(pid, 30s);
+  ASSERT_TRUE(some) << "no checkpoint-6 appeared\n" << text_of(log());
+  ASSERT_TRUE(status >= 0 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+      << "the run ended before the kill (status " << status << ")\n" << text_of(log());
+  ASSERT_FALSE(fs::exists(out() + "/adapter")) << "killed before the end, yet it saved the final adapter";
+  const std::string latest = mftk::core::find_latest_checkpoint(out());
+  ASSERT_FALSE(latest.empty());
+
+  ASSERT_EQ(run_mftk({"run", recipe, "--set", "training.resume_from_checkpoint=latest"}, log()), 0) << text_of(log());
+  EXPECT_NE(text_of(log()).find("resumed from " + latest), std::string::npos) << text_of(log());
+  const auto expected = adapter_tensors(reference);
+  const auto resumed = adapter_tensors(out());
+  ASSERT_EQ(resumed.size(), expected.size());
+  ASSERT_FALSE(expected.empty());
+  for (const auto& [name, tensor] : expected) {
+    ASSERT_TRUE(resumed.count(name)) << name << " missing from the resumed adapter";
+    EXPECT_LE((resumed.at(name) - tensor).abs().max().item<double>(), 1e-6) << name;
+  }
+  EXPECT_EQ(json::parse(mftk::core::read_file(out() + "/summary.json")).value("steps", 0), 40);
+}
+
+TEST_F(TrainE2E, ADiskThatFillsDuringASaveFailsClearlyAndKeepsThePreviousCheckpoint) {
+  const std::string recipe = write_recipe(4, 2);
+  const std::string disk_dir = dir_.sub("disk");
+  SmallTmpfs disk(disk_dir, 64u << 20);
+  const std::string run_dir = disk.mounted() ? disk_dir + "/run" : out();
+  const std::string on_disk = fmt::format("training.output_dir=\"{}\"", run_dir);
+  // Two steps and a checkpoint, with room to spare.
+  ASSERT_EQ(run_mftk({"run", recipe, "--set", on_disk, "--set", "training.max_steps=2"}, log()), 0)
+      << text_of(log());
+  const std::string previous = run_dir + "/checkpoint-2";
+  ASSERT_EQ(mftk::core::find_latest_checkpoint(run_dir), previous);
+  const uint64_t checkpoint_bytes = folder_bytes(previous);
+
+  // Resume for two more steps with room for the run but only for half a checkpoint.
+  const std::vector<std::string> resume = {"run", recipe, "--set", on_disk, "--set",
+                                           "training.resume_from_checkpoint=latest"};
+  std::string full_disk_text;
+  int code = -1;
+  if (disk.mounted()) {
+    fill_disk(disk, disk_dir + "/filler", checkpoint_bytes / 2);
+    code = run_mftk(resume, log());
+    full_disk_text = "No space left on device";
+  } else {
+    std::cerr << "note: cannot mount a tmpfs here (" << disk.why()
+              << "); a file size limit (RLIMIT_FSIZE) stands in for the full disk\n";
+    const auto largest = fs::file_size(previous + "/optimizer.safetensors");
+    code = exit_code(wait_status(spawn_mftk(resume, log(), rlim_t(largest / 2)), 120s));
+    full_disk_text = "File too large";
+  }
+  const std::string text = text_of(log());
+  EXPECT_EQ(code, 1) << text;
+  // The message says what failed, where, and why.
+  EXPECT_NE(text.find(full_disk_text), std::string::npos) << text;
+  EXPECT_NE(text.find(run_dir), std::string::npos) << "the message should name the output folder\n" << text;
+  EXPECT_NE(text.find("checkpoint"), std::string::npos) << text;
+  // The previous checkpoint is intact and still the one "latest" picks.
+  EXPECT_FALSE(fs::exists(run_dir + "/checkpoint-4"));
+  EXPECT_EQ(mftk::core::find_latest_checkpoint(run_dir), previous);
+
+  // With room again, the run resumes from it and finishes.
+  fs::remove(disk_dir + "/filler");
+  ASSERT_EQ(run_mftk(resume, log()), 0) << text_of(log());
+  EXPECT_NE(text_of(log()).find("resumed from " + previous), std::string::npos) << text_of(log());
+  EXPECT_EQ(json::parse(mftk::core::read_file(run_dir + "/summary.json")).value("steps", 0), 4);
+}
+
+TEST_F(TrainE2E, ACorruptedCheckpointNamedInTheRecipeIsRefusedWithItsChecksum) {
+  const std::string recipe = write_recipe(4, 2);
+  ASSERT_EQ(run_mftk({"run", recipe, "--set", "training.max_steps=2"}, log()), 0) << text_of(log());
+  const std::string checkpoint = out() + "/checkpoint-2";
+  const std::string file = checkpoint + "/trainable.safetensors";
+  ASSERT_TRUE(fs::is_regular_file(file));
+  {  // One flipped bit in the tensor data: same size, valid header, wrong numbers.
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    const auto at = std::streamoff(fs::file_size(file) - 7);
+    f.seekg(at);
+    char c = 0;
+    f.read(&c, 1);
+    c = char(c ^ 0x10);
+    f.seekp(at);
+    f.write(&c, 1);
+  }
+  std::ofstream(log(), std::ios::trunc).close();
+  const int code =
+      run_mftk({"run", recipe, "--set", fmt::format("training.resume_from_checkpoint=\"{}\"", checkpoint)}, log());
+  const std::string text = text_of(log());
+  EXPECT_EQ(code, 1) << text;
+  EXPECT_NE(text.find(checkpoint), std::string::npos) << text;
+  EXPECT_NE(text.find("trainable.safetensors does not match its checksum"), std::string::npos) << text;
+  EXPECT_EQ(text.find("resumed from"), std::string::npos) << "it trained on from the damaged checkpoint\n" << text;
 }
