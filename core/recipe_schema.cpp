@@ -31,6 +31,9 @@ const std::map<std::string, std::vector<KeySpec>>& core_tables() {
            K::integer("threads", 0, "CPU threads for libtorch; 0: all cores").range(0, 4096),
            K::boolean("merge_adapter", false, "after training, write output_dir/merged as a plain HF checkpoint"),
            K::integer("nan_patience", 3, "stop after this many non-finite losses in a row").range(1, 1e9),
+           K::number("distributed_timeout_s", 300.0,
+                     "data-parallel runs: the longest any rank waits for the others (rendezvous, each collective)")
+               .range(0.5, 1e6),
        }},
       {"data",
        {

@@ -23,6 +23,7 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include "batching.h"
+#include "distributed.h"
 #include "fs_util.h"
 #include "mftk/model.h"
 #include "mftk/optimizer.h"
@@ -180,8 +181,9 @@ Trainer::Trainer(Model& model, Optimizer& optimizer, NamedTensors trainable, std
   if (trainable_.empty()) throw UsageError("nothing to train: no parameter requires a gradient");
   micro_per_epoch_ = int64_t((train_rows_.size() + size_t(o_.micro_batch_size) - 1) / size_t(o_.micro_batch_size));
   total_micro_ = std::max<int64_t>(1, int64_t(std::floor(o_.num_epochs * double(micro_per_epoch_))));
-  total_steps_ = o_.max_steps > 0 ? o_.max_steps
-                                  : (total_micro_ + o_.gradient_accumulation_steps - 1) / o_.gradient_accumulation_steps;
+  if (o_.distributed) world_size_ = o_.distributed->world_size(), rank_ = o_.distributed->rank();
+  micro_per_step_ = o_.gradient_accumulation_steps * world_size_;
+  total_steps_ = o_.max_steps > 0 ? o_.max_steps : (total_micro_ + micro_per_step_ - 1) / micro_per_step_;
   o_.schedule.total_steps = total_steps_;
   o_.schedule.warmup_steps = warmup_from(o_.schedule.warmup_steps, o_.warmup_ratio_, total_steps_);
 }
@@ -218,6 +220,7 @@ double Trainer::clip_gradients() {
 }
 
 void Trainer::save_checkpoint(int64_t step, const std::string& reason) {
+  if (rank_ != 0) return;  // every rank holds the same state; rank 0 alone writes it
   const fs::path final_dir = fs::path(o_.output_dir) / fmt::format("checkpoint-{}", step);
   const fs::path tmp = fs::path(o_.output_dir) / fmt::format(".checkpoint-{}.tmp", step);
   fs::remove_all(tmp);
@@ -233,7 +236,7 @@ void Trainer::save_checkpoint(int64_t step, const std::string& reason) {
                           {"micro_batch_size", o_.micro_batch_size},
                           {"gradient_accumulation_steps", o_.gradient_accumulation_steps},
                           {"train_rows", train_rows_.size()},   {"nan_in_a_row", nan_in_a_row_},
-                          {"nan_total", nan_total_},            {"world_size", 1},
+                          {"nan_total", nan_total_},            {"world_size", world_size_},
                           {"reason", reason}};
   if (best_eval_) state["best_eval_loss"] = *best_eval_;
   write_file_atomic((tmp / "trainer_state.json").string(), state.dump(2) + "\n");
@@ -278,10 +281,18 @@ void Trainer::load_checkpoint(const std::string& dir) {
                                    state.at(key).get<int64_t>(), ours),
                        "resume with the recipe the checkpoint was trained with");
   };
+  // Before the batch-shape checks: a changed world size changes the global
+  // batch, and the message should say what actually differs.
+  if (const int64_t written_by = state.value("world_size", int64_t(1)); written_by != world_size_)
+    throw UsageError(fmt::format("cannot resume: {} was written by {} rank{}; this run has {}",
+                                 fs::path(dir).filename().string(), written_by, written_by == 1 ? "" : "s", world_size_),
+                     written_by == 1 ? "resume it in one process (no WORLD_SIZE, or mftk run)"
+                                     : fmt::format("resume it with {} ranks: mftk launch --nproc {} <recipe> (or "
+                                                   "torchrun with WORLD_SIZE={})",
+                                                   written_by, written_by, written_by));
   check_same("micro_batch_size", o_.micro_batch_size);
   check_same("gradient_accumulation_steps", o_.gradient_accumulation_steps);
   check_same("train_rows", int64_t(train_rows_.size()));
-  check_same("world_size", 1);
   if (state.at("seed").get<uint64_t>() != o_.seed)
     throw UsageError(fmt::format("cannot resume from {}: it was trained with seed {}, this run has {}", dir,
                                  state.at("seed").get<uint64_t>(), o_.seed));
@@ -305,8 +316,29 @@ void Trainer::load_checkpoint(const std::string& dir) {
   spdlog::info("resumed from {} at step {}/{}", dir, step_, total_steps_);
 }
 
+// The eval loss over all ranks: each evaluates the whole micro-batches i
+// with i % W == rank, and the sums are added (one rank: evaluate_loss).
+EvalResult Trainer::evaluate_sharded() {
+  if (world_size_ == 1) return evaluate_loss(model_, eval_rows_, o_.micro_batch_size);
+  std::vector<PackedRow> mine;
+  const size_t mbs = size_t(o_.micro_batch_size);
+  for (size_t i = 0; i < eval_rows_.size(); ++i)
+    if ((i / mbs) % size_t(world_size_) == size_t(rank_)) mine.push_back(eval_rows_[i]);
+  const EvalResult local = mine.empty() ? EvalResult{} : evaluate_loss(model_, mine, o_.micro_batch_size);
+  const double local_sum = local.tokens ? local.loss * double(local.tokens) : 0.0;
+  const auto sums = o_.distributed->sum({local_sum, double(local.tokens)},
+                                        fmt::format("the eval-loss all-reduce at step {}", step_));
+  EvalResult r;
+  r.tokens = int64_t(sums[1]);
+  r.loss = r.tokens ? sums[0] / sums[1] : NAN;
+  r.perplexity = std::exp(r.loss);
+  return r;
+}
+
 TrainResult Trainer::train() {
-  fs::create_directories(o_.output_dir);
+  Distributed* dp = o_.distributed.get();
+  const bool main_rank = rank_ == 0;  // writes metrics, the progress bar and checkpoints
+  if (main_rank) fs::create_directories(o_.output_dir);
   if (!o_.resume_from_checkpoint.empty()) {
     std::string dir = o_.resume_from_checkpoint;
     if (dir == "latest") {
@@ -315,8 +347,22 @@ TrainResult Trainer::train() {
     }
     if (!dir.empty()) load_checkpoint(dir);
   }
-  MetricsWriter metrics((fs::path(o_.output_dir) / "metrics.jsonl").string());
-  ProgressBar bar(total_steps_, step_, o_.progress_bar);
+  if (world_size_ > 1) {
+    // Ranks start from rank 0's weights (they are equal already when the
+    // seed is, but a plugin drawing from another generator must not make
+    // them drift apart), and agree on where they start.
+    dp->broadcast_from_main(trainable_, "the broadcast of the initial weights");
+    const double steps = dp->sum({double(step_)}, "the start-up step check")[0];
+    if (steps != double(step_) * world_size_)
+      throw Error(fmt::format("rank {} starts at step {}, but the ranks' steps sum to {}: they resumed from different "
+                              "checkpoints",
+                              rank_, step_, steps),
+                  "every rank must see the same output_dir (a shared filesystem), or name the checkpoint folder "
+                  "explicitly in resume_from_checkpoint");
+  }
+  std::optional<MetricsWriter> metrics;
+  if (main_rank) metrics.emplace((fs::path(o_.output_dir) / "metrics.jsonl").string());
+  ProgressBar bar(total_steps_, step_, o_.progress_bar && main_rank);
   SigintScope sigint;
   auto training_mode = [&](bool on) {
     model_.set_training(on);
@@ -329,33 +375,54 @@ TrainResult Trainer::train() {
   int64_t window_tokens = 0;
   double window_loss = 0;
   int64_t window_steps = 0;  // finite-loss steps in the window (skipped ones would drag the mean down)
-  const int64_t gas = o_.gradient_accumulation_steps;
+  const int64_t per_step = micro_per_step_;
 
   while (step_ < total_steps_) {
-    // 1. This step's micro-batches, and their supervised-token total.
+    // 1. This step's micro-batches, and their supervised-token total. Every
+    // rank knows every row, so the totals are the whole step's (over all
+    // ranks) without communication; this rank keeps micro-batches k = rank,
+    // rank + W, ... of the step.
     training_mode(true);
-    std::vector<Batch> batches;
+    std::vector<std::pair<int64_t, Batch>> batches;  // (global micro-batch index, batch)
     int64_t step_supervised = 0, step_tokens = 0;
-    for (int64_t k = 0; k < gas; ++k) {
-      const int64_t m = step_ * gas + k;
+    for (int64_t k = 0; k < per_step; ++k) {
+      const int64_t m = step_ * per_step + k;
       if (o_.max_steps <= 0 && m >= total_micro_) break;
       auto rows = micro_batch_rows(m);
+      for (const auto* r : rows) {
+        for (int32_t t : r->targets) step_supervised += t != kIgnoreIndex;
+        for (int32_t d : r->doc_ids) step_tokens += d >= 0;
+      }
+      if (k % world_size_ != rank_) continue;
       std::vector<PackedRow> copy;
       for (const auto* r : rows) copy.push_back(*r);
-      batches.push_back(make_batch(copy));
-      step_supervised += (batches.back().targets != kIgnoreIndex).sum().item<int64_t>();
-      step_tokens += (batches.back().doc_ids >= 0).sum().item<int64_t>();
+      batches.emplace_back(m, make_batch(copy));
     }
-    // 2. Forward/backward, each micro-batch weighted by its share of tokens.
+    // 2. Forward/backward, each micro-batch weighted by its share of the
+    // step's tokens. Dropout draws from a generator seeded by the micro-batch
+    // index, so its masks do not depend on which rank runs the micro-batch.
     double loss_sum = 0;
-    for (auto& b : batches) {
+    for (auto& [m, b] : batches) {
+      at::manual_seed(SplitMix64(o_.seed ^ (0xD1B54A32D192ED03ULL * uint64_t(m + 1))).next());
       at::Tensor loss = supervised_loss_sum(model_, b, nullptr);
       loss_sum += loss.item<double>();
       if (step_supervised > 0) (loss / double(step_supervised)).backward();
     }
+    bool interrupted = g_interrupt;
+    if (world_size_ > 1) {
+      // Once per optimizer step, after the last micro-batch: the gradients
+      // (each rank's are its micro-batches' share of the global mean), the
+      // loss and Ctrl-C, so every rank takes the same skip/step/stop decision.
+      const std::string at_step = fmt::format("step {}", step_ + 1);
+      dp->allreduce_gradients(trainable_, "the gradient all-reduce at " + at_step);
+      const auto sums = dp->sum({loss_sum, interrupted ? 1.0 : 0.0}, "the loss all-reduce at " + at_step);
+      loss_sum = sums[0];
+      interrupted = sums[1] > 0;
+    }
     const double step_loss = step_supervised ? loss_sum / double(step_supervised) : 0.0;
     const double lr = o_.schedule.lr(step_);
-    // 3. Update, unless the loss or the gradients are not finite.
+    // 3. Update, unless the loss or the gradients are not finite (clipping
+    // sees the summed gradients, so every rank computes the same norm).
     const double grad_norm = clip_gradients();
     if (!std::isfinite(step_loss) || !std::isfinite(grad_norm)) {
       ++nan_total_;
@@ -383,8 +450,8 @@ TrainResult Trainer::train() {
     bar.update(step_, step_loss, lr, tps);
     if (step_ % o_.logging_steps == 0 || step_ == total_steps_) {
       const double mean_loss = window_steps ? window_loss / double(window_steps) : NAN;
-      metrics.write({{"step", step_},
-                     {"epoch", double(step_ * gas) / double(micro_per_epoch_)},
+      if (metrics) metrics->write({{"step", step_},
+                     {"epoch", double(step_ * per_step) / double(micro_per_epoch_)},
                      {"loss", mean_loss},
                      {"lr", lr},
                      {"grad_norm", grad_norm},
@@ -399,14 +466,14 @@ TrainResult Trainer::train() {
     const bool last = step_ == total_steps_;
     if (!eval_rows_.empty() && ((o_.eval_steps > 0 && step_ % o_.eval_steps == 0) || last)) {
       training_mode(false);
-      auto ev = evaluate_loss(model_, eval_rows_, o_.micro_batch_size);
-      metrics.write({{"step", step_}, {"eval_loss", ev.loss}, {"eval_ppl", ev.perplexity}, {"eval_tokens", ev.tokens}});
+      auto ev = evaluate_sharded();
+      if (metrics) metrics->write({{"step", step_}, {"eval_loss", ev.loss}, {"eval_ppl", ev.perplexity}, {"eval_tokens", ev.tokens}});
       bar.finish();
       spdlog::info("step {}: eval loss {:.4f} (perplexity {:.3f}, {} tokens)", step_, ev.loss, ev.perplexity, ev.tokens);
       result.eval_loss = ev.loss;
       if (!best_eval_ || ev.loss < *best_eval_) best_eval_ = ev.loss;
     }
-    if (g_interrupt) {
+    if (interrupted || (world_size_ == 1 && g_interrupt)) {
       bar.finish();
       save_checkpoint(step_, "interrupted");
       result.interrupted = true;

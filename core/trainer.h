@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -24,6 +25,7 @@ class Optimizer;
 namespace mftk::core {
 
 class Recipe;
+class Distributed;
 
 struct TrainOptions {
   int64_t micro_batch_size = 1;
@@ -42,6 +44,12 @@ struct TrainOptions {
   bool progress_bar = true;            // when stderr is a terminal
   Schedule schedule;                   // total_steps filled by the trainer
   double warmup_ratio_ = 0.0;          // used when schedule.warmup_steps is 0
+  // Data parallelism: null or one rank trains alone. With W ranks each
+  // optimizer step takes micro_batch_size x gradient_accumulation_steps x W
+  // rows (gradient_accumulation_steps is per rank, as in torchrun/Axolotl):
+  // the same global order of micro-batches as one rank with W times the
+  // accumulation, rank r taking the step's micro-batches r, r+W, ...
+  std::shared_ptr<Distributed> distributed;
 
   static TrainOptions from_recipe(const Recipe& recipe);
 };
@@ -54,7 +62,7 @@ struct EvalResult {
 
 struct TrainResult {
   int64_t steps = 0;           // optimizer steps done in total (incl. before a resume)
-  int64_t train_tokens = 0;    // tokens processed in this process
+  int64_t train_tokens = 0;    // tokens of this run's steps (all ranks together)
   double seconds = 0;
   double tokens_per_s = 0;
   double final_loss = 0;
@@ -95,6 +103,7 @@ class Trainer {
   void save_checkpoint(int64_t step, const std::string& reason);
   void load_checkpoint(const std::string& dir);
   double clip_gradients();
+  EvalResult evaluate_sharded();
 
   Model& model_;
   Optimizer& optimizer_;
@@ -102,6 +111,8 @@ class Trainer {
   std::vector<PackedRow> train_rows_, eval_rows_;
   TrainOptions o_;
   int64_t micro_per_epoch_ = 0;
+  int64_t micro_per_step_ = 1;  // gradient_accumulation_steps x world size
+  int world_size_ = 1, rank_ = 0;
   int64_t total_micro_ = 0;
   int64_t total_steps_ = 0;
   int64_t step_ = 0;  // optimizer steps done
