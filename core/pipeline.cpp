@@ -17,6 +17,7 @@
 #include "batching.h"
 #include "chat_template.h"
 #include "dataset.h"
+#include "distributed.h"
 #include "fs_util.h"
 #include "generate.h"
 #include "mftk/adapter.h"
@@ -31,6 +32,7 @@
 #include "model_tools.h"
 #include "recipe.h"
 #include "registry.h"
+#include "report.h"
 #include "run_log.h"
 #include "trainer.h"
 
@@ -178,13 +180,24 @@ ExactMatch exact_match(Model& model, const Tokenizer& tok, const std::vector<Exa
   return r;
 }
 
-int run_pipeline(const Recipe& recipe, Registry& registry) {
+int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   const auto& training = recipe.section("training");
   const auto& validate = recipe.section("validate");
   if (int64_t t = training.get_int("threads"); t > 0) at::set_num_threads(int(t));
   const std::string output_dir = training.get_string("output_dir");
-  fs::create_directories(output_dir);
-  setup_log_file(output_dir);
+  // Data parallelism when started by mftk launch or torchrun (WORLD_SIZE > 1):
+  // every rank loads, packs and trains; rank 0 alone writes into output_dir.
+  auto dist = Distributed::from_env(std::chrono::milliseconds(
+      int64_t(std::llround(1000 * training.get_number("distributed_timeout_s")))));
+  if (dist->world_size() > 1) {
+    spdlog::set_pattern(fmt::format("[%H:%M:%S] [rank {}] %^%l%$ %v", dist->rank()));
+    // The other ranks repeat rank 0's story; they only speak up with warnings and errors.
+    if (!dist->is_main() && spdlog::get_level() == spdlog::level::info) spdlog::set_level(spdlog::level::warn);
+  }
+  if (dist->is_main()) {
+    fs::create_directories(output_dir);
+    setup_log_file(output_dir);
+  }
   at::manual_seed(uint64_t(training.get_int("seed")));
   const bool bf16 = training.get_bool("bf16");
 
@@ -229,15 +242,16 @@ int run_pipeline(const Recipe& recipe, Registry& registry) {
 
   const int64_t em_limit = validate.get_int("exact_match");
   std::optional<ExactMatch> em_before;
-  if (em_limit > 0 && !data.eval.empty()) {
+  if (em_limit > 0 && !data.eval.empty() && dist->is_main()) {
     em_before = exact_match(model, *tokenizer, data.eval, em_limit);
     spdlog::info("exact match before training: {}/{} = {:.1f}%", em_before->correct, em_before->total,
                  100 * em_before->fraction());
   }
 
   // 5. Train.
-  Trainer trainer(model, *optimizer, trainable, std::move(train_rows), std::move(eval_rows),
-                  TrainOptions::from_recipe(recipe));
+  TrainOptions train_options = TrainOptions::from_recipe(recipe);
+  train_options.distributed = dist;
+  Trainer trainer(model, *optimizer, trainable, std::move(train_rows), std::move(eval_rows), std::move(train_options));
   if (adapter) {
     trainer.on_checkpoint = [&](const std::string& dir) {
       adapter->save((fs::path(dir) / "adapter").string(), lm.path);
@@ -248,9 +262,13 @@ int run_pipeline(const Recipe& recipe, Registry& registry) {
                optimizer_name, trainable.size(), output_dir);
   auto result = trainer.train();
   if (result.interrupted) {
-    spdlog::warn("interrupted: checkpoint {} written; continue with --set training.resume_from_checkpoint=latest",
+    if (dist->is_main()) spdlog::warn("interrupted: checkpoint {} written; continue with --set training.resume_from_checkpoint=latest",
                  result.last_checkpoint);
     return 130;
+  }
+  if (!dist->is_main()) {
+    spdlog::debug("rank {}: training done; rank 0 saves, merges and exports", dist->rank());
+    return 0;
   }
 
   // 6. Save: the adapter in PEFT format, or the whole model.
@@ -318,6 +336,7 @@ int run_pipeline(const Recipe& recipe, Registry& registry) {
     summary["exports"].push_back({{"plugin", ex.plugin}, {"path", report.path}, {"bytes", report.bytes}});
   }
   const auto prompts = validate.get_strings("prompts");
+  std::vector<ReportAnswer> answers;  // for report.html
   for (const auto& prompt : prompts) {
     auto enc = encode_chat(*tokenizer, resolve_chat_format(recipe.section("data").get_string("chat_template"), *tokenizer),
                            {{"user", prompt}}, false, true);
@@ -326,6 +345,7 @@ int run_pipeline(const Recipe& recipe, Registry& registry) {
     go.temperature = validate.get_number("temperature");
     go.eos_id = tokenizer->eos_id();
     auto gen = generate(model, enc.ids, go);
+    answers.push_back({prompt, token_text(*tokenizer, gen.tokens)});
     spdlog::info("prompt: {}\n  answer: {}\n  ({:.0f} ms to first token, {:.1f} tokens/s)", prompt,
                  token_text(*tokenizer, gen.tokens), 1000 * gen.seconds_to_first_token, gen.tokens_per_second);
   }
@@ -350,6 +370,11 @@ int run_pipeline(const Recipe& recipe, Registry& registry) {
   summary["peak_rss_bytes"] = peak_rss_bytes();
   summary["loss_curve"] = svg;
   write_file_atomic((fs::path(output_dir) / "summary.json").string(), summary.dump(2) + "\n");
+  {
+    ReportInputs report{fmt::format("mftk run: {}", fs::path(recipe.path()).filename().string()), recipe.path(),
+                        read_file(recipe.path()), plan, summary, answers};
+    spdlog::info("report: {}", write_report(output_dir, report));
+  }
   spdlog::info("done: {} steps in {:.1f} s, {:.0f} tokens/s, final loss {:.4f}{}, peak RSS {:.2f} GB", result.steps,
                result.seconds, result.tokens_per_s, result.final_loss,
                result.eval_loss ? fmt::format(", eval loss {:.4f}", *result.eval_loss) : "",

@@ -26,7 +26,10 @@ class Registry;
 // Runs a resolved recipe: load model -> quantize -> adapter -> data -> pack
 // -> train -> save -> merge -> export -> validate prompts. Returns the exit
 // code (0, or 130 after Ctrl-C wrote a checkpoint).
-int run_pipeline(const Recipe& recipe, Registry& registry);
+// `plan` (may be null): the predictions set beside the measured values in
+// output_dir/report.html.
+struct Plan;
+int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan = nullptr);
 
 // A model component built from a recipe's [model] (and [quantize]) table,
 // with its weights loaded.

@@ -90,6 +90,8 @@ std::string curves_svg(const std::string& title, const std::vector<CurveSeries>&
     if (!std::isfinite(a)) a = 0, b = 1;
     if (b - a < 1e-12) b = a + 1e-12 + std::abs(a) * 0.1, a = a - std::abs(a) * 0.1;
   };
+  // Only charts with a right-axis series get right-axis labels.
+  const bool has_right = std::isfinite(r0);
   widen(x0, x1), widen(y0, y1), widen(r0, r1);
   auto px = [&](double x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
   auto py = [&](double y, bool right) {
@@ -109,7 +111,7 @@ std::string curves_svg(const std::string& title, const std::vector<CurveSeries>&
                        y0 + f * (y1 - y0));
     svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{:.0f}</text>\n", L + f * (W - L - R), H - B + 16,
                        x0 + f * (x1 - x0));
-    if (std::isfinite(r0) && r1 > r0)
+    if (has_right && r1 > r0)
       svg += fmt::format("<text x=\"{}\" y=\"{}\">{:.2e}</text>\n", W - R + 4, H - B - f * (H - T - B) + 4,
                          r0 + f * (r1 - r0));
   }

@@ -13,6 +13,7 @@ PACKAGES=(
   libgloo-dev             # libtorch's c10d headers include gloo
   libopenblas0-openmp     # without it libtorch uses reference BLAS: ~100x slower fp32 matmul
   libjemalloc-dev         # retaining allocator: fresh pages cost ~12 us each on these VMs
+  chromium                # headless browser: the HTML run report is rendered in a test (report_test)
 )
 
 missing=()

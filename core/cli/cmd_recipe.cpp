@@ -13,7 +13,9 @@
 #include "mftk/optimizer.h"
 #include "mftk/packer.h"
 #include "mftk/quantizer.h"
+#include "lint.h"
 #include "pipeline.h"
+#include "plan.h"
 #include "recipe.h"
 #include "registry.h"
 
@@ -64,13 +66,31 @@ void add_recipe_commands(CLI::App& app) {
     auto* cmd = app.add_subcommand("run", "train (and merge/export) as the recipe says");
     add_recipe_options(cmd, *args);
     cmd->add_option("--output-dir", *out, "override training.output_dir");
-    cmd->callback([args, out] {
+    auto strict = std::make_shared<bool>(false);
+    cmd->add_flag("--strict", *strict, "lint warnings are errors (exit 2) before anything runs");
+    cmd->callback([args, out, strict] {
       auto overrides = args->overrides;
       if (!out->empty()) overrides.push_back("training.output_dir=\"" + *out + "\"");
       auto recipe = core::Recipe::load(args->path, overrides);
       core::Registry registry(recipe.section("plugins").get_strings("search_paths"));
       recipe.resolve(registry);
-      const int code = core::run_pipeline(recipe, registry);
+      // The plan's predictions go beside the measured values in report.html;
+      // its data pass fills the prepared-data cache the run then reads.
+      // A plan that cannot be made (a component it has no model of, say) must
+      // not stop a run that would work: the report then has no predictions.
+      std::shared_ptr<core::Plan> plan;
+      try {
+        plan = std::make_shared<core::Plan>(core::make_plan(recipe, registry, {}));
+      } catch (const UsageError&) {
+        throw;  // bad data or recipe: the run would fail the same way
+      } catch (const std::exception& e) {
+        spdlog::warn("plan: no estimate for this recipe ({}); training goes on without predictions", e.what());
+      }
+      const auto warnings = core::lint(core::lint_facts(recipe, plan.get()));
+      if (plan)
+        for (const auto& w : warnings) plan->lint.push_back(w.line());
+      core::report_lint(warnings, *strict, recipe.path());
+      const int code = core::run_pipeline(recipe, registry, plan.get());
       if (code != 0) std::exit(code);
     });
   }
@@ -78,10 +98,14 @@ void add_recipe_commands(CLI::App& app) {
     auto args = std::make_shared<RecipeArgs>();
     auto* cmd = app.add_subcommand("validate", "resolve every plugin and check every key; trains nothing");
     add_recipe_options(cmd, *args);
-    cmd->callback([args] {
+    auto strict = std::make_shared<bool>(false);
+    cmd->add_flag("--strict", *strict, "lint warnings are errors (exit 2)");
+    cmd->callback([args, strict] {
       auto recipe = core::Recipe::load(args->path, args->overrides);
       core::Registry registry(recipe.section("plugins").get_strings("search_paths"));
       validate_recipe(recipe, registry);
+      std::fflush(stdout);
+      core::report_lint(core::lint(core::lint_facts_without_data(recipe, registry)), *strict, recipe.path());
     });
   }
   {

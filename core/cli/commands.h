@@ -16,6 +16,8 @@ void add_recipe_commands(CLI::App& app);   // run, validate, plugins            
 void add_model_commands(CLI::App& app);    // init, export, quantize, generate, logprobs, merge (cmd_model.cpp)
 void add_data_commands(CLI::App& app);     // tokenize, preprocess, eval, verify            (cmd_data.cpp)
 void add_inspect_commands(CLI::App& app);  // inspect (GGUF files)                           (cmd_inspect.cpp)
+void add_plan_commands(CLI::App& app);     // plan (memory, steps, time, data fit; no training) (cmd_plan.cpp)
+void add_launch_commands(CLI::App& app);   // launch (data-parallel ranks on this machine)   (cmd_launch.cpp)
 
 // The positional recipe file and its --set overrides, shared by every
 // recipe-taking command (cmd_recipe.cpp).

@@ -56,6 +56,8 @@ int main(int argc, char** argv) {
   mftk::cli::add_model_commands(app);
   mftk::cli::add_data_commands(app);
   mftk::cli::add_inspect_commands(app);
+  mftk::cli::add_plan_commands(app);
+  mftk::cli::add_launch_commands(app);
 
   try {
     app.parse(argc, argv);

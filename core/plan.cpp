@@ -1,0 +1,627 @@
+// The pre-flight estimate (plan.h). The memory model counts what the code
+// keeps alive at the peak of a step, part by part; docs/plan.md derives each
+// term and compares the totals with measured peaks.
+#include "plan.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "batching.h"
+#include "dataset.h"
+#include "mftk/adapter.h"
+#include "mftk/error.h"
+#include "mftk/model.h"
+#include "mftk/optimizer.h"
+#include "mftk/packer.h"
+#include "mftk/quantizer.h"
+#include "mftk/tokenizer.h"
+#include "model_tools.h"
+#include "pipeline.h"
+#include "recipe.h"
+#include "registry.h"
+#include "run_log.h"
+#include "trainer.h"
+
+namespace mftk::core {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Constants of the code being modelled (each names where it comes from).
+
+constexpr int64_t kLossChunk = 1024;               // core/trainer.cpp kLossChunkTokens
+constexpr int64_t kWidenChunkBytes = 64ll << 20;   // core/linear_slot.cpp widen_chunk_rows
+constexpr int64_t kMaskCacheBytes = 64ll << 20;    // plugins/mistral AttentionPlan cache_bytes
+constexpr int64_t kCudaContextBytes = 600ll << 20; // CUDA context + cuBLAS workspace of a libtorch process
+constexpr int64_t kEightBitBlock = 256;            // paged_adamw_8bit block_size
+constexpr int64_t kEightBitMinElements = 4096;     // below this, 8-bit optimizers keep fp32 state
+
+// VmRSS of this process now.
+int64_t resident_bytes() {
+  long pages_total = 0, pages_resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages_total, &pages_resident) != 2) pages_resident = 0;
+    std::fclose(f);
+  }
+  return int64_t(pages_resident) * int64_t(sysconf(_SC_PAGESIZE));
+}
+
+int64_t physical_memory_bytes() { return int64_t(sysconf(_SC_PHYS_PAGES)) * int64_t(sysconf(_SC_PAGESIZE)); }
+
+bool listed(const std::vector<std::string>& names, const std::string& name) {
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+// The seven projections of a Mistral layer: (name, in, out).
+struct Projection {
+  const char* name;
+  int64_t in, out;
+};
+std::vector<Projection> projections(const ModelFacts& m) {
+  const int64_t H = m.hidden_size, Hkv = m.num_kv_heads * m.head_dim, I = m.intermediate_size;
+  const int64_t Hq = m.num_heads * m.head_dim;
+  return {{"q_proj", H, Hq},    {"k_proj", H, Hkv},  {"v_proj", H, Hkv},  {"o_proj", Hq, H},
+          {"gate_proj", H, I}, {"up_proj", H, I}, {"down_proj", I, H}};
+}
+
+// Sum over the attention's query blocks of (queries x keys the block sees):
+// blocks of `chunk` queries see keys [q0 - W + 1, q1) with a window W, else
+// [0, q1) (plugins/mistral/attention.cpp: the key range of a block).
+int64_t attention_pairs(int64_t T, int64_t chunk, std::optional<int64_t> window, int64_t* widest_block) {
+  int64_t pairs = 0, widest = 0;
+  for (int64_t q0 = 0; q0 < T; q0 += chunk) {
+    const int64_t q1 = std::min(T, q0 + chunk);
+    const int64_t k0 = window ? std::max<int64_t>(0, q0 - *window + 1) : 0;
+    pairs += (q1 - q0) * (q1 - k0);
+    widest = std::max(widest, (q1 - q0) * (q1 - k0));
+  }
+  if (widest_block) *widest_block = widest;
+  return pairs;
+}
+
+std::string gb(int64_t bytes) { return fmt::format("{:.2f} GB", double(bytes) / 1e9); }
+
+}  // namespace
+
+std::string format_bytes(int64_t bytes) {
+  if (std::llabs(bytes) >= 1'000'000'000) return gb(bytes);
+  return fmt::format("{:.1f} MB", double(bytes) / 1e6);
+}
+
+int64_t ModelFacts::layer_linear_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : projections(*this)) n += p.in * p.out;
+  return n;
+}
+
+int64_t ModelFacts::parameters() const {
+  const int64_t embed = vocab_size * hidden_size;
+  return num_layers * (layer_linear_parameters() + 2 * hidden_size) + hidden_size + embed +
+         (tie_word_embeddings ? 0 : embed);
+}
+
+ModelFacts read_model_facts(const Recipe& recipe, Registry& registry) {
+  const auto* ref = recipe.component("model");
+  if (!ref)
+    throw UsageError(fmt::format("{}: the recipe has no [model] table", recipe.path()),
+                     "add [model] with plugin = \"mistral\" and path = \"<checkpoint folder>\"");
+  ModelFacts f;
+  f.path = ref->config.get_string("path");
+  const auto config_path = fs::path(f.path) / "config.json";
+  if (!fs::exists(config_path))
+    throw UsageError(fmt::format("{}: [model] path: no config.json in '{}'", recipe.path(), f.path),
+                     "point model.path at a Hugging Face checkpoint folder (mftk plan reads only its config.json), "
+                     "or make a random one with `mftk init --preset ...`");
+  auto model = registry.create<Model>(Kind::model, ref->plugin, ref->config);
+  model->load_config(f.path);
+  const ModelShape& s = model->shape();
+  f.vocab_size = s.vocab_size;
+  f.hidden_size = s.hidden_size;
+  f.intermediate_size = s.intermediate_size;
+  f.num_layers = s.num_layers;
+  f.num_heads = s.num_heads;
+  f.num_kv_heads = s.num_kv_heads;
+  f.head_dim = s.head_dim;
+  f.sliding_window = s.sliding_window;
+  f.tie_word_embeddings = s.tie_word_embeddings;
+  // load_config leaves checkpoint_dtype to load(); config.json says it.
+  std::ifstream in(config_path);
+  const auto j = nlohmann::json::parse(in, nullptr, false);
+  if (!j.is_discarded()) {
+    const std::string dtype = j.value("torch_dtype", std::string("bfloat16"));
+    f.checkpoint_dtype = dtype;
+    f.checkpoint_dtype_bytes = dtype == "float32" ? 4 : 2;
+    f.stored_quantized = j.contains("quantization_config");
+  }
+  return f;
+}
+
+TrainingFacts training_facts(const Recipe& recipe) {
+  const auto& t = recipe.section("training");
+  TrainingFacts f;
+  f.sequence_len = t.get_int("sequence_len");
+  f.micro_batch_size = t.get_int("micro_batch_size");
+  f.gradient_accumulation_steps = t.get_int("gradient_accumulation_steps");
+  f.num_epochs = t.get_number("num_epochs");
+  f.max_steps = t.get_int("max_steps");
+  f.bf16 = t.get_bool("bf16");
+  f.gradient_checkpointing = t.get_bool("gradient_checkpointing");
+  // Component keys are the plugins' own; the estimate reads the ones of the
+  // shipped plugins (nf4, lora, the adamw family) and falls back to their
+  // defaults when a plugin does not declare them.
+  if (const auto* q = recipe.component("quantize")) {
+    f.quantizer = q->plugin;
+    if (q->config.has("double_quant")) f.double_quant = q->config.get_bool("double_quant");
+    if (q->config.has("blocksize")) f.quant_block = q->config.get_int("blocksize");
+    if (q->config.has("skip_modules")) f.quant_skip = q->config.get_strings("skip_modules");
+  }
+  if (const auto* a = recipe.component("adapter")) {
+    f.adapter = a->plugin;
+    if (a->config.has("r")) f.lora_r = a->config.get_int("r");
+    if (a->config.has("alpha")) f.lora_alpha = a->config.get_number("alpha");
+    if (a->config.has("dropout")) f.lora_dropout = a->config.get_number("dropout");
+    if (a->config.has("target_modules")) f.target_modules = a->config.get_strings("target_modules");
+    if (a->config.has("modules_to_save")) f.modules_to_save = a->config.get_strings("modules_to_save");
+  }
+  if (const auto* o = recipe.component("optimizer")) f.optimizer = o->plugin;
+  if (const auto* p = recipe.component("packer")) f.packer = p->plugin;
+  else f.packer = t.get_bool("sample_packing") ? "swa_packer" : "padding";
+  if (const auto* m = recipe.component("model"); m && m->config.has("attention_chunk"))
+    f.attention_chunk = m->config.get_int("attention_chunk");
+  return f;
+}
+
+// ---------------------------------------------------------------------------
+// The memory model.
+
+MemoryEstimate estimate_memory(const ModelFacts& m, const TrainingFacts& t, const DataPlan& data, PlanDevice device,
+                               int64_t runtime_bytes) {
+  MemoryEstimate e;
+  const bool cpu = device == PlanDevice::cpu;
+  const int64_t H = m.hidden_size, I = m.intermediate_size, V = m.vocab_size, L = m.num_layers;
+  const int64_t Hq = m.num_heads * m.head_dim, Hkv = m.num_kv_heads * m.head_dim;
+  const int64_t c = t.bf16 ? 2 : 4;  // compute dtype bytes
+  // Frozen weights: [training] bf16 loads them as bf16, else they keep the checkpoint's dtype.
+  const int64_t wd = t.bf16 ? 2 : m.checkpoint_dtype_bytes;
+  const bool quantized = !t.quantizer.empty() || m.stored_quantized;
+  const bool full_ft = t.adapter.empty();
+
+  // The micro-batch at the peak: rows are as long as the longest packed row.
+  const int64_t B = t.micro_batch_size;
+  const int64_t T = data.available && data.longest_row > 0 ? std::min(t.sequence_len, data.longest_row) : t.sequence_len;
+  const int64_t N = B * T;
+  e.batch_rows = B, e.batch_tokens = N;
+  const double supervised_share = data.available && data.real_tokens > 0
+                                      ? double(data.supervised_tokens) / double(data.total_tokens)
+                                      : 1.0;
+  const int64_t S = std::max<int64_t>(1, int64_t(std::ceil(double(N) * supervised_share)));
+
+  auto add = [&](std::string name, int64_t bytes, std::string detail) {
+    e.parts.push_back({std::move(name), bytes, std::move(detail)});
+    e.total += bytes;
+  };
+
+  // 0. The process itself.
+  if (cpu)
+    add("runtime", runtime_bytes, "libtorch, plugins, tokenizer: this process's resident set before any weight");
+  else
+    add("runtime", kCudaContextBytes, "CUDA context and cuBLAS workspace of a libtorch process (typical)");
+
+  // 1. Base weights.
+  const int64_t embed_rows = cpu && data.available && data.distinct_tokens > 0 ? std::min(V, data.distinct_tokens) : V;
+  int64_t base = 0;
+  std::string base_detail;
+  int64_t largest_slot = 0;
+  for (const auto& p : projections(m)) largest_slot = std::max(largest_slot, p.in * p.out);
+  if (full_ft) {
+    base = 0;
+    base_detail = "full fine-tuning: the weights are the trainable fp32 copies (below)";
+  } else if (quantized) {
+    auto nf4_bytes = [&](int64_t params) {
+      const int64_t blocks = (params + t.quant_block - 1) / t.quant_block;
+      // 4 bits per weight + one absmax per block: fp32, or with double
+      // quantisation one byte plus an fp32 absmax per 256 of them.
+      return params / 2 + (t.double_quant ? blocks + (blocks / 256 + 1) * 4 : blocks * 4);
+    };
+    const int64_t layers = L * nf4_bytes(m.layer_linear_parameters());
+    const bool head_dense = listed(t.quant_skip, "lm_head");
+    const int64_t head = m.tie_word_embeddings ? 0 : head_dense ? V * H * wd : nf4_bytes(V * H);
+    base = layers + head + embed_rows * H * wd + (2 * L + 1) * H * wd;
+    base_detail = fmt::format("NF4 (block {}{}) {} + lm_head {} {} + embeddings {} ({} of {} rows{})", t.quant_block,
+                              t.double_quant ? ", double quant" : "", format_bytes(layers),
+                              head_dense ? m.checkpoint_dtype : "NF4", format_bytes(head),
+                              format_bytes(embed_rows * H * wd), embed_rows, V,
+                              cpu && embed_rows < V ? ": mapped pages the data touches" : "");
+  } else {
+    base = L * m.layer_linear_parameters() * wd + (m.tie_word_embeddings ? 0 : V * H * wd) + embed_rows * H * wd +
+           (2 * L + 1) * H * wd;
+    base_detail = fmt::format("{} params in {}{}", m.parameters(), wd == 2 ? "bf16" : "fp32",
+                              cpu ? " (memory-mapped; embeddings: the rows the data touches)" : "");
+  }
+  add("base weights", base, base_detail);
+
+  // 2. Trainable parameters, their gradients, optimizer state.
+  int64_t trainable = 0, largest_trainable = 0;
+  int64_t lora_saved_per_token = 0;  // LoRA's own saved activations, per token per layer (elements)
+  if (full_ft) {
+    trainable = m.parameters();
+    largest_trainable = std::max(largest_slot, V * H);
+  } else {
+    for (const auto& p : projections(m)) {
+      if (!listed(t.target_modules, p.name)) continue;
+      trainable += L * t.lora_r * (p.in + p.out);
+      largest_trainable = std::max(largest_trainable, t.lora_r * std::max(p.in, p.out));
+      // x A^T is kept for B's gradient; with dropout its output and mask too.
+      lora_saved_per_token += t.lora_r + (t.lora_dropout > 0 ? 2 * p.in : 0);
+    }
+    for (const char* module : {"lm_head", "embed_tokens"})
+      if (listed(t.modules_to_save, module)) {
+        trainable += V * H;
+        largest_trainable = std::max(largest_trainable, V * H);
+      }
+  }
+  e.trainable_parameters = trainable;
+  add(full_ft ? "trainable weights" : "adapter", trainable * 4,
+      fmt::format("{} trainable parameters in fp32{}", trainable,
+                  full_ft ? "" : fmt::format(" ({} r {} on {})", t.adapter, t.lora_r, fmt::join(t.target_modules, ","))));
+  add("gradients", trainable * 4, "one fp32 gradient per trainable parameter");
+  int64_t opt = 0;
+  std::string opt_detail;
+  if (t.optimizer == "paged_adamw_8bit" || t.optimizer == "adamw_8bit") {
+    // Two uint8 moments plus one fp32 absmax per 256-element block each;
+    // the estimate treats every tensor as large enough for 8-bit state.
+    opt = trainable * 2 + 2 * 4 * ((trainable + kEightBitBlock - 1) / kEightBitBlock);
+    opt_detail = fmt::format("8-bit: 2 moments x 1 byte + absmax per {} (fp32 state would be {})", kEightBitBlock,
+                             format_bytes(trainable * 8));
+    (void)kEightBitMinElements;
+  } else if (t.optimizer == "sgd") {
+    opt = trainable * 4;
+    opt_detail = "one fp32 momentum buffer (0 without momentum)";
+  } else {
+    opt = trainable * 8;
+    opt_detail = fmt::format("fp32: 2 moments x 4 bytes (8-bit state would be {})", format_bytes(trainable * 2));
+  }
+  add("optimizer state", opt, fmt::format("{}: {}", t.optimizer, opt_detail));
+
+  // 3. Activations kept for backward. Per token and layer (elements):
+  // the layer input, each RMSNorm's normalised value and output (2 x 2H),
+  // q, k, v and the rotated q, k (2 Hq + 3 Hkv), the attention output and
+  // its contiguous copy for o_proj (2 Hq), the residual (H), and the MLP's
+  // gate, up, silu(gate) and their product (4 I).
+  const int64_t per_token = 6 * H + 4 * Hq + 3 * Hkv + 4 * I + lora_saved_per_token;
+  int64_t widest_block = 0;
+  const int64_t pairs = attention_pairs(T, t.attention_chunk, m.sliding_window, &widest_block);
+  // CPU attention keeps each block's softmax output (fp32; with bf16 compute
+  // its bf16 copy too); fused GPU attention keeps only a logsumexp per query.
+  const int64_t probs_layer = cpu ? B * m.num_heads * pairs * (t.bf16 ? 6 : 4) : B * m.num_heads * T * 4;
+  const int64_t layer_full = N * per_token * c + probs_layer;
+  const int64_t mask = cpu ? std::min(B * pairs, kMaskCacheBytes) : 0;
+  e.activations_without_checkpointing = L * layer_full + mask;
+  // Checkpointing keeps only each layer's input and recomputes one layer at a time in backward.
+  e.activations_with_checkpointing = L * N * H * c + layer_full + mask;
+  const int64_t act = t.gradient_checkpointing ? e.activations_with_checkpointing : e.activations_without_checkpointing;
+  add("activations", act,
+      fmt::format("{} x {} tokens, {} layers: {} with gradient checkpointing, {} without (now {})", B, T, L,
+                  format_bytes(e.activations_with_checkpointing), format_bytes(e.activations_without_checkpointing),
+                  t.gradient_checkpointing ? "on" : "off"));
+
+  // 4. Logits and cross-entropy: only supervised tokens, in chunks; each
+  // chunk's log-softmax (fp32) is kept for backward, and the last chunk's
+  // logits and gradient are live at once.
+  const int64_t chunk = std::min(S, kLossChunk);
+  const int64_t logits = S * V * 4 + 2 * chunk * V * 4;
+  add("logits / cross-entropy", logits,
+      fmt::format("{} supervised tokens x vocab {} (log-softmax kept) + a chunk of {} in flight", S, V, chunk));
+
+  // 5. What is live only for a moment but sets the peak: a dequantised (NF4)
+  // or widened (bf16 on a CPU without native bf16) weight, and backward's
+  // gradients of one layer (activation gradients and the attention block's
+  // probability gradients).
+  int64_t weight_tmp = 0;
+  std::string weight_detail;
+  if (!full_ft && quantized) {
+    weight_tmp = largest_slot * c;
+    weight_detail = "the largest NF4 weight dequantised for its matmul";
+  } else if (!full_ft && cpu && !t.bf16 && wd == 2) {
+    weight_tmp = std::min(kWidenChunkBytes, std::max(largest_slot, V * H) * 4);
+    weight_detail = "bf16 weight rows widened to fp32 (64 MiB chunks)";
+  }
+  const int64_t backward_tmp = 3 * N * std::max(H, I) * c + (cpu ? 2 * B * m.num_heads * widest_block * 4 : 0) +
+                               largest_trainable * 4;
+  add("transient", weight_tmp + backward_tmp,
+      fmt::format("{}{}backward working set of one layer {}", weight_detail,
+                  weight_detail.empty() ? "" : fmt::format(" {}, ", format_bytes(weight_tmp)), format_bytes(backward_tmp)));
+  return e;
+}
+
+// ---------------------------------------------------------------------------
+// Data and steps.
+
+namespace {
+
+DataPlan plan_data(const Recipe& recipe, Registry& registry, const ModelFacts& model, TrainingFacts& training) {
+  DataPlan d;
+  auto options = data_options_from_recipe(recipe);
+  for (const auto& spec : options.datasets) {
+    if (spec.type != DatasetType::completion) d.instruction_data = true;
+    if (!fs::exists(spec.path)) {
+      d.why_not = fmt::format("[{}] path: {} does not exist", spec.table, spec.path);
+      return d;
+    }
+  }
+  if (options.datasets.empty()) {
+    d.why_not = "the recipe has no [[datasets]]";
+    return d;
+  }
+  if (!fs::exists(fs::path(model.path) / "tokenizer.model")) {
+    d.why_not = fmt::format("no tokenizer.model in {}", model.path);
+    return d;
+  }
+  auto tokenizer = Tokenizer::load(model.path);
+  // Through the prepared-data cache: `mftk run` then finds the same data ready.
+  auto data = prepare_data(options, *tokenizer);
+  std::string packer_name;
+  auto packer = make_recipe_packer(recipe, registry, &packer_name);
+  training.packer = packer_name;
+  PackOptions po = pack_options_from_recipe(recipe);
+  po.sliding_window = model.sliding_window;
+  PackStats train_stats, eval_stats;
+  const auto rows = packer->pack(data.train, po, train_stats);
+  const auto eval_rows = packer->pack(data.eval, po, eval_stats);
+
+  d.available = true;
+  d.train_examples = int64_t(data.train.size());
+  d.eval_examples = int64_t(data.eval.size());
+  d.train_rows = int64_t(rows.size());
+  d.eval_rows = int64_t(eval_rows.size());
+  d.real_tokens = train_stats.real_tokens;
+  d.total_tokens = train_stats.total_tokens;
+  d.truncated = train_stats.truncated;
+  d.dropped = train_stats.dropped;
+  d.packing_efficiency = train_stats.efficiency();
+  std::vector<int64_t> lengths;
+  std::set<int32_t> distinct;
+  std::map<int64_t, int64_t> histogram;
+  for (const auto& ex : data.train) {
+    const int64_t n = int64_t(ex.ids.size());
+    lengths.push_back(n);
+    int64_t bound = 1;
+    while (bound < n) bound <<= 1;
+    ++histogram[bound];
+  }
+  for (const auto& split : {&data.train, &data.eval})
+    for (const auto& ex : *split) distinct.insert(ex.ids.begin(), ex.ids.end());
+  for (const auto& r : rows) {
+    d.longest_row = std::max<int64_t>(d.longest_row, int64_t(r.ids.size()));
+    for (int32_t target : r.targets) d.supervised_tokens += target != kIgnoreIndex;
+  }
+  d.distinct_tokens = int64_t(distinct.size());
+  d.supervised_fraction = d.real_tokens ? double(d.supervised_tokens) / double(d.real_tokens) : 0.0;
+  std::sort(lengths.begin(), lengths.end());
+  if (!lengths.empty()) d.longest_example = lengths.back(), d.median_example = lengths[lengths.size() / 2];
+  d.histogram.assign(histogram.begin(), histogram.end());
+  return d;
+}
+
+StepPlan plan_steps(const Recipe& recipe, const TrainingFacts& t, const DataPlan& d) {
+  StepPlan s;
+  const auto& schedule = recipe.section("schedule");
+  s.tokens_per_step = t.micro_batch_size * t.gradient_accumulation_steps * t.sequence_len;
+  if (!d.available) {
+    s.total_steps = t.max_steps > 0 ? t.max_steps : 0;
+  } else {
+    // The trainer's arithmetic (core/trainer.cpp: Trainer::Trainer).
+    s.micro_batches_per_epoch = (d.train_rows + t.micro_batch_size - 1) / t.micro_batch_size;
+    s.steps_per_epoch = (s.micro_batches_per_epoch + t.gradient_accumulation_steps - 1) / t.gradient_accumulation_steps;
+    const int64_t micro = std::max<int64_t>(1, int64_t(std::floor(t.num_epochs * double(s.micro_batches_per_epoch))));
+    s.total_steps = t.max_steps > 0 ? t.max_steps
+                                    : (micro + t.gradient_accumulation_steps - 1) / t.gradient_accumulation_steps;
+    const double rows_per_step = double(t.micro_batch_size * t.gradient_accumulation_steps);
+    s.real_tokens_per_step = d.train_rows ? int64_t(double(d.real_tokens) / double(d.train_rows) * rows_per_step) : 0;
+  }
+  const int64_t warmup = schedule.get_int("warmup_steps");
+  s.warmup_steps = warmup > 0 ? warmup : int64_t(std::ceil(schedule.get_number("warmup_ratio") * double(s.total_steps)));
+  return s;
+}
+
+}  // namespace
+
+Plan make_plan(const Recipe& recipe, Registry& registry, const PlanOptions& options) {
+  Plan p;
+  p.recipe_path = recipe.path();
+  p.device = options.device;
+  // Measured before any weight or data is touched: what the process costs by itself.
+  const int64_t runtime = resident_bytes();
+  p.model = read_model_facts(recipe, registry);
+  p.training = training_facts(recipe);
+  p.data = plan_data(recipe, registry, p.model, p.training);
+  p.steps = plan_steps(recipe, p.training, p.data);
+  p.memory = estimate_memory(p.model, p.training, p.data, p.device, runtime);
+  if (options.gpu_memory_gb > 0) {
+    p.device_memory = int64_t(options.gpu_memory_gb * double(1ll << 30));
+    p.device_memory_source = fmt::format("--gpu-memory {} GB", options.gpu_memory_gb);
+  } else if (options.device == PlanDevice::cuda) {
+    p.device_memory = 24ll << 30;
+    p.device_memory_source = "a 24 GB card (set --gpu-memory)";
+  } else {
+    p.device_memory = physical_memory_bytes();
+    p.device_memory_source = "this machine's RAM";
+  }
+  return p;
+}
+
+void measure_steps(const Recipe& recipe, Registry& registry, int64_t steps, Plan& plan) {
+  if (steps <= 0) return;
+  if (!plan.data.available)
+    throw UsageError(fmt::format("--measure needs the training data: {}", plan.data.why_not),
+                     "create the dataset files, or leave --measure out for the memory and step estimate only");
+  const auto& training = recipe.section("training");
+  auto lm = load_model(recipe, registry, training.get_bool("bf16"));
+  Model& model = *lm.model;
+  model.set_gradient_checkpointing(training.get_bool("gradient_checkpointing"));
+  std::unique_ptr<Adapter> adapter;
+  NamedTensors trainable;
+  if (const auto* a = recipe.component("adapter")) {
+    adapter = registry.create<Adapter>(Kind::adapter, a->plugin, a->config);
+    adapter->inject(model);
+    adapter->set_training(true);
+    trainable = adapter->trainable_parameters();
+  } else {
+    trainable = make_all_trainable(model);
+  }
+  const std::string opt_name = plan.training.optimizer;
+  auto optimizer = recipe.component("optimizer")
+                       ? registry.create<Optimizer>(Kind::optimizer, opt_name, recipe.component("optimizer")->config)
+                       : registry.create<Optimizer>(Kind::optimizer, opt_name,
+                                                    component_config(registry, Kind::optimizer, opt_name, "optimizer"));
+  optimizer->attach(trainable);
+  auto tokenizer = Tokenizer::load(plan.model.path);
+  auto data = prepare_data(recipe, *tokenizer);
+  auto packer = make_recipe_packer(recipe, registry);
+  PackOptions po = pack_options_from_recipe(recipe);
+  po.sliding_window = model.shape().sliding_window;
+  PackStats stats;
+  const auto rows = packer->pack(data.train, po, stats);
+  model.set_training(true);
+  const size_t B = size_t(plan.training.micro_batch_size);
+  const int64_t accumulation = plan.training.gradient_accumulation_steps;
+  std::vector<double> seconds;
+  int64_t tokens = 0;
+  size_t next = 0;
+  for (int64_t step = 0; step < steps; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t micro = 0; micro < accumulation; ++micro) {
+      const size_t count = std::min(B, rows.size() - next);
+      Batch batch = make_batch(rows.data() + next, count);
+      next = (next + count) % rows.size();
+      int64_t supervised = 0;
+      at::Tensor loss = supervised_loss_sum(model, batch, &supervised);
+      if (supervised > 0) (loss / double(supervised)).backward();
+      tokens += (batch.doc_ids >= 0).sum().item<int64_t>();
+    }
+    optimizer->step(1e-12);  // timed like a real update, changes nothing that is kept
+    for (auto& [name, t] : trainable)
+      if (t.grad().defined()) t.mutable_grad() = at::Tensor();
+    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  auto sorted = seconds;
+  std::sort(sorted.begin(), sorted.end());
+  TimeEstimate& te = plan.time;
+  te.measured_steps = steps;
+  te.seconds_per_step = sorted[sorted.size() / 2];
+  te.total_seconds = te.seconds_per_step * double(plan.steps.total_steps);
+  double sum = 0;
+  for (double s : seconds) sum += s;
+  te.tokens_per_s = sum > 0 ? double(tokens) / sum : 0;
+  te.measured_peak_rss = peak_rss_bytes();
+}
+
+// ---------------------------------------------------------------------------
+// Output.
+
+std::string format_plan(const Plan& p) {
+  const auto& m = p.model;
+  const auto& t = p.training;
+  std::string out;
+  out += fmt::format("plan for {} on {}\n", p.recipe_path, p.device == PlanDevice::cpu ? "cpu (this machine)" : "cuda");
+  out += fmt::format("  model: {} ({} layers, hidden {}, {} heads / {} kv, vocab {}, {} params, {}, sliding window {})\n",
+                     m.path, m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads, m.vocab_size, m.parameters(),
+                     m.checkpoint_dtype, m.sliding_window ? std::to_string(*m.sliding_window) : "none");
+  out += fmt::format("  training: micro batch {} x sequence {}, accumulation {}, {}, gradient checkpointing {}\n",
+                     t.micro_batch_size, t.sequence_len, t.gradient_accumulation_steps,
+                     t.bf16 ? "bf16 compute" : "fp32 compute", t.gradient_checkpointing ? "on" : "off");
+  out += "\nmemory (peak of one step)\n";
+  for (const auto& part : p.memory.parts)
+    out += fmt::format("  {:<24} {:>10}  {}\n", part.name, format_bytes(part.bytes), part.detail);
+  const double share = p.device_memory > 0 ? double(p.memory.total) / double(p.device_memory) : 0;
+  // Device sizes are binary (a "24 GB" card holds 24 GiB); parts are printed in 10^9 bytes.
+  out += fmt::format("  {:<24} {:>10}  {:.0f}% of {:.1f} GiB ({}){}\n", "total", format_bytes(p.memory.total),
+                     100 * share, double(p.device_memory) / double(1ll << 30), p.device_memory_source,
+                     share > 1 ? ": DOES NOT FIT" : share > 0.9 ? ": tight" : "");
+  out += "\nsteps\n";
+  const auto& s = p.steps;
+  out += fmt::format("  tokens per optimizer step: {} ({} rows x {}){}\n", s.tokens_per_step,
+                     t.micro_batch_size * t.gradient_accumulation_steps, t.sequence_len,
+                     s.real_tokens_per_step ? fmt::format(", of them ~{} document tokens", s.real_tokens_per_step) : "");
+  if (p.data.available)
+    out += fmt::format("  steps per epoch: {} ({} micro-batches), total steps: {}, warmup {}\n", s.steps_per_epoch,
+                       s.micro_batches_per_epoch, s.total_steps, s.warmup_steps);
+  else
+    out += fmt::format("  steps: unknown without the data{}\n",
+                       s.total_steps > 0 ? fmt::format(" (max_steps = {})", s.total_steps) : "");
+  if (p.time.measured_steps > 0)
+    out += fmt::format("  time: {:.2f} s per step (median of {} measured here), {:.0f} tokens/s -> {:.1f} min for {} steps; "
+                       "peak RSS while measuring {}\n",
+                       p.time.seconds_per_step, p.time.measured_steps, p.time.tokens_per_s, p.time.total_seconds / 60,
+                       s.total_steps, format_bytes(p.time.measured_peak_rss));
+  else
+    out += "  time: not measured (add --measure N to time N steps on this machine)\n";
+  out += "\ndata\n";
+  const auto& d = p.data;
+  if (!d.available) {
+    out += fmt::format("  not read: {} (memory assumes full rows)\n", d.why_not);
+  } else {
+    out += fmt::format("  {} train / {} eval examples -> {} / {} rows; packing efficiency {:.1f}% ({})\n",
+                       d.train_examples, d.eval_examples, d.train_rows, d.eval_rows, 100 * d.packing_efficiency,
+                       t.packer);
+    out += fmt::format("  lengths: median {}, longest {}; supervised {:.1f}% of tokens\n", d.median_example,
+                       d.longest_example, 100 * d.supervised_fraction);
+    const double n = std::max<int64_t>(1, d.train_examples);
+    out += fmt::format("  at sequence_len {}: {} truncated ({:.1f}%), {} dropped ({:.1f}%)\n", t.sequence_len,
+                       d.truncated, 100 * double(d.truncated) / n, d.dropped, 100 * double(d.dropped) / n);
+    int64_t most = 1;
+    for (const auto& [bound, count] : d.histogram) most = std::max(most, count);
+    for (const auto& [bound, count] : d.histogram)
+      out += fmt::format("  {:>7} - {:<7} {:>7}  {}\n", bound / 2 + 1, bound, count,
+                         std::string(size_t(std::ceil(40.0 * double(count) / double(most))), '#'));
+  }
+  return out;  // lint lines go to stderr (report_lint), like validate's and run's
+}
+
+nlohmann::json plan_json(const Plan& p) {
+  nlohmann::json parts = nlohmann::json::array();
+  for (const auto& part : p.memory.parts)
+    parts.push_back({{"name", part.name}, {"bytes", part.bytes}, {"detail", part.detail}});
+  nlohmann::json hist = nlohmann::json::array();
+  for (const auto& [bound, count] : p.data.histogram) hist.push_back({bound, count});
+  return {{"device", p.device == PlanDevice::cpu ? "cpu" : "cuda"},
+          {"device_memory", p.device_memory},
+          {"memory", {{"parts", parts},
+                      {"total", p.memory.total},
+                      {"activations_with_checkpointing", p.memory.activations_with_checkpointing},
+                      {"activations_without_checkpointing", p.memory.activations_without_checkpointing},
+                      {"trainable_parameters", p.memory.trainable_parameters}}},
+          {"steps", {{"tokens_per_step", p.steps.tokens_per_step},
+                     {"steps_per_epoch", p.steps.steps_per_epoch},
+                     {"total_steps", p.steps.total_steps},
+                     {"warmup_steps", p.steps.warmup_steps}}},
+          {"data", {{"available", p.data.available},
+                    {"train_examples", p.data.train_examples},
+                    {"eval_examples", p.data.eval_examples},
+                    {"packing_efficiency", p.data.packing_efficiency},
+                    {"truncated", p.data.truncated},
+                    {"dropped", p.data.dropped},
+                    {"histogram", hist}}},
+          {"time", {{"measured_steps", p.time.measured_steps},
+                    {"seconds_per_step", p.time.seconds_per_step},
+                    {"tokens_per_s", p.time.tokens_per_s},
+                    {"total_seconds", p.time.total_seconds}}},
+          {"lint", p.lint}};
+}
+
+}  // namespace mftk::core

@@ -1,0 +1,166 @@
+// `mftk plan`: what a recipe will cost before it runs. Memory by part, steps,
+// a time estimate from a few measured steps, and what the data looks like at
+// this sequence_len, all from the checkpoint's config.json (no weights) and
+// the tokenized data.
+//
+// defines: mftk::core::PlanDevice, mftk::core::PlanOptions, mftk::core::MemoryPart,
+//          mftk::core::MemoryEstimate, mftk::core::DataPlan, mftk::core::StepPlan,
+//          mftk::core::TimeEstimate, mftk::core::Plan, mftk::core::ModelFacts,
+//          mftk::core::TrainingFacts, mftk::core::read_model_facts, mftk::core::training_facts,
+//          mftk::core::estimate_memory, mftk::core::make_plan, mftk::core::measure_steps,
+//          mftk::core::format_plan, mftk::core::plan_json, mftk::core::format_bytes
+//
+// The memory model says what mftk itself allocates, part by part (see
+// docs/plan.md for the derivation and the check against measured peaks):
+//   cpu:  what this build does on this machine. Weights stay memory-mapped in
+//         their checkpoint dtype (pages count once touched: for the embedding
+//         table only the rows the data uses), NF4 slots are dequantised whole
+//         per matmul, bf16 weights are widened to fp32 in 64 MiB row chunks,
+//         attention is computed in query blocks of 512 and keeps each block's
+//         probabilities for backward, the loss takes logits of supervised
+//         tokens only, in chunks of 1024; plus the process's own footprint
+//         (libtorch, plugins, tokenizer), measured in this process.
+//   cuda: what a GPU run would hold: bf16 compute (when [training] bf16), no
+//         widening, fused attention (no T x T probabilities kept), a fixed
+//         CUDA context.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace mftk::core {
+
+class Recipe;
+class Registry;
+
+enum class PlanDevice { cpu, cuda };
+
+struct PlanOptions {
+  PlanDevice device = PlanDevice::cpu;
+  double gpu_memory_gb = 0;  // 0: cpu: this machine's RAM; cuda: 24
+  int64_t measure_steps = 0; // > 0: run that many optimizer steps to time them
+};
+
+// The shape facts the estimate needs, from config.json (and the recipe's
+// component tables).
+struct ModelFacts {
+  std::string path;
+  int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_layers = 0;
+  int64_t num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  std::optional<int64_t> sliding_window;
+  bool tie_word_embeddings = false;
+  int64_t checkpoint_dtype_bytes = 2;  // config.json torch_dtype
+  std::string checkpoint_dtype = "bfloat16";
+  bool stored_quantized = false;        // config.json has a quantization_config
+  int64_t parameters() const;           // every weight, lm_head counted once when tied
+  int64_t layer_linear_parameters() const;  // the seven projections of one layer
+};
+// Reads <model.path>/config.json through the recipe's model plugin
+// (load_config), plus the dtype and quantization_config keys.
+ModelFacts read_model_facts(const Recipe& recipe, Registry& registry);
+
+// The recipe keys the estimate reads, gathered in one place.
+struct TrainingFacts {
+  int64_t sequence_len = 0, micro_batch_size = 1, gradient_accumulation_steps = 1;
+  double num_epochs = 1;
+  int64_t max_steps = -1;
+  bool bf16 = false, gradient_checkpointing = false;
+  std::string quantizer;   // "" or the [quantize] plugin (nf4)
+  bool double_quant = false;
+  int64_t quant_block = 64;
+  std::vector<std::string> quant_skip = {"lm_head"};
+  std::string adapter;     // "" (full fine-tuning) or the [adapter] plugin
+  int64_t lora_r = 0;
+  double lora_alpha = 0, lora_dropout = 0;
+  std::vector<std::string> target_modules;
+  std::vector<std::string> modules_to_save;
+  std::string optimizer = "adamw";
+  std::string packer;      // the packer the run uses
+  int64_t attention_chunk = 512;
+};
+TrainingFacts training_facts(const Recipe& recipe);
+
+struct MemoryPart {
+  std::string name;    // "base weights", "adapter", ...
+  int64_t bytes = 0;
+  std::string detail;  // how it was counted, in words
+};
+
+struct MemoryEstimate {
+  std::vector<MemoryPart> parts;  // adding up to total
+  int64_t total = 0;
+  int64_t activations_with_checkpointing = 0;
+  int64_t activations_without_checkpointing = 0;
+  int64_t trainable_parameters = 0;
+  int64_t batch_rows = 0, batch_tokens = 0;  // the micro-batch the peak is computed for
+};
+
+struct DataPlan {
+  bool available = false;
+  std::string why_not;  // when not available: which file is missing
+  int64_t train_examples = 0, eval_examples = 0;
+  int64_t train_rows = 0, eval_rows = 0;
+  int64_t real_tokens = 0, total_tokens = 0, supervised_tokens = 0;
+  int64_t truncated = 0, dropped = 0;
+  double packing_efficiency = 0;           // real / total tokens of the emitted rows
+  int64_t longest_example = 0, median_example = 0, longest_row = 0;
+  int64_t distinct_tokens = 0;             // embedding rows the data touches
+  double supervised_fraction = 0;          // of the real tokens
+  bool instruction_data = false;           // some dataset is instruction or chat
+  std::vector<std::pair<int64_t, int64_t>> histogram;  // (upper bound 2^k, examples with length in (2^(k-1), 2^k])
+};
+
+struct StepPlan {
+  int64_t tokens_per_step = 0;             // rows per step x sequence_len (real tokens: see real_tokens_per_step)
+  int64_t real_tokens_per_step = 0;        // average document tokens per step
+  int64_t micro_batches_per_epoch = 0, steps_per_epoch = 0, total_steps = 0;
+  int64_t warmup_steps = 0;
+};
+
+struct TimeEstimate {
+  int64_t measured_steps = 0;   // 0: not measured
+  double seconds_per_step = 0;  // median of the measured steps
+  double total_seconds = 0;
+  double tokens_per_s = 0;
+  int64_t measured_peak_rss = 0;  // this process after the measured steps
+};
+
+struct Plan {
+  std::string recipe_path;
+  PlanDevice device = PlanDevice::cpu;
+  int64_t device_memory = 0;     // bytes the total is compared against
+  std::string device_memory_source;
+  ModelFacts model;
+  TrainingFacts training;
+  MemoryEstimate memory;
+  DataPlan data;
+  StepPlan steps;
+  TimeEstimate time;
+  std::vector<std::string> lint;  // filled by the caller (lint.h)
+};
+
+// The memory model alone (tests call it with hand-made facts). `runtime`:
+// the process's own footprint to add (cpu), `data` may be unavailable (then
+// rows are assumed full and every embedding row touched).
+MemoryEstimate estimate_memory(const ModelFacts& model, const TrainingFacts& training, const DataPlan& data,
+                               PlanDevice device, int64_t runtime_bytes);
+
+// Everything but the measured time: resolves the recipe's plugins (the
+// recipe must be resolved), reads config.json, tokenizes the data through
+// the prepared-data cache (the run reuses it) and packs it.
+Plan make_plan(const Recipe& recipe, Registry& registry, const PlanOptions& options);
+
+// Loads the weights and runs `steps` optimizer steps on the first rows
+// (nothing is saved), filling plan.time.
+void measure_steps(const Recipe& recipe, Registry& registry, int64_t steps, Plan& plan);
+
+std::string format_plan(const Plan& plan);
+nlohmann::json plan_json(const Plan& plan);
+std::string format_bytes(int64_t bytes);  // "5.34 GB" (10^9)
+
+}  // namespace mftk::core

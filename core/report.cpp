@@ -1,0 +1,146 @@
+// The HTML run report (report.h). Plain HTML and inline SVG only, so the
+// file opens anywhere, offline, and can be attached to an issue as is.
+#include "report.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include "fs_util.h"
+#include "plan.h"
+
+namespace mftk::core {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string html_escape(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+// One predicted-vs-measured row; a missing side prints as a dash.
+std::string compare_row(const std::string& what, const std::string& predicted, const std::string& measured,
+                        const std::string& note = {}) {
+  return fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n", html_escape(what),
+                     predicted.empty() ? "&ndash;" : html_escape(predicted),
+                     measured.empty() ? "&ndash;" : html_escape(measured), html_escape(note));
+}
+
+double number_or_nan(const nlohmann::json& j, const char* key) {
+  return j.contains(key) && j[key].is_number() ? j[key].get<double>() : NAN;
+}
+
+}  // namespace
+
+std::vector<CurveSeries> report_curves(const std::string& metrics_jsonl_path) {
+  std::vector<CurveSeries> curves = {{"train loss", "#1f77b4", {}, false},
+                                     {"eval loss", "#d62728", {}, false},
+                                     {"learning rate", "#2ca02c", {}, false},
+                                     {"tokens/s", "#9467bd", {}, false}};
+  std::ifstream in(metrics_jsonl_path);
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("step")) continue;
+    const double step = j["step"].get<double>();
+    // A window of skipped (non-finite) steps logs its loss as null: a gap, not a zero.
+    if (j.contains("loss")) curves[0].points.emplace_back(step, number_or_nan(j, "loss"));
+    if (j.contains("eval_loss")) curves[1].points.emplace_back(step, number_or_nan(j, "eval_loss"));
+    if (j.contains("lr")) curves[2].points.emplace_back(step, number_or_nan(j, "lr"));
+    if (j.contains("tokens_per_s")) curves[3].points.emplace_back(step, number_or_nan(j, "tokens_per_s"));
+  }
+  return curves;
+}
+
+std::string report_html(const ReportInputs& in, const std::vector<CurveSeries>& curves) {
+  std::string h;
+  h += "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n";
+  h += fmt::format("<title>{}</title>\n", html_escape(in.title));
+  h += "<style>body{font-family:sans-serif;margin:24px;max-width:1100px;color:#222}"
+       "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
+       "th{background:#f2f2f2}pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}"
+       "section.curve{display:inline-block;margin:0 12px 12px 0;vertical-align:top}</style>\n</head><body>\n";
+  h += fmt::format("<h1 id=\"title\">{}</h1>\n", html_escape(in.title));
+  const auto& s = in.summary;
+  h += fmt::format("<p>{} steps, final loss {}, {} in {:.1f} s</p>\n", s.value("steps", int64_t(0)),
+                   s.contains("final_loss") && s["final_loss"].is_number() ? fmt::format("{:.4f}", s["final_loss"].get<double>()) : "n/a",
+                   html_escape(s.value("output_dir", std::string())), s.value("seconds", 0.0));
+
+  // The curves, each its own chart: scales differ by orders of magnitude.
+  static const char* ids[] = {"curve-loss", "curve-eval-loss", "curve-lr", "curve-tokens"};
+  static const char* titles[] = {"Training loss", "Eval loss", "Learning rate", "Tokens per second"};
+  h += "<h2>Curves</h2>\n";
+  for (size_t i = 0; i < curves.size() && i < 4; ++i) {
+    h += fmt::format("<section class=\"curve\" id=\"{}\"><h3>{}</h3>\n", ids[i], titles[i]);
+    if (curves[i].points.empty()) h += "<p>(no points logged)</p>\n";
+    h += curves_svg(titles[i], {curves[i]});
+    h += "</section>\n";
+  }
+
+  h += "<h2 id=\"plan\">Predicted and measured</h2>\n<table>\n<tr><th>quantity</th><th>plan</th><th>run</th><th>note</th></tr>\n";
+  const Plan* p = in.plan;
+  const double peak = number_or_nan(s, "peak_rss_bytes");
+  std::string peak_note;
+  if (p && std::isfinite(peak) && p->memory.total > 0)
+    peak_note = fmt::format("run / plan = {:.2f}", peak / double(p->memory.total));
+  h += compare_row("peak memory", p ? format_bytes(p->memory.total) : "",
+                   std::isfinite(peak) ? format_bytes(int64_t(peak)) : "", peak_note);
+  if (p)
+    for (const auto& part : p->memory.parts) h += compare_row("  " + part.name, format_bytes(part.bytes), "", part.detail);
+  h += compare_row("optimizer steps", p && p->steps.total_steps ? std::to_string(p->steps.total_steps) : "",
+                   std::to_string(s.value("steps", int64_t(0))));
+  const double tps = number_or_nan(s, "tokens_per_s");
+  h += compare_row("tokens/s", p && p->time.measured_steps ? fmt::format("{:.0f}", p->time.tokens_per_s) : "",
+                   std::isfinite(tps) ? fmt::format("{:.0f}", tps) : "",
+                   p && p->time.measured_steps ? "" : "plan --measure N predicts this");
+  const double seconds = number_or_nan(s, "seconds");
+  h += compare_row("training time", p && p->time.measured_steps ? fmt::format("{:.1f} s", p->time.total_seconds) : "",
+                   std::isfinite(seconds) ? fmt::format("{:.1f} s", seconds) : "");
+  if (p && p->data.available)
+    h += compare_row("packing efficiency", fmt::format("{:.1f}%", 100 * p->data.packing_efficiency), "",
+                     fmt::format("{} truncated, {} dropped at sequence_len {}", p->data.truncated, p->data.dropped,
+                                 p->training.sequence_len));
+  const double eval = number_or_nan(s, "eval_loss");
+  if (std::isfinite(eval)) h += compare_row("eval loss", "", fmt::format("{:.4f}", eval));
+  h += "</table>\n";
+  if (p && !p->lint.empty()) {
+    h += "<h3>Lint</h3>\n<ul>\n";
+    for (const auto& l : p->lint) h += "<li>" + html_escape(l) + "</li>\n";
+    h += "</ul>\n";
+  }
+
+  h += "<h2 id=\"answers\">Validation answers</h2>\n";
+  if (in.answers.empty()) h += "<p>(no [validate] prompts in the recipe)</p>\n";
+  else {
+    h += "<table>\n<tr><th>prompt</th><th>answer</th></tr>\n";
+    for (const auto& a : in.answers)
+      h += fmt::format("<tr><td>{}</td><td>{}</td></tr>\n", html_escape(a.prompt), html_escape(a.answer));
+    h += "</table>\n";
+  }
+  h += fmt::format("<h2 id=\"recipe\">Recipe</h2>\n<p>{}</p>\n<pre>{}</pre>\n", html_escape(in.recipe_path),
+                   html_escape(in.recipe_text));
+  h += "</body></html>\n";
+  return h;
+}
+
+std::string write_report(const std::string& output_dir, const ReportInputs& inputs) {
+  const auto curves = report_curves((fs::path(output_dir) / "metrics.jsonl").string());
+  const std::string path = (fs::path(output_dir) / "report.html").string();
+  write_file_atomic(path, report_html(inputs, curves));
+  return path;
+}
+
+}  // namespace mftk::core
