@@ -10,6 +10,7 @@
 
 #include "fs_util.h"
 #include "plan.h"
+#include "run_log.h"
 
 namespace mftk::core {
 
@@ -17,27 +18,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string html_escape(const std::string& text) {
-  std::string out;
-  out.reserve(text.size());
-  for (char c : text) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
-
 // One predicted-vs-measured row; a missing side prints as a dash.
 std::string compare_row(const std::string& what, const std::string& predicted, const std::string& measured,
                         const std::string& note = {}) {
-  return fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n", html_escape(what),
-                     predicted.empty() ? "&ndash;" : html_escape(predicted),
-                     measured.empty() ? "&ndash;" : html_escape(measured), html_escape(note));
+  return fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n", xml_escape(what),
+                     predicted.empty() ? "&ndash;" : xml_escape(predicted),
+                     measured.empty() ? "&ndash;" : xml_escape(measured), xml_escape(note));
 }
 
 double number_or_nan(const nlohmann::json& j, const char* key) {
@@ -68,16 +54,16 @@ std::vector<CurveSeries> report_curves(const std::string& metrics_jsonl_path) {
 std::string report_html(const ReportInputs& in, const std::vector<CurveSeries>& curves) {
   std::string h;
   h += "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n";
-  h += fmt::format("<title>{}</title>\n", html_escape(in.title));
+  h += fmt::format("<title>{}</title>\n", xml_escape(in.title));
   h += "<style>body{font-family:sans-serif;margin:24px;max-width:1100px;color:#222}"
        "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
        "th{background:#f2f2f2}pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}"
        "section.curve{display:inline-block;margin:0 12px 12px 0;vertical-align:top}</style>\n</head><body>\n";
-  h += fmt::format("<h1 id=\"title\">{}</h1>\n", html_escape(in.title));
+  h += fmt::format("<h1 id=\"title\">{}</h1>\n", xml_escape(in.title));
   const auto& s = in.summary;
   h += fmt::format("<p>{} steps, final loss {}, {} in {:.1f} s</p>\n", s.value("steps", int64_t(0)),
                    s.contains("final_loss") && s["final_loss"].is_number() ? fmt::format("{:.4f}", s["final_loss"].get<double>()) : "n/a",
-                   html_escape(s.value("output_dir", std::string())), s.value("seconds", 0.0));
+                   xml_escape(s.value("output_dir", std::string())), s.value("seconds", 0.0));
 
   // The curves, each its own chart: scales differ by orders of magnitude.
   static const char* ids[] = {"curve-loss", "curve-eval-loss", "curve-lr", "curve-tokens"};
@@ -118,7 +104,7 @@ std::string report_html(const ReportInputs& in, const std::vector<CurveSeries>& 
   h += "</table>\n";
   if (p && !p->lint.empty()) {
     h += "<h3>Lint</h3>\n<ul>\n";
-    for (const auto& l : p->lint) h += "<li>" + html_escape(l) + "</li>\n";
+    for (const auto& l : p->lint) h += "<li>" + xml_escape(l) + "</li>\n";
     h += "</ul>\n";
   }
 
@@ -127,11 +113,11 @@ std::string report_html(const ReportInputs& in, const std::vector<CurveSeries>& 
   else {
     h += "<table>\n<tr><th>prompt</th><th>answer</th></tr>\n";
     for (const auto& a : in.answers)
-      h += fmt::format("<tr><td>{}</td><td>{}</td></tr>\n", html_escape(a.prompt), html_escape(a.answer));
+      h += fmt::format("<tr><td>{}</td><td>{}</td></tr>\n", xml_escape(a.prompt), xml_escape(a.answer));
     h += "</table>\n";
   }
-  h += fmt::format("<h2 id=\"recipe\">Recipe</h2>\n<p>{}</p>\n<pre>{}</pre>\n", html_escape(in.recipe_path),
-                   html_escape(in.recipe_text));
+  h += fmt::format("<h2 id=\"recipe\">Recipe</h2>\n<p>{}</p>\n<pre>{}</pre>\n", xml_escape(in.recipe_path),
+                   xml_escape(in.recipe_text));
   h += "</body></html>\n";
   return h;
 }

@@ -57,9 +57,7 @@ void ProgressBar::finish() {
   drawn_ = false;
 }
 
-namespace {
-
-// Text placed in the SVG (titles, series names) must not break the XML.
+// Text placed in SVG or HTML (titles, series names, recipes) must not break the markup.
 std::string xml_escape(const std::string& text) {
   std::string out;
   for (char c : text) {
@@ -73,8 +71,6 @@ std::string xml_escape(const std::string& text) {
   }
   return out;
 }
-
-}  // namespace
 
 std::string curves_svg(const std::string& title, const std::vector<CurveSeries>& series) {
   const double W = 720, H = 360, L = 64, R = 64, T = 40, B = 44;

@@ -2,7 +2,8 @@
 // loss / learning-rate picture at the end.
 //
 // defines: mftk::core::MetricsWriter, mftk::core::ProgressBar,
-//          mftk::core::CurveSeries, mftk::core::write_curves_svg, mftk::core::peak_rss_bytes
+//          mftk::core::CurveSeries, mftk::core::write_curves_svg, mftk::core::xml_escape,
+//          mftk::core::peak_rss_bytes
 #pragma once
 
 #include <chrono>
@@ -57,6 +58,8 @@ struct CurveSeries {
 // A self-contained SVG line chart (no external fonts or scripts).
 void write_curves_svg(const std::string& path, const std::string& title, const std::vector<CurveSeries>& series);
 std::string curves_svg(const std::string& title, const std::vector<CurveSeries>& series);
+// &, <, > and " as entities: for text placed in SVG or HTML.
+std::string xml_escape(const std::string& text);
 
 // Peak resident set size of this process (getrusage).
 int64_t peak_rss_bytes();

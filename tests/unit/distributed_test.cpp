@@ -24,6 +24,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include "child_process.h"
 #include "distributed.h"
 #include "fs_util.h"
 #include "mftk/error.h"
@@ -40,6 +41,8 @@ using mftk::core::Distributed;
 using mftk::core::DistributedEnv;
 
 const std::string kMftk = MFTK_BINARY_DIR "/bin/mftk";
+using mftk::child_process::exit_code;
+using mftk::child_process::wait_status;
 
 // A loopback port nobody holds now (so tests can run side by side).
 int free_port() {
@@ -280,49 +283,10 @@ distributed_timeout_s = 20
                      fmt::arg("base", tt::tiny_checkpoint(1)), fmt::arg("dir", dir));
 }
 
-// Starts `mftk <args>` with `env` added to this environment, output appended to `log`.
 pid_t spawn_mftk(const std::vector<std::string>& args, const std::string& log,
                  const std::map<std::string, std::string>& env = {}) {
-  std::vector<std::string> all = {kMftk};
-  all.insert(all.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : all) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<std::string> vars;
-  for (char** e = environ; *e; ++e) {
-    const std::string kv = *e;
-    if (!env.count(kv.substr(0, kv.find('=')))) vars.push_back(kv);
-  }
-  for (const auto& [k, v] : env) vars.push_back(k + "=" + v);
-  std::vector<char*> envp;
-  for (auto& v : vars) envp.push_back(v.data());
-  envp.push_back(nullptr);
-  const pid_t pid = fork();
-  if (pid == 0) {  // only async-signal-safe calls until exec
-    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd >= 0) dup2(fd, 1), dup2(fd, 2);
-    execve(argv[0], argv.data(), envp.data());
-    _exit(127);
-  }
-  return pid;
+  return mftk::child_process::spawn(kMftk, args, log, {env});
 }
-
-// waitpid with a deadline; kills the child and reports -1 when it is exceeded.
-int wait_status(pid_t pid, std::chrono::milliseconds limit) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  int status = 0;
-  while (waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(5ms);
-  }
-  return status;
-}
-
-int exit_code(int status) { return status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
 
 std::string text_of(const std::string& path) {
   std::ifstream in(path);

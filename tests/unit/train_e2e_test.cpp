@@ -22,6 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "child_process.h"
 #include "fs_util.h"
 #include "mftk/safetensors.h"
 #include "train_test_support.h"
@@ -35,6 +36,8 @@ using json = nlohmann::json;
 using namespace std::chrono_literals;
 
 const std::string kMftk = MFTK_BINARY_DIR "/bin/mftk";
+using mftk::child_process::exit_code;
+using mftk::child_process::wait_status;
 
 // Questions with one-word answers; the eval file asks some of them again.
 void write_data(const std::string& dir) {
@@ -105,52 +108,17 @@ max_new_tokens = 3
                      fmt::arg("save_steps", save_steps));
 }
 
-// Starts `mftk <args>` with stdout and stderr appended to `log`. A finite
-// file_size_limit (RLIMIT_FSIZE, with SIGXFSZ ignored so a write past it
-// fails with EFBIG instead of killing the process) stands in for a full disk
-// where no small filesystem can be mounted.
 pid_t spawn_mftk(const std::vector<std::string>& args, const std::string& log,
                  rlim_t file_size_limit = RLIM_INFINITY) {
-  std::vector<std::string> all = {kMftk};
-  all.insert(all.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : all) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const pid_t pid = fork();
-  if (pid == 0) {  // only async-signal-safe calls until exec
-    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd >= 0) dup2(fd, 1), dup2(fd, 2);
-    if (file_size_limit != RLIM_INFINITY) {
-      signal(SIGXFSZ, SIG_IGN);  // SIG_IGN survives exec
-      const rlimit limit{file_size_limit, file_size_limit};
-      setrlimit(RLIMIT_FSIZE, &limit);
-    }
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-// waitpid with a deadline; kills the child and reports -1 when it is exceeded.
-int wait_status(pid_t pid, std::chrono::seconds limit) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  int status = 0;
-  while (waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(5ms);
-  }
-  return status;
+  mftk::child_process::SpawnOptions options;
+  options.file_size_limit = file_size_limit;
+  return mftk::child_process::spawn(kMftk, args, log, options);
 }
 
 // The limit only catches a hung run; a loaded CI machine (ctest -j) can
 // make a healthy one several times slower than alone.
 int run_mftk(const std::vector<std::string>& args, const std::string& log, std::chrono::seconds limit = 120s) {
-  const int status = wait_status(spawn_mftk(args, log), limit);
-  return status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return exit_code(wait_status(spawn_mftk(args, log), limit));
 }
 
 std::string text_of(const std::string& path) {
@@ -380,7 +348,6 @@ TEST(QloraE2E, QuickstartQloraFromAQuantisedFolderTracksBf16LoraAndMerges) {
 namespace {
 
 // Exit code of a run, or -1 when it did not exit normally in time.
-int exit_code(int status) { return status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
 
 // The adapter a finished run saved, tensor by tensor.
 std::map<std::string, at::Tensor> adapter_tensors(const std::string& run_dir) {
