@@ -184,7 +184,9 @@ class RowReader {
     json row;
     try {
       row = json::parse(line);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
+      // parse_error, and out_of_range for a number too large for a double
+      // (found by fuzz_jsonl_chat): both mean the line is not usable JSON.
       throw BadRow{kMalformedJson, fmt::format("malformed JSON: {}", strip_json_prefix(e.what())),
                    "each line must be one complete JSON object (JSON Lines)"};
     }

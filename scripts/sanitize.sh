@@ -7,7 +7,7 @@
 #   scripts/sanitize.sh            the default subset (parsers, data, recipe,
 #                                  checkpoints, fault tests; well under 20
 #                                  minutes on 2 cores once built)
-#   scripts/sanitize.sh all        the whole suite
+#   scripts/sanitize.sh all        the whole suite (but the RSS-measuring plan tests)
 #   scripts/sanitize.sh 'Gtest.Filter*'
 #
 # Environment: JOBS (build jobs, default 2).
@@ -26,7 +26,9 @@ DEFAULT_FILTER+=':Tokenizer*.*:PluginRegistry*.*:Lora*.*Config*:Lora*.*Load*:Mis
 DEFAULT_FILTER+=':Trainer.Resume*:TrainE2E.*'
 case "${1:-}" in
   "") FILTER=$DEFAULT_FILTER ;;
-  all) FILTER='*' ;;
+  # The measured-peak tests compare the plan with real RSS, which ASan's
+  # shadow memory and redzones inflate: they say nothing under ASan.
+  all) FILTER='*:-PlanMeasuredPeak.*' ;;
   *) FILTER=$1 ;;
 esac
 

@@ -408,6 +408,23 @@ TEST_F(Dataset, SkippedRowsAreCountedPerReasonAndReported) {
       << lines.at(0);
 }
 
+// Found by fuzz_jsonl_chat: a number too large for a double made the JSON
+// parser throw out_of_range, which escaped as a bare library error with no
+// file or line. It is a malformed row like any other.
+TEST_F(Dataset, ANumberTooLargeForADoubleIsAMalformedRow) {
+  const fs::path file = dir_.path() / "overflow.jsonl";
+  write_file(file,
+             "{\"instruction\": \"Hi\", \"output\": \"Yo\"}\n"
+             "{\"instruction\": \"Hi\", \"output\": \"Yo\", \"weight\": 1e400}\n");
+  std::string msg = error_of([&] { prepare(make_recipe(dataset_table(file, "instruction"), data_toml()), *v1_); });
+  EXPECT_NE(msg.find(file.string() + ":2: malformed JSON: number overflow"), std::string::npos) << msg;
+  LogCapture log;
+  PreparedData data =
+      prepare(make_recipe(dataset_table(file, "instruction"), data_toml("skip_bad_rows = true")), *v1_);
+  EXPECT_EQ(data.train.size(), 1u);
+  EXPECT_EQ(data.stats.files.at(0).skipped, (std::map<std::string, int64_t>{{"malformed JSON", 1}}));
+}
+
 TEST_F(Dataset, EmptyOrAllBadFilesAreErrors) {
   const fs::path empty = dir_.path() / "empty.jsonl";
   write_file(empty, "");
