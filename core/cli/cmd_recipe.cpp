@@ -13,6 +13,7 @@
 #include "mftk/optimizer.h"
 #include "mftk/packer.h"
 #include "mftk/quantizer.h"
+#include "distributed.h"
 #include "lint.h"
 #include "pipeline.h"
 #include "plan.h"
@@ -78,18 +79,22 @@ void add_recipe_commands(CLI::App& app) {
       // its data pass fills the prepared-data cache the run then reads.
       // A plan that cannot be made (a component it has no model of, say) must
       // not stop a run that would work: the report then has no predictions.
+      // Only rank 0 writes the report: other ranks of a data-parallel run
+      // skip the plan's data pass and leave the lint to rank 0.
       std::shared_ptr<core::Plan> plan;
-      try {
-        plan = std::make_shared<core::Plan>(core::make_plan(recipe, registry, {}));
-      } catch (const UsageError&) {
-        throw;  // bad data or recipe: the run would fail the same way
-      } catch (const std::exception& e) {
-        spdlog::warn("plan: no estimate for this recipe ({}); training goes on without predictions", e.what());
+      if (core::DistributedEnv::from_env().rank == 0) {
+        try {
+          plan = std::make_shared<core::Plan>(core::make_plan(recipe, registry, {}));
+        } catch (const UsageError&) {
+          throw;  // bad data or recipe: the run would fail the same way
+        } catch (const std::exception& e) {
+          spdlog::warn("plan: no estimate for this recipe ({}); training goes on without predictions", e.what());
+        }
+        const auto warnings = core::lint(core::lint_facts(recipe, plan.get()));
+        if (plan)
+          for (const auto& w : warnings) plan->lint.push_back(w.line());
+        core::report_lint(warnings, *strict, recipe.path());
       }
-      const auto warnings = core::lint(core::lint_facts(recipe, plan.get()));
-      if (plan)
-        for (const auto& w : warnings) plan->lint.push_back(w.line());
-      core::report_lint(warnings, *strict, recipe.path());
       const int code = core::run_pipeline(recipe, registry, plan.get());
       if (code != 0) std::exit(code);
     });
