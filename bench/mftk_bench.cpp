@@ -27,6 +27,12 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#if __has_include(<torch/csrc/autograd/profiler_legacy.h>)
+#include <torch/csrc/autograd/profiler_legacy.h>
+#define MFTK_BENCH_HAS_LEGACY_PROFILER 1
+#else
+#define MFTK_BENCH_HAS_LEGACY_PROFILER 0
+#endif
 
 #include "batching.h"
 #include "bench_util.h"
@@ -236,24 +242,54 @@ struct Timing {
   double median_s() const { return median(seconds); }
 };
 
-// Runs `warmup` + `steps` calls of fn; the peak RSS is this phase's own
-// (earlier phases' freed pages are released first).
+// Runs max(warmup, 1) untimed calls of fn; the peak RSS is this phase's own
+// (earlier phases' freed pages are released first). The first call's value
+// is the loss before any update.
 template <class Fn>
-Timing run_phase(const char* label, int warmup, int steps, Fn&& fn) {
+Timing warm_up(const char* label, int warmup, Fn&& fn) {
   release_free_memory();
   reset_peak_rss();
   Timing t;
-  for (int i = 0; i < warmup + steps; ++i) {
+  for (int i = 0; i < std::max(warmup, 1); ++i) {
     const auto t0 = Clock::now();
     const double v = fn();
-    const double s = seconds_since(t0);
     if (i == 0) t.first_value = v;
-    if (i >= warmup) t.seconds.push_back(s);
-    std::fprintf(stderr, "  %s %s %d: %.1f ms (value %.5f)\n", label, i < warmup ? "warmup" : "step",
-                 i < warmup ? i + 1 : i - warmup + 1, 1e3 * s, v);
+    std::fprintf(stderr, "  %s warmup %d: %.1f ms (value %.5f)\n", label, i + 1, 1e3 * seconds_since(t0), v);
   }
   t.peak_rss = read_memory_status().peak_rss;
   return t;
+}
+
+// Times `steps` calls of each side, alternating which goes first. This
+// machine's speed drifts by 20-30% over tens of seconds (other tenants of the
+// host), so timing one side after the other would measure the drift.
+template <class PeerFn, class MftkFn>
+void time_interleaved(int steps, Timing& peer, PeerFn&& peer_fn, Timing& mftk, MftkFn&& mftk_fn) {
+  auto timed = [](const char* label, int i, Timing& t, auto& fn) {
+    const auto t0 = Clock::now();
+    const double v = fn();
+    const double s = seconds_since(t0);
+    t.seconds.push_back(s);
+    std::fprintf(stderr, "  %s step %d: %.1f ms (value %.5f)\n", label, i + 1, 1e3 * s, v);
+  };
+  for (int i = 0; i < steps; ++i) {
+    if (i % 2 == 0) {
+      timed("peer", i, peer, peer_fn);
+      timed("mftk", i, mftk, mftk_fn);
+    } else {
+      timed("mftk", i, mftk, mftk_fn);
+      timed("peer", i, peer, peer_fn);
+    }
+  }
+}
+
+// peer time / mftk time of each interleaved pair: "lo..hi, median m".
+std::string pair_ratio_summary(const Timing& peer, const Timing& mftk) {
+  std::vector<double> r;
+  for (size_t i = 0; i < mftk.seconds.size() && i < peer.seconds.size(); ++i) r.push_back(peer.seconds[i] / mftk.seconds[i]);
+  if (r.empty()) return "no pairs";
+  return fmt::format("{:.2f}..{:.2f}, median {:.2f}", *std::min_element(r.begin(), r.end()),
+                     *std::max_element(r.begin(), r.end()), median(r));
 }
 
 double relative_difference(double a, double b) { return std::abs(a - b) / std::max(1e-12, std::abs(b)); }
@@ -266,7 +302,60 @@ struct TrainArgs {
   int64_t seq = 0, batch = 0;
   int warmup = 2, steps = 5;
   double response_fraction = 1.0;  // supervised share of each row (the rest is prompt)
+  std::string profile;              // profile one more step of each side (PREFIX-{peer,mftk}.txt)
 };
+
+// One more step under libtorch's profiler: self time per (op, input shapes),
+// printed (top 25) and written in full to PREFIX-<side>.txt. Self time is an
+// op's time less the ops it called, so the column adds up to the step.
+template <class Fn>
+void profile_step(const std::string& prefix, const char* side, Fn&& fn) {
+  if (prefix.empty()) return;
+#if MFTK_BENCH_HAS_LEGACY_PROFILER
+  namespace prof = torch::autograd::profiler;
+  prof::enableProfilerLegacy(torch::profiler::impl::ProfilerConfig(torch::profiler::impl::ProfilerState::CPU,
+                                                                   /*report_input_shapes=*/true));
+  const auto t0 = Clock::now();
+  fn();
+  const double step_ms = 1e3 * seconds_since(t0);
+  const prof::thread_event_lists lists = prof::disableProfilerLegacy();
+  struct Total { double self_us = 0; int64_t calls = 0; };
+  std::map<std::string, Total> totals;
+  for (const auto& events : lists) {
+    struct Open { const prof::LegacyEvent* push; double child_us; };
+    std::vector<Open> stack;
+    for (const auto& e : events) {
+      if (e.kind() == prof::EventKind::PushRange) {
+        stack.push_back({&e, 0.0});
+      } else if (e.kind() == prof::EventKind::PopRange && !stack.empty()) {
+        const Open open = stack.back();
+        stack.pop_back();
+        const double us = open.push->cpuElapsedUs(e);
+        std::string key = open.push->name();
+        for (const auto& shape : open.push->shapes())
+          if (!shape.empty()) key += fmt::format(" [{}]", fmt::join(shape, ","));
+        totals[key].self_us += us - open.child_us;
+        ++totals[key].calls;
+        if (!stack.empty()) stack.back().child_us += us;
+      }
+    }
+  }
+  std::vector<std::pair<std::string, Total>> rows(totals.begin(), totals.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.self_us > b.second.self_us; });
+  const std::string file = prefix + "-" + side + ".txt";
+  std::ofstream out(file);
+  out << fmt::format("{} step {:.1f} ms (profiled)\n{:>10} {:>6}  op [input shapes]\n", side, step_ms, "self ms", "calls");
+  std::fprintf(stderr, "  %s: profiled step %.1f ms; top ops by self time (all in %s):\n", side, step_ms, file.c_str());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const std::string line = fmt::format("{:10.2f} {:6d}  {}", rows[i].second.self_us / 1e3, rows[i].second.calls, rows[i].first);
+    out << line << "\n";
+    if (i < 25) std::fprintf(stderr, "    %s\n", line.c_str());
+  }
+#else
+  (void)fn;
+  throw UsageError(fmt::format("--profile {}: this libtorch has no legacy profiler header", prefix + "-" + side));
+#endif
+}
 
 void cmd_train(const CommonOptions& common, const TrainArgs& a) {
   if (a.mode != "lora" && a.mode != "full") throw UsageError("--mode must be lora or full");
@@ -308,6 +397,7 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
   po.max_grad_norm = kMaxGradNorm;
   Timing peer_t;
   int64_t peer_trainable = 0;
+  std::unique_ptr<PeerModel> peer;
   {
     PeerWeights pw = peer_weights_from(model, /*fp32_copies=*/!lora);
     if (lora) {
@@ -318,18 +408,23 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
       trainable = adapter->trainable_parameters();
       copy_lora_into(model, pw);
     }
-    PeerModel peer(peer_shape(shape), std::move(pw), po);
-    peer_trainable = peer.trainable_count();
-    peer_t = run_phase("peer", a.warmup, a.steps, [&] { return peer.train_step(ids, prompt_tokens); });
+    peer = std::make_unique<PeerModel>(peer_shape(shape), std::move(pw), po);
+    peer_trainable = peer->trainable_count();
   }
+  auto peer_step = [&] { return peer->train_step(ids, prompt_tokens); };
+  peer_t = warm_up("peer", a.warmup, peer_step);
   if (!lora) trainable = core::make_all_trainable(model);
   const auto* oref = engine.recipe->component("optimizer");
   auto optimizer = engine.registry.create<Optimizer>(Kind::optimizer, oref->plugin, oref->config);
   optimizer->attach(trainable);
   model.set_training(true);
-  Timing mftk_t = run_phase("mftk", a.warmup, a.steps, [&] {
-    return mftk_train_step(model, *optimizer, trainable, mb, kLr, kMaxGradNorm);
-  });
+  auto mftk_step = [&] { return mftk_train_step(model, *optimizer, trainable, mb, kLr, kMaxGradNorm); };
+  // mftk's peak RSS includes the peer's small persistent state (its LoRA
+  // weights and optimizer moments; the frozen weights are shared).
+  Timing mftk_t = warm_up("mftk", a.warmup, mftk_step);
+  time_interleaved(a.steps, peer_t, peer_step, mftk_t, mftk_step);
+  profile_step(a.profile, "peer", peer_step);
+  profile_step(a.profile, "mftk", mftk_step);
 
   int64_t mftk_trainable = 0;
   for (const auto& [n, t] : trainable) mftk_trainable += t.numel();
@@ -376,6 +471,7 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
   std::string note = fmt::format("median step {:.0f} ms vs peer {:.0f} ms; {:.1f} GFLOP/step; first loss {:.5f} vs {:.5f}",
                                  1e3 * mftk_t.median_s(), 1e3 * peer_t.median_s(), flops / 1e9, mftk_t.first_value,
                                  peer_t.first_value);
+  note += "; peer/mftk time of each step pair " + pair_ratio_summary(peer_t, mftk_t);
   if (loss_diff > tolerance || mftk_trainable != peer_trainable)
     note += fmt::format(" -- MISMATCH (loss rel. diff {:.2e}, trainable {} vs {}): not the same workload",
                         loss_diff, mftk_trainable, peer_trainable);
@@ -412,18 +508,18 @@ void cmd_forward(const CommonOptions& common, const TrainArgs& a) {
   at::Tensor peer_logits, mftk_logits;
   Timing peer_t;
   // A forward-only peer: the same code path with LoRA off.
-  {
-    PeerWeights pw = peer_weights_from(model, false);
-    PeerModel peer(peer_shape(shape), std::move(pw), po);
-    peer_t = run_phase("peer", a.warmup, a.steps, [&] {
-      peer_logits = peer.logits(ids);
-      return peer_logits.sum().item<double>() / double(peer_logits.numel());
-    });
-  }
-  Timing mftk_t = run_phase("mftk", a.warmup, a.steps, [&] {
+  PeerModel peer(peer_shape(shape), peer_weights_from(model, false), po);
+  auto peer_forward = [&] {
+    peer_logits = peer.logits(ids);
+    return peer_logits.sum().item<double>() / double(peer_logits.numel());
+  };
+  auto mftk_forward = [&] {
     mftk_logits = model.logits(model.forward(mb)).to(at::kFloat);
     return mftk_logits.sum().item<double>() / double(mftk_logits.numel());
-  });
+  };
+  peer_t = warm_up("peer", a.warmup, peer_forward);
+  Timing mftk_t = warm_up("mftk", a.warmup, mftk_forward);
+  time_interleaved(a.steps, peer_t, peer_forward, mftk_t, mftk_forward);
   const double max_diff = (mftk_logits - peer_logits).abs().max().item<double>();
   const double scale = peer_logits.abs().max().item<double>();
 
@@ -1029,6 +1125,8 @@ int main(int argc, char** argv) {
   train->add_option("--response-fraction", train_args.response_fraction,
                     "supervised share of each row, the rest a masked prompt (default 1: every token)")
       ->check(CLI::Range(0.01, 1.0));
+  train->add_option("--profile", train_args.profile,
+                    "after timing, profile one step of each side: top ops printed, all in PREFIX-peer.txt and PREFIX-mftk.txt");
   auto* forward = app.add_subcommand("forward", "forward (no grad) tokens/s and peak RSS vs the peer");
   add_shape(forward, forward_args);
   auto* load = app.add_subcommand("load", "peak RSS and time of loading a bf16 checkpoint vs reading it all");
