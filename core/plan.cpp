@@ -320,13 +320,21 @@ MemoryEstimate estimate_memory(const ModelFacts& m, const TrainingFacts& t, cons
                   format_bytes(e.activations_with_checkpointing), format_bytes(e.activations_without_checkpointing),
                   t.gradient_checkpointing ? "on" : "off"));
 
-  // 4. Logits and cross-entropy: only supervised tokens, in chunks; each
-  // chunk's log-softmax (fp32) is kept for backward, and the last chunk's
-  // logits and gradient are live at once.
+  // 4. Logits and cross-entropy: only supervised tokens, in chunks
+  // (core/linear_cross_entropy.cpp). A frozen head's gradient is taken chunk
+  // by chunk in the forward pass: a chunk's logits and log-softmax are live,
+  // and [S, H] of hidden-state gradient is kept. A trainable head (full
+  // fine-tuning, modules_to_save) keeps every chunk's log-softmax for backward.
+  const bool head_trainable = full_ft || listed(t.modules_to_save, "lm_head") ||
+                              (listed(t.modules_to_save, "embed_tokens") && m.tie_word_embeddings) ||
+                              listed(t.target_modules, "lm_head");
   const int64_t chunk = std::min(S, kLossChunk);
-  const int64_t logits = S * V * 4 + 2 * chunk * V * 4;
+  const int64_t logits = head_trainable ? S * V * 4 + 2 * chunk * V * 4 : 2 * chunk * V * 4 + S * H * c;
   add("logits / cross-entropy", logits,
-      fmt::format("{} supervised tokens x vocab {} (log-softmax kept) + a chunk of {} in flight", S, V, chunk));
+      head_trainable
+          ? fmt::format("{} supervised tokens x vocab {} (log-softmax kept) + a chunk of {} in flight", S, V, chunk)
+          : fmt::format("frozen head: a chunk of {} x vocab {} in flight, its gradient taken at once; {} x hidden kept",
+                        chunk, V, S));
 
   // 5. What is live only for a moment but sets the peak: a dequantised (NF4)
   // or widened (bf16 on a CPU without native bf16) weight, and backward's

@@ -25,6 +25,7 @@
 #include "batching.h"
 #include "distributed.h"
 #include "fs_util.h"
+#include "linear_cross_entropy.h"
 #include "mftk/model.h"
 #include "mftk/optimizer.h"
 #include "mftk/safetensors.h"
@@ -95,14 +96,8 @@ at::Tensor supervised_loss_sum(Model& model, const Batch& batch, int64_t* token_
   if (n == 0) return hidden.sum() * 0.0;  // keeps the graph; contributes nothing
   at::Tensor h = hidden.reshape({-1, hidden.size(-1)}).index_select(0, idx);
   at::Tensor t = flat_targets.index_select(0, idx);
-  at::Tensor total;
-  for (int64_t start = 0; start < n; start += kLossChunkTokens) {
-    const int64_t len = std::min(kLossChunkTokens, n - start);
-    at::Tensor logits = model.logits(h.narrow(0, start, len)).to(at::kFloat);
-    at::Tensor part = at::cross_entropy_loss(logits, t.narrow(0, start, len), {}, at::Reduction::Sum);
-    total = total.defined() ? total + part : part;
-  }
-  return total;
+  return linear_cross_entropy_sum(h, t, [&model](const at::Tensor& x) { return model.logits(x); },
+                                  kLossChunkTokens);
 }
 
 EvalResult evaluate_loss(Model& model, const std::vector<PackedRow>& rows, int64_t micro_batch_size) {

@@ -1,0 +1,97 @@
+// Fused head + cross-entropy. The gradient of sum_i CE_i with respect to the
+// logits is softmax - onehot(target), known as soon as the logits are: the
+// chunk's log-softmax buffer becomes that gradient in place (exp, then 1
+// subtracted at each target), is pushed through the head at once, and is
+// freed before the next chunk. Chunks of a few hundred rows keep the
+// [rows, vocab] buffers near the last-level cache and reuse one allocation.
+#include "linear_cross_entropy.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "mftk/error.h"
+
+namespace mftk::core {
+namespace {
+
+struct HeadHolder : torch::CustomClassHolder {
+  LogitsFn head;
+  int64_t chunk_rows = 0;
+};
+
+// Loss sum of one chunk of fp32 logits; with want_grad, `logits` is turned
+// into d(loss sum)/d(logits) in place.
+at::Tensor chunk_loss(at::Tensor& logits, const at::Tensor& targets, bool want_grad) {
+  at::Tensor lsm = at::log_softmax(logits, 1);
+  at::Tensor loss = lsm.gather(1, targets.unsqueeze(1)).sum().neg();
+  if (want_grad) {
+    logits = lsm.exp_();
+    logits.scatter_add_(1, targets.unsqueeze(1), at::full({targets.size(0), 1}, -1.0, logits.options()));
+  }
+  return loss;
+}
+
+struct FusedHeadCrossEntropy : torch::autograd::Function<FusedHeadCrossEntropy> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden,
+                            const at::Tensor& targets, c10::intrusive_ptr<HeadHolder> holder) {
+    const int64_t n = hidden.size(0);
+    at::Tensor grad_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
+    at::Tensor total = at::zeros({}, hidden.options().dtype(at::kFloat));
+    for (int64_t start = 0; start < n; start += holder->chunk_rows) {
+      const int64_t len = std::min(holder->chunk_rows, n - start);
+      at::Tensor rows = hidden.narrow(0, start, len).detach().requires_grad_(true);
+      at::Tensor logits;
+      {
+        at::AutoGradMode grad_on(true);
+        logits = holder->head(rows).to(at::kFloat);
+      }
+      at::Tensor grad_logits = logits.detach();  // read only: chunk_loss writes a new buffer
+      total.add_(chunk_loss(grad_logits, targets.narrow(0, start, len), true));
+      at::AutoGradMode grad_on(true);
+      const auto grads = torch::autograd::grad({logits}, {rows}, {grad_logits}, /*retain_graph=*/false);
+      grad_hidden.narrow(0, start, len).copy_(grads[0]);
+    }
+    ctx->saved_data["grad_hidden"] = grad_hidden;
+    return total;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const at::Tensor grad_hidden = ctx->saved_data["grad_hidden"].toTensor();
+    return {grad_hidden * grad_outputs[0].to(grad_hidden.scalar_type()), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor linear_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& targets, const LogitsFn& head,
+                                    int64_t chunk_rows) {
+  MFTK_CHECK(hidden.dim() == 2 && targets.dim() == 1 && hidden.size(0) == targets.size(0),
+             "linear_cross_entropy_sum: expected hidden [n, H] and targets [n]");
+  MFTK_CHECK(chunk_rows > 0, "linear_cross_entropy_sum: chunk_rows must be positive");
+  const int64_t n = hidden.size(0);
+  const bool grads = at::GradMode::is_enabled() && hidden.requires_grad();
+  // Does the head hold trainable tensors? One row through it tells, for any
+  // head (dense, quantised, LoRA-wrapped, tied to the embedding).
+  bool head_trainable = false;
+  if (grads && n > 0) head_trainable = head(hidden.narrow(0, 0, 1).detach()).requires_grad();
+
+  if (grads && !head_trainable) {
+    auto holder = c10::make_intrusive<HeadHolder>();
+    holder->head = head;
+    holder->chunk_rows = chunk_rows;
+    return FusedHeadCrossEntropy::apply(hidden, targets, holder);
+  }
+  at::Tensor total;
+  for (int64_t start = 0; start < n; start += chunk_rows) {
+    const int64_t len = std::min(chunk_rows, n - start);
+    at::Tensor logits = head(hidden.narrow(0, start, len)).to(at::kFloat);
+    at::Tensor part = grads ? at::cross_entropy_loss(logits, targets.narrow(0, start, len), {}, at::Reduction::Sum)
+                            : chunk_loss(logits, targets.narrow(0, start, len), false);
+    total = total.defined() ? total + part : part;
+  }
+  return total.defined() ? total : at::zeros({}, hidden.options().dtype(at::kFloat));
+}
+
+}  // namespace mftk::core
