@@ -81,7 +81,7 @@ struct TrainingFacts {
   std::vector<std::string> modules_to_save;
   std::string optimizer = "adamw";
   std::string packer;      // the packer the run uses
-  int64_t attention_chunk = 512;
+  int64_t attention_chunk = 128;
 };
 TrainingFacts training_facts(const Recipe& recipe);
 

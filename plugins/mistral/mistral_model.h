@@ -34,7 +34,7 @@ struct MistralModelOptions {
   std::string path;                              // checkpoint folder
   std::optional<at::ScalarType> weight_dtype;    // none: LoadOptions, else keep the checkpoint's
   std::optional<at::ScalarType> compute_dtype;   // none: LoadOptions::compute_dtype
-  int64_t attention_chunk = 512;                 // query rows per attention block
+  int64_t attention_chunk = 128;                 // query rows per attention block
 };
 
 class MistralModel final : public Model {

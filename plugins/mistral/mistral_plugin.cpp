@@ -20,7 +20,7 @@ std::unique_ptr<mftk::Model> make_mistral(const mftk::Config& config) {
                                                                  "compute_dtype");
   options.attention_chunk = config.get_int("attention_chunk");
   if (options.attention_chunk <= 0)
-    config.fail("attention_chunk", "must be positive", "512 suits most CPUs");
+    config.fail("attention_chunk", "must be positive", "128 suits most CPUs");
   return std::make_unique<mftk::mistral::MistralModel>(std::move(options));
 }
 
@@ -39,7 +39,7 @@ void register_components(mftk::Registrar& registrar) {
            KeySpec::string("compute_dtype", std::string("f32"),
                            "activation dtype; bf16 halves activation memory, f32 matches HF fp32")
                .one_of({"f32", "bf16"}),
-           KeySpec::integer("attention_chunk", 512,
+           KeySpec::integer("attention_chunk", 128,
                             "query rows per attention block; smaller uses less memory")
                .range(1, 1 << 20),
        }},
