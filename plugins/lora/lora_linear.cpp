@@ -51,7 +51,10 @@ at::Tensor LoRALinear::forward(const at::Tensor& x) {
   const at::Tensor xd = training_ && dropout_ > 0 ? at::dropout(x, dropout_, /*train=*/true) : x;
   // Scale the [.., r] intermediate: the cheapest place for the multiply.
   const at::Tensor h = at::linear(xd, a).mul_(scaling_);
-  return y + at::linear(h, b);
+  // y + h B^T as one GEMM accumulating into y's values (addmm, beta = 1):
+  // no separate [.., out] product and no extra pass to add it.
+  const int64_t out = y.size(-1);
+  return at::addmm(y.reshape({-1, out}), h.reshape({-1, r_}), b.t()).view(y.sizes());
 }
 
 at::Tensor LoRALinear::dense_weight(at::ScalarType dtype) const {
