@@ -66,17 +66,12 @@ struct FusedHeadCrossEntropy : torch::autograd::Function<FusedHeadCrossEntropy> 
 }  // namespace
 
 at::Tensor linear_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& targets, const LogitsFn& head,
-                                    int64_t chunk_rows) {
+                                    int64_t chunk_rows, bool head_trainable) {
   MFTK_CHECK(hidden.dim() == 2 && targets.dim() == 1 && hidden.size(0) == targets.size(0),
              "linear_cross_entropy_sum: expected hidden [n, H] and targets [n]");
   MFTK_CHECK(chunk_rows > 0, "linear_cross_entropy_sum: chunk_rows must be positive");
   const int64_t n = hidden.size(0);
   const bool grads = at::GradMode::is_enabled() && hidden.requires_grad();
-  // Does the head hold trainable tensors? One row through it tells, for any
-  // head (dense, quantised, LoRA-wrapped, tied to the embedding).
-  bool head_trainable = false;
-  if (grads && n > 0) head_trainable = head(hidden.narrow(0, 0, 1).detach()).requires_grad();
-
   if (grads && !head_trainable) {
     auto holder = c10::make_intrusive<HeadHolder>();
     holder->head = head;

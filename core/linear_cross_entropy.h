@@ -17,14 +17,15 @@ using LogitsFn = std::function<at::Tensor(const at::Tensor&)>;
 // sum_i cross_entropy(head(hidden[i]), targets[i]), as a 0-dim fp32 tensor;
 // logits are taken in fp32 whatever the head's dtype.
 //
-// With gradients on, hidden requiring grad and a frozen head (no tensor of the
-// head requires grad: LoRA, QLoRA), each chunk's gradient with respect to
-// hidden, (softmax - onehot) . dHead, is computed right after its logits, and
-// the logits are dropped: the graph keeps one [n, H] tensor, not [n, V] logits
-// and their log-softmax. Backward only scales that tensor. A head with
-// trainable tensors (full fine-tuning, modules_to_save) takes the plain
-// autograd path, chunk by chunk.
+// With gradients on, hidden requiring grad and a frozen head (head_trainable
+// false: no tensor of the head requires grad, as with LoRA and QLoRA), each
+// chunk's gradient with respect to hidden, (softmax - onehot) . dHead, is
+// computed right after its logits and the logits are dropped: the graph keeps
+// one [n, H] tensor, not [n, V] logits and their log-softmax. Backward only
+// scales that tensor. A trainable head (full fine-tuning, modules_to_save)
+// takes the plain autograd path, chunk by chunk. Passing false for a head
+// that does train would leave its tensors without gradient.
 at::Tensor linear_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& targets, const LogitsFn& head,
-                                    int64_t chunk_rows);
+                                    int64_t chunk_rows, bool head_trainable);
 
 }  // namespace mftk::core

@@ -26,6 +26,7 @@
 #include "distributed.h"
 #include "fs_util.h"
 #include "linear_cross_entropy.h"
+#include "mftk/linear_slot.h"
 #include "mftk/model.h"
 #include "mftk/optimizer.h"
 #include "mftk/safetensors.h"
@@ -87,6 +88,26 @@ TrainOptions TrainOptions::from_recipe(const Recipe& r) {
   return o;
 }
 
+namespace {
+
+// Whether any tensor of the model's head trains. The slot named lm_head
+// (Hugging Face's name) answers from its op's tensors: a LoRA op lists its
+// A and B, a dense one its weight (the embedding, when tied). A model with
+// no such slot is asked by one row through logits(), which for a 7B head
+// reads the whole weight once (~0.5 GB), so the slot is the usual answer.
+bool head_has_trainable_tensors(Model& model, const at::Tensor& rows) {
+  for (const LinearSlot* slot : model.linear_slots()) {
+    if (slot->name != "lm_head") continue;
+    for (const auto& [name, t] : slot->op->parameters())
+      if (t.defined() && t.requires_grad()) return true;
+    return false;
+  }
+  at::AutoGradMode grad_on(true);
+  return model.logits(rows.narrow(0, 0, 1).detach()).requires_grad();
+}
+
+}  // namespace
+
 at::Tensor supervised_loss_sum(Model& model, const Batch& batch, int64_t* token_count) {
   at::Tensor hidden = model.forward(batch);  // [B, T, H]
   at::Tensor flat_targets = batch.targets.reshape({-1});
@@ -96,8 +117,9 @@ at::Tensor supervised_loss_sum(Model& model, const Batch& batch, int64_t* token_
   if (n == 0) return hidden.sum() * 0.0;  // keeps the graph; contributes nothing
   at::Tensor h = hidden.reshape({-1, hidden.size(-1)}).index_select(0, idx);
   at::Tensor t = flat_targets.index_select(0, idx);
+  const bool grads = at::GradMode::is_enabled() && h.requires_grad();
   return linear_cross_entropy_sum(h, t, [&model](const at::Tensor& x) { return model.logits(x); },
-                                  kLossChunkTokens);
+                                  kLossChunkTokens, grads && head_has_trainable_tensors(model, h));
 }
 
 EvalResult evaluate_loss(Model& model, const std::vector<PackedRow>& rows, int64_t micro_batch_size) {

@@ -49,7 +49,7 @@ TEST(LinearCrossEntropy, FrozenHeadMatchesTheFormulaForEveryChunkSize) {
     SCOPED_TRACE("chunk " + std::to_string(chunk));
     at::Tensor x = c.hidden_leaf.clone().requires_grad_(true);
     const at::Tensor loss = linear_cross_entropy_sum(
-        x * 2.0, c.targets, [&](const at::Tensor& h) { return at::matmul(h, c.weight.t()); }, chunk);
+        x * 2.0, c.targets, [&](const at::Tensor& h) { return at::matmul(h, c.weight.t()); }, chunk, false);
     ASSERT_TRUE(loss.requires_grad());
     // The frozen head takes the fused path: the graph holds one node that
     // already knows the hidden-state gradient, not the logits.
@@ -68,7 +68,7 @@ TEST(LinearCrossEntropy, GradientIsSoftmaxMinusOneHotThroughTheHead) {
   at::Tensor h = at::ones({1, 1}).requires_grad_(true);
   const at::Tensor t = at::tensor({int64_t(2)});
   const at::Tensor loss =
-      linear_cross_entropy_sum(h, t, [&](const at::Tensor& x) { return at::matmul(x, w.t()); }, 4);
+      linear_cross_entropy_sum(h, t, [&](const at::Tensor& x) { return at::matmul(x, w.t()); }, 4, false);
   const double e1 = std::exp(1.0), e2 = std::exp(2.0), e3 = std::exp(3.0), z = e1 + e2 + e3;
   EXPECT_NEAR(loss.item<double>(), std::log(z) - 3.0, 1e-6);
   loss.backward();
@@ -85,7 +85,7 @@ TEST(LinearCrossEntropy, TrainableHeadGetsItsGradientToo) {
   at::Tensor w = c.weight.clone().requires_grad_(true);
   at::Tensor x = c.hidden_leaf.clone().requires_grad_(true);
   const at::Tensor loss =
-      linear_cross_entropy_sum(x, c.targets, [&](const at::Tensor& h) { return at::matmul(h, w.t()); }, 5);
+      linear_cross_entropy_sum(x, c.targets, [&](const at::Tensor& h) { return at::matmul(h, w.t()); }, 5, true);
   EXPECT_EQ(loss.grad_fn()->name().find("FusedHeadCrossEntropy"), std::string::npos);
   EXPECT_NEAR(loss.item<double>(), ref.item<double>(), 1e-4 * std::abs(ref.item<double>()));
   loss.backward();
@@ -103,7 +103,7 @@ TEST(LinearCrossEntropy, Bf16HeadTakesItsLogitsInFp32) {
 
   at::Tensor x = c.hidden_leaf.to(at::kBFloat16).requires_grad_(true);
   const at::Tensor loss =
-      linear_cross_entropy_sum(x, c.targets, [&](const at::Tensor& h) { return at::matmul(h, w16.t()); }, 6);
+      linear_cross_entropy_sum(x, c.targets, [&](const at::Tensor& h) { return at::matmul(h, w16.t()); }, 6, false);
   EXPECT_EQ(loss.scalar_type(), at::kFloat);
   EXPECT_NEAR(loss.item<double>(), ref.item<double>(), 1e-3 * std::abs(ref.item<double>()));
   loss.backward();
@@ -116,7 +116,7 @@ TEST(LinearCrossEntropy, WithoutGradientsItIsTheSameSum) {
   const double ref = reference_loss(c.hidden_leaf, c.weight, c.targets).item<double>();
   at::NoGradGuard no_grad;
   const at::Tensor loss = linear_cross_entropy_sum(
-      c.hidden_leaf, c.targets, [&](const at::Tensor& h) { return at::matmul(h, c.weight.t()); }, 7);
+      c.hidden_leaf, c.targets, [&](const at::Tensor& h) { return at::matmul(h, c.weight.t()); }, 7, false);
   EXPECT_FALSE(loss.requires_grad());
   EXPECT_NEAR(loss.item<double>(), ref, 1e-4 * std::abs(ref));
 }

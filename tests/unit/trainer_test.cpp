@@ -34,6 +34,7 @@
 #include "lora/lora_adapter.h"
 #include "mftk/error.h"
 #include "paged_adamw_8bit/adamw_8bit.h"
+#include "pipeline.h"
 #include "train_test_support.h"
 #include "trainer.h"
 
@@ -286,6 +287,45 @@ TEST(Trainer, AccumulatedMicroBatchesEqualOneBatchWeightedByTokens) {
     EXPECT_EQ(result.steps, 1);
     EXPECT_LT(max_abs_diff(snapshot(run.trainable), expected), 1e-5) << "micro_batch_size " << m << ", gas " << k;
     EXPECT_NEAR(result.final_loss, mean_token_loss(*ref.model, rows).item<double>(), 1e-5);
+  }
+}
+
+// supervised_loss_sum fuses the head with the cross-entropy when the head is
+// frozen; a head that trains (modules_to_save, or every weight with full
+// fine-tuning) must still get its gradient. Against the reference loss
+// (full logits, one row at a time), for all three.
+TEST(Trainer, SupervisedLossGradientsMatchTheFullLogitsWhetherTheHeadTrainsOrNot) {
+  const auto rows = tt::synthetic_rows(71, 3, vocab());
+  auto check = [&](mftk::Model& model, const NamedTensors& trainable, const std::string& label) -> bool {
+    SCOPED_TRACE(label);
+    const NamedTensors expected = gradient_of(mean_token_loss(model, rows), trainable);
+    int64_t tokens = 0;
+    const at::Tensor sum = mftk::core::supervised_loss_sum(model, mftk::core::make_batch(rows), &tokens);
+    EXPECT_EQ(tokens, tt::supervised_tokens(rows));
+    const NamedTensors got = gradient_of(sum / double(tokens), trainable);
+    EXPECT_LE(max_abs_diff(got, expected), 1e-6);
+    bool head_has_gradient = false;
+    for (const auto& [name, g] : got)
+      if (name.find("lm_head") != std::string::npos || name.find("embed_tokens") != std::string::npos)
+        head_has_gradient |= g.abs().max().item<double>() > 0;
+    return head_has_gradient;
+  };
+  {
+    auto run = lora_run(1, 3);
+    randomize_lora_b(run.trainable, 4);
+    EXPECT_FALSE(check(*run.model, run.trainable, "LoRA, frozen head"));
+  }
+  {
+    auto options = small_lora();
+    options.modules_to_save = {"lm_head"};
+    auto run = lora_run(1, 3, options);
+    randomize_lora_b(run.trainable, 4);
+    EXPECT_TRUE(check(*run.model, run.trainable, "LoRA + modules_to_save lm_head"));
+  }
+  {
+    auto model = tt::load_tiny_model(1);
+    const NamedTensors trainable = mftk::core::make_all_trainable(*model);
+    EXPECT_TRUE(check(*model, trainable, "full fine-tuning"));
   }
 }
 
