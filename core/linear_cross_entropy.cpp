@@ -21,15 +21,31 @@ struct HeadHolder : torch::CustomClassHolder {
 };
 
 // Loss sum of one chunk of fp32 logits; with want_grad, `logits` is turned
-// into d(loss sum)/d(logits) in place.
+// into d(loss sum)/d(logits) = softmax - onehot.
+//
+// The gradient path takes the softmax (one fused pass per row, the row held
+// in L2) and reads each loss as -log p[target], rather than a log-softmax
+// followed by a separate exp pass over [rows, vocab]. Where p[target] is
+// too small for fp32 to hold its log accurately (below ~1e-30), that row's
+// loss is taken from its log-sum-exp instead.
 at::Tensor chunk_loss(at::Tensor& logits, const at::Tensor& targets, bool want_grad) {
-  at::Tensor lsm = at::log_softmax(logits, 1);
-  at::Tensor loss = lsm.gather(1, targets.unsqueeze(1)).sum().neg();
-  if (want_grad) {
-    logits = lsm.exp_();
-    logits.scatter_add_(1, targets.unsqueeze(1), at::full({targets.size(0), 1}, -1.0, logits.options()));
+  const at::Tensor index = targets.unsqueeze(1);
+  if (!want_grad) {
+    const at::Tensor lse = at::logsumexp(logits, 1, /*keepdim=*/true);
+    return (lse - logits.gather(1, index)).sum();
   }
-  return loss;
+  at::Tensor probs = at::_softmax(logits, 1, /*half_to_float=*/false);
+  const at::Tensor p_target = probs.gather(1, index).squeeze(1);
+  at::Tensor row_loss = p_target.log().neg();
+  const at::Tensor tiny = (p_target < 1e-30).nonzero().squeeze(1);
+  if (tiny.numel() > 0) {
+    const at::Tensor rows = logits.index_select(0, tiny);
+    const at::Tensor exact = at::logsumexp(rows, 1) - rows.gather(1, index.index_select(0, tiny)).squeeze(1);
+    row_loss.index_copy_(0, tiny, exact);
+  }
+  probs.scatter_add_(1, index, at::full({targets.size(0), 1}, -1.0, probs.options()));
+  logits = probs;
+  return row_loss.sum();
 }
 
 struct FusedHeadCrossEntropy : torch::autograd::Function<FusedHeadCrossEntropy> {

@@ -4,6 +4,7 @@
 // its loss and its gradients, for any chunk size, in fp32 and over a bf16 head.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 
 #include <ATen/ATen.h>
@@ -119,6 +120,24 @@ TEST(LinearCrossEntropy, WithoutGradientsItIsTheSameSum) {
       c.hidden_leaf, c.targets, [&](const at::Tensor& h) { return at::matmul(h, c.weight.t()); }, 7, false);
   EXPECT_FALSE(loss.requires_grad());
   EXPECT_NEAR(loss.item<double>(), ref, 1e-4 * std::abs(ref));
+}
+
+TEST(LinearCrossEntropy, ATargetFarBelowTheMaximumKeepsItsExactLoss) {
+  // Row 0: logits (0, 200, -200) with target 2: p = e^-400, far below fp32;
+  // the loss is 400 + log(1 + e^-200 + e^-400) = 400 (to double precision).
+  // Row 1: an ordinary row, so both ways of reading the loss meet in one chunk.
+  const at::Tensor w = at::tensor({0.0f, 200.0f, -200.0f, 1.0f, 2.0f, 3.0f}).view({2, 3}).t().contiguous();  // [3, 2]
+  at::Tensor h = at::tensor({1.0f, 0.0f, 0.0f, 1.0f}).view({2, 2}).requires_grad_(true);
+  const at::Tensor t = at::tensor({int64_t(2), int64_t(0)});
+  const at::Tensor loss =
+      linear_cross_entropy_sum(h, t, [&](const at::Tensor& x) { return at::matmul(x, w.t()); }, 2, false);
+  const double z1 = std::exp(1.0) + std::exp(2.0) + std::exp(3.0);
+  EXPECT_NEAR(loss.item<double>(), 400.0 + (std::log(z1) - 1.0), 1e-3);
+  EXPECT_TRUE(std::isfinite(loss.item<double>()));
+  loss.backward();
+  // Row 0's gradient: softmax is onehot(1), so (e_1 - e_2) . W = W[1] - W[2] = (200 - -200, 2 - 3).
+  EXPECT_NEAR(h.grad()[0][0].item<double>(), 400.0, 1e-3);
+  EXPECT_NEAR(h.grad()[0][1].item<double>(), -1.0, 1e-3);
 }
 
 }  // namespace
