@@ -1,11 +1,13 @@
 // Cross-entropy of a linear head over a wide vocabulary, computed in chunks
 // of rows so that no [rows, vocab] tensor outlives its chunk.
 //
-// defines: mftk::core::LogitsFn, mftk::core::linear_cross_entropy_sum
+// defines: mftk::core::LogitsFn, mftk::core::linear_cross_entropy_sum,
+//          mftk::core::chunked_cross_entropy_sum
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 #include "mftk/tensor.h"
 
@@ -17,15 +19,20 @@ using LogitsFn = std::function<at::Tensor(const at::Tensor&)>;
 // sum_i cross_entropy(head(hidden[i]), targets[i]), as a 0-dim fp32 tensor;
 // logits are taken in fp32 whatever the head's dtype.
 //
-// With gradients on, hidden requiring grad and a frozen head (head_trainable
-// false: no tensor of the head requires grad, as with LoRA and QLoRA), each
-// chunk's gradient with respect to hidden, (softmax - onehot) . dHead, is
-// computed right after its logits and the logits are dropped: the graph keeps
-// one [n, H] tensor, not [n, V] logits and their log-softmax. Backward only
-// scales that tensor. A trainable head (full fine-tuning, modules_to_save)
-// takes the plain autograd path, chunk by chunk. Passing false for a head
-// that does train would leave its tensors without gradient.
+// head_params are the head's tensors that train ({} for a frozen head, as
+// with LoRA and QLoRA; the weight with full fine-tuning or modules_to_save).
+// With gradients on, each chunk's gradients, (softmax - onehot) through the
+// head for hidden and for head_params, are computed right after its logits
+// and the logits are dropped: the graph keeps [n, H] (and one gradient per
+// head tensor), never [n, V] logits and their log-softmax. Backward only
+// scales what was kept. A head tensor that trains but is not listed gets no
+// gradient, so callers that cannot list them use chunked_cross_entropy_sum.
 at::Tensor linear_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& targets, const LogitsFn& head,
-                                    int64_t chunk_rows, bool head_trainable);
+                                    int64_t chunk_rows, const std::vector<at::Tensor>& head_params);
+
+// The same sum by plain autograd per chunk (each chunk's log-softmax is kept
+// for backward): right for any head, trainable or not.
+at::Tensor chunked_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& targets, const LogitsFn& head,
+                                     int64_t chunk_rows);
 
 }  // namespace mftk::core

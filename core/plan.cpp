@@ -321,20 +321,18 @@ MemoryEstimate estimate_memory(const ModelFacts& m, const TrainingFacts& t, cons
                   t.gradient_checkpointing ? "on" : "off"));
 
   // 4. Logits and cross-entropy: only supervised tokens, in chunks
-  // (core/linear_cross_entropy.cpp). A frozen head's gradient is taken chunk
-  // by chunk in the forward pass: a chunk's logits and log-softmax are live,
-  // and [S, H] of hidden-state gradient is kept. A trainable head (full
-  // fine-tuning, modules_to_save) keeps every chunk's log-softmax for backward.
+  // (core/linear_cross_entropy.cpp). Gradients are taken chunk by chunk in
+  // the forward pass: a chunk's logits and softmax are live, [S, H] of
+  // hidden-state gradient is kept, and a trainable head (full fine-tuning,
+  // modules_to_save) also keeps its weight's gradient, summed over chunks.
   const bool head_trainable = full_ft || listed(t.modules_to_save, "lm_head") ||
                               (listed(t.modules_to_save, "embed_tokens") && m.tie_word_embeddings) ||
                               listed(t.target_modules, "lm_head");
   const int64_t chunk = std::min(S, kLossChunk);
-  const int64_t logits = head_trainable ? S * V * 4 + 2 * chunk * V * 4 : 2 * chunk * V * 4 + S * H * c;
+  const int64_t logits = 2 * chunk * V * 4 + S * H * c + (head_trainable ? V * H * 4 : 0);
   add("logits / cross-entropy", logits,
-      head_trainable
-          ? fmt::format("{} supervised tokens x vocab {} (log-softmax kept) + a chunk of {} in flight", S, V, chunk)
-          : fmt::format("frozen head: a chunk of {} x vocab {} in flight, its gradient taken at once; {} x hidden kept",
-                        chunk, V, S));
+      fmt::format("a chunk of {} x vocab {} in flight, its gradients taken at once; {} x hidden kept{}", chunk, V, S,
+                  head_trainable ? " and the head's gradient summed over chunks" : ""));
 
   // 5. What is live only for a moment but sets the peak: a dequantised (NF4)
   // or widened (bf16 on a CPU without native bf16) weight, and backward's

@@ -90,20 +90,19 @@ TrainOptions TrainOptions::from_recipe(const Recipe& r) {
 
 namespace {
 
-// Whether any tensor of the model's head trains. The slot named lm_head
-// (Hugging Face's name) answers from its op's tensors: a LoRA op lists its
-// A and B, a dense one its weight (the embedding, when tied). A model with
-// no such slot is asked by one row through logits(), which for a 7B head
-// reads the whole weight once (~0.5 GB), so the slot is the usual answer.
-bool head_has_trainable_tensors(Model& model, const at::Tensor& rows) {
+// The head's tensors that train, when the model says: the slot named
+// lm_head (Hugging Face's name) lists its op's tensors (a LoRA op its A and
+// B, a dense one its weight, which is the embedding when tied). nullopt: the
+// model has no such slot.
+std::optional<std::vector<at::Tensor>> head_trainable_tensors(Model& model) {
   for (const LinearSlot* slot : model.linear_slots()) {
     if (slot->name != "lm_head") continue;
+    std::vector<at::Tensor> out;
     for (const auto& [name, t] : slot->op->parameters())
-      if (t.defined() && t.requires_grad()) return true;
-    return false;
+      if (t.defined() && t.requires_grad()) out.push_back(t);
+    return out;
   }
-  at::AutoGradMode grad_on(true);
-  return model.logits(rows.narrow(0, 0, 1).detach()).requires_grad();
+  return std::nullopt;
 }
 
 }  // namespace
@@ -117,9 +116,10 @@ at::Tensor supervised_loss_sum(Model& model, const Batch& batch, int64_t* token_
   if (n == 0) return hidden.sum() * 0.0;  // keeps the graph; contributes nothing
   at::Tensor h = hidden.reshape({-1, hidden.size(-1)}).index_select(0, idx);
   at::Tensor t = flat_targets.index_select(0, idx);
-  const bool grads = at::GradMode::is_enabled() && h.requires_grad();
-  return linear_cross_entropy_sum(h, t, [&model](const at::Tensor& x) { return model.logits(x); },
-                                  kLossChunkTokens, grads && head_has_trainable_tensors(model, h));
+  const LogitsFn head = [&model](const at::Tensor& x) { return model.logits(x); };
+  if (!at::GradMode::is_enabled()) return chunked_cross_entropy_sum(h, t, head, kLossChunkTokens);
+  if (auto params = head_trainable_tensors(model)) return linear_cross_entropy_sum(h, t, head, kLossChunkTokens, *params);
+  return chunked_cross_entropy_sum(h, t, head, kLossChunkTokens);  // a head we cannot see into
 }
 
 EvalResult evaluate_loss(Model& model, const std::vector<PackedRow>& rows, int64_t micro_batch_size) {

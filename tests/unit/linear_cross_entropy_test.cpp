@@ -50,7 +50,7 @@ TEST(LinearCrossEntropy, FrozenHeadMatchesTheFormulaForEveryChunkSize) {
     SCOPED_TRACE("chunk " + std::to_string(chunk));
     at::Tensor x = c.hidden_leaf.clone().requires_grad_(true);
     const at::Tensor loss = linear_cross_entropy_sum(
-        x * 2.0, c.targets, [&](const at::Tensor& h) { return at::matmul(h, c.weight.t()); }, chunk, false);
+        x * 2.0, c.targets, [&](const at::Tensor& h) { return at::matmul(h, c.weight.t()); }, chunk, {});
     ASSERT_TRUE(loss.requires_grad());
     // The frozen head takes the fused path: the graph holds one node that
     // already knows the hidden-state gradient, not the logits.
@@ -69,7 +69,7 @@ TEST(LinearCrossEntropy, GradientIsSoftmaxMinusOneHotThroughTheHead) {
   at::Tensor h = at::ones({1, 1}).requires_grad_(true);
   const at::Tensor t = at::tensor({int64_t(2)});
   const at::Tensor loss =
-      linear_cross_entropy_sum(h, t, [&](const at::Tensor& x) { return at::matmul(x, w.t()); }, 4, false);
+      linear_cross_entropy_sum(h, t, [&](const at::Tensor& x) { return at::matmul(x, w.t()); }, 4, {});
   const double e1 = std::exp(1.0), e2 = std::exp(2.0), e3 = std::exp(3.0), z = e1 + e2 + e3;
   EXPECT_NEAR(loss.item<double>(), std::log(z) - 3.0, 1e-6);
   loss.backward();
@@ -83,16 +83,38 @@ TEST(LinearCrossEntropy, TrainableHeadGetsItsGradientToo) {
   const at::Tensor ref = reference_loss(x_ref, w_ref, c.targets);
   ref.backward();
 
+  // Fused with the head's weight listed, and the plain chunked path; both
+  // with the loss scaled before backward (the head's gradient is kept in
+  // forward, so the scale must still reach it).
+  const double scale = 0.25;
+  at::Tensor scaled_w_ref = w_ref.grad() * scale, scaled_x_ref = x_ref.grad() * scale;
+  for (const bool fused : {true, false}) {
+    SCOPED_TRACE(fused ? "fused" : "chunked");
+    at::Tensor w = c.weight.clone().requires_grad_(true);
+    at::Tensor x = c.hidden_leaf.clone().requires_grad_(true);
+    const auto head = [&](const at::Tensor& h) { return at::matmul(h, w.t()); };
+    const at::Tensor loss = fused ? linear_cross_entropy_sum(x, c.targets, head, 5, {w})
+                                  : mftk::core::chunked_cross_entropy_sum(x, c.targets, head, 5);
+    EXPECT_EQ(loss.grad_fn()->name().find("FusedHeadCrossEntropy") != std::string::npos, fused);
+    EXPECT_NEAR(loss.item<double>(), ref.item<double>(), 1e-4 * std::abs(ref.item<double>()));
+    (loss * scale).backward();
+    ASSERT_TRUE(w.grad().defined());
+    EXPECT_TRUE(at::allclose(w.grad(), scaled_w_ref, 1e-5, 1e-6));
+    EXPECT_TRUE(at::allclose(x.grad(), scaled_x_ref, 1e-5, 1e-6));
+  }
+}
+
+TEST(LinearCrossEntropy, OnlyTheHeadTrains) {
+  // Frozen layers below: hidden needs no gradient, the head's weight does.
+  const Case c = make_case(12, 8, 20, 5);
+  at::Tensor w_ref = c.weight.clone().requires_grad_(true);
+  reference_loss(c.hidden_leaf, w_ref, c.targets).backward();
   at::Tensor w = c.weight.clone().requires_grad_(true);
-  at::Tensor x = c.hidden_leaf.clone().requires_grad_(true);
-  const at::Tensor loss =
-      linear_cross_entropy_sum(x, c.targets, [&](const at::Tensor& h) { return at::matmul(h, w.t()); }, 5, true);
-  EXPECT_EQ(loss.grad_fn()->name().find("FusedHeadCrossEntropy"), std::string::npos);
-  EXPECT_NEAR(loss.item<double>(), ref.item<double>(), 1e-4 * std::abs(ref.item<double>()));
+  const at::Tensor loss = linear_cross_entropy_sum(
+      c.hidden_leaf, c.targets, [&](const at::Tensor& h) { return at::matmul(h, w.t()); }, 5, {w});
   loss.backward();
   ASSERT_TRUE(w.grad().defined());
   EXPECT_TRUE(at::allclose(w.grad(), w_ref.grad(), 1e-5, 1e-6));
-  EXPECT_TRUE(at::allclose(x.grad(), x_ref.grad(), 1e-5, 1e-6));
 }
 
 TEST(LinearCrossEntropy, Bf16HeadTakesItsLogitsInFp32) {
@@ -104,7 +126,7 @@ TEST(LinearCrossEntropy, Bf16HeadTakesItsLogitsInFp32) {
 
   at::Tensor x = c.hidden_leaf.to(at::kBFloat16).requires_grad_(true);
   const at::Tensor loss =
-      linear_cross_entropy_sum(x, c.targets, [&](const at::Tensor& h) { return at::matmul(h, w16.t()); }, 6, false);
+      linear_cross_entropy_sum(x, c.targets, [&](const at::Tensor& h) { return at::matmul(h, w16.t()); }, 6, {});
   EXPECT_EQ(loss.scalar_type(), at::kFloat);
   EXPECT_NEAR(loss.item<double>(), ref.item<double>(), 1e-3 * std::abs(ref.item<double>()));
   loss.backward();
@@ -117,7 +139,7 @@ TEST(LinearCrossEntropy, WithoutGradientsItIsTheSameSum) {
   const double ref = reference_loss(c.hidden_leaf, c.weight, c.targets).item<double>();
   at::NoGradGuard no_grad;
   const at::Tensor loss = linear_cross_entropy_sum(
-      c.hidden_leaf, c.targets, [&](const at::Tensor& h) { return at::matmul(h, c.weight.t()); }, 7, false);
+      c.hidden_leaf, c.targets, [&](const at::Tensor& h) { return at::matmul(h, c.weight.t()); }, 7, {});
   EXPECT_FALSE(loss.requires_grad());
   EXPECT_NEAR(loss.item<double>(), ref, 1e-4 * std::abs(ref));
 }
@@ -130,7 +152,7 @@ TEST(LinearCrossEntropy, ATargetFarBelowTheMaximumKeepsItsExactLoss) {
   at::Tensor h = at::tensor({1.0f, 0.0f, 0.0f, 1.0f}).view({2, 2}).requires_grad_(true);
   const at::Tensor t = at::tensor({int64_t(2), int64_t(0)});
   const at::Tensor loss =
-      linear_cross_entropy_sum(h, t, [&](const at::Tensor& x) { return at::matmul(x, w.t()); }, 2, false);
+      linear_cross_entropy_sum(h, t, [&](const at::Tensor& x) { return at::matmul(x, w.t()); }, 2, {});
   const double z1 = std::exp(1.0) + std::exp(2.0) + std::exp(3.0);
   EXPECT_NEAR(loss.item<double>(), 400.0 + (std::log(z1) - 1.0), 1e-3);
   EXPECT_TRUE(std::isfinite(loss.item<double>()));
