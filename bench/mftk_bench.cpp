@@ -27,7 +27,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
-#if __has_include(<torch/csrc/autograd/profiler_legacy.h>)
+#include <torch/version.h>
+// The legacy profiler API as libtorch 1.13 has it; 2.x moved it (--profile
+// then says so instead of failing the build).
+#if TORCH_VERSION_MAJOR < 2 && __has_include(<torch/csrc/autograd/profiler_legacy.h>)
 #include <torch/csrc/autograd/profiler_legacy.h>
 #define MFTK_BENCH_HAS_LEGACY_PROFILER 1
 #else
@@ -353,7 +356,8 @@ void profile_step(const std::string& prefix, const char* side, Fn&& fn) {
   }
 #else
   (void)fn;
-  throw UsageError(fmt::format("--profile {}: this libtorch has no legacy profiler header", prefix + "-" + side));
+  throw UsageError(fmt::format("--profile {}: built without libtorch 1.13's legacy profiler", prefix + "-" + side),
+                   "profile with this libtorch's own (kineto) profiler instead");
 #endif
 }
 
