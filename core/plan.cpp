@@ -312,8 +312,10 @@ MemoryEstimate estimate_memory(const ModelFacts& m, const TrainingFacts& t, cons
   const int64_t layer_full = N * per_token * c + probs_layer;
   const int64_t mask = cpu ? std::min(B * pairs, kMaskCacheBytes) : 0;
   e.activations_without_checkpointing = L * layer_full + mask;
-  // Checkpointing keeps only each layer's input and recomputes one layer at a time in backward.
-  e.activations_with_checkpointing = L * N * H * c + layer_full + mask;
+  // Checkpointing keeps only each layer's input and recomputes one layer at
+  // a time in backward; the last layer is not checkpointed (its input is
+  // part of its activations).
+  e.activations_with_checkpointing = (L - 1) * N * H * c + layer_full + mask;
   const int64_t act = t.gradient_checkpointing ? e.activations_with_checkpointing : e.activations_without_checkpointing;
   add("activations", act,
       fmt::format("{} x {} tokens, {} layers: {} with gradient checkpointing, {} without (now {})", B, T, L,

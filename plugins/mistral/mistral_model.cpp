@@ -323,7 +323,11 @@ at::Tensor MistralModel::forward(const Batch& batch) {
 
   at::Tensor h = embed(ids);
   for (const DecoderLayer& layer : layers_) {
-    if (gradient_checkpointing_ && at::GradMode::is_enabled()) {
+    // The last layer is not checkpointed: its backward runs right after the
+    // loss, so recomputing it would only repeat its forward, and backward
+    // holds one layer's activations at a time either way (no higher peak).
+    const bool last = &layer == &layers_.back();
+    if (gradient_checkpointing_ && at::GradMode::is_enabled() && !last) {
       const DecoderLayer* l = &layer;
       h = checkpointed(
           [this, l, ctx](const at::Tensor& x) {

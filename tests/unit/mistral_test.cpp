@@ -603,6 +603,44 @@ class DropoutDeltaLinear final : public mftk::LinearOp {
 
 }  // namespace
 
+// Counts forward calls of the op it wraps.
+class CountingLinear final : public mftk::LinearOp {
+ public:
+  CountingLinear(std::shared_ptr<mftk::LinearOp> inner, int* calls) : inner_(std::move(inner)), calls_(calls) {}
+  at::Tensor forward(const at::Tensor& x) override {
+    ++*calls_;
+    return inner_->forward(x);
+  }
+  at::Tensor dense_weight(at::ScalarType dtype) const override { return inner_->dense_weight(dtype); }
+  mftk::NamedTensors parameters() override { return inner_->parameters(); }
+  int64_t storage_bytes() const override { return 0; }
+  std::string describe() const override { return "counting"; }
+
+ private:
+  std::shared_ptr<mftk::LinearOp> inner_;
+  int* calls_;
+};
+
+TEST(MistralCheckpointing, EveryLayerButTheLastIsRecomputedInBackward) {
+  MistralConfig c = small_config(4, 2);
+  c.num_hidden_layers = 3;
+  TestModel m(c, 52);
+  std::vector<int> calls(3, 0);
+  for (auto* slot : m.model->linear_slots())
+    for (int n = 0; n < 3; ++n)
+      if (slot->name == "model.layers." + std::to_string(n) + ".self_attn.q_proj")
+        slot->op = std::make_shared<CountingLinear>(slot->op, &calls[size_t(n)]);
+  at::Tensor norm = m.model->named_parameters()[1].second;  // layer 0's input norm: makes backward reach every layer
+  norm.requires_grad_(true);
+  m.model->set_gradient_checkpointing(true);
+  auto batch = make_batch({random_ids(10, 61, 4)});
+  const at::Tensor logits = m.model->logits(m.model->forward(batch));
+  EXPECT_EQ(calls, (std::vector<int>{1, 1, 1}));
+  logits.sum().backward();
+  EXPECT_EQ(calls, (std::vector<int>{2, 2, 1})) << "layers 0 and 1 recomputed, the last one not";
+  ASSERT_TRUE(norm.grad().defined());
+}
+
 TEST(MistralCheckpointing, SameLossAndGradientsWithAndWithout) {
   TestModel m(small_config(4, 2, 5), 51, /*attention_chunk=*/6);
   bool training = true;
