@@ -3,7 +3,6 @@
 // the work of the full square and a sliding window W does O(T * W).
 #include "attention.h"
 
-#include <functional>
 #include <limits>
 
 #include <ATen/ATen.h>
@@ -72,28 +71,6 @@ at::Tensor AttentionPlan::visible(const AttentionBlock& block) const {
   return rule_.visible(block.q0, block.q1, block.k0, block.k1);
 }
 
-at::Tensor AttentionPlan::additive_mask(const AttentionBlock& block, at::ScalarType dtype) const {
-  // Only this plan's own blocks are cached (their index is their position).
-  const bool ours = !blocks_.empty() && std::less_equal<const AttentionBlock*>()(blocks_.data(), &block) &&
-                    std::less<const AttentionBlock*>()(&block, blocks_.data() + blocks_.size());
-  const size_t index = ours ? size_t(&block - blocks_.data()) : 0;
-  const bool cacheable = ours && block.visible.defined();
-  if (cacheable && additive_cache_.size() == blocks_.size() && additive_cache_[index].defined() &&
-      additive_cache_[index].scalar_type() == dtype)
-    return additive_cache_[index];
-  at::Tensor seen = visible(block);
-  if (block.has_empty_rows) seen = seen.logical_or(seen.any(2, /*keepdim=*/true).logical_not());
-  const int64_t B = seen.size(0), qn = seen.size(1), kn = seen.size(2);
-  at::Tensor mask = at::zeros({B, 1, qn, 1, kn}, seen.options().dtype(dtype))
-                        .masked_fill_(seen.logical_not().view({B, 1, qn, 1, kn}),
-                                      -std::numeric_limits<double>::infinity());
-  if (cacheable) {
-    additive_cache_.resize(blocks_.size());
-    additive_cache_[index] = mask;
-  }
-  return mask;
-}
-
 namespace {
 
 // Attention of one query block over its key range.
@@ -133,9 +110,18 @@ at::Tensor attend_block(const at::Tensor& q, const at::Tensor& k, const at::Tens
 #else
   // mask + scale * q k^T in one pass (and one in backward), rather than a
   // scaling pass and a masked_fill pass each way.
+  // The mask is [B, qn, kn], nkv * G times smaller than the scores, so it is
+  // built per call from the (cached) bool mask rather than kept.
   const at::Tensor raw = at::matmul(qb, kb.transpose(-1, -2)).view({B, nkv, qn, G, kn});
-  const at::Tensor scores =
-      visible.defined() ? at::add(plan.additive_mask(block, raw.scalar_type()), raw, scale) : raw * scale;
+  at::Tensor scores;
+  if (visible.defined()) {
+    const at::Tensor additive = at::zeros({B, 1, qn, 1, kn}, raw.options())
+                                    .masked_fill_(visible.logical_not().view({B, 1, qn, 1, kn}),
+                                                  -std::numeric_limits<double>::infinity());
+    scores = at::add(additive, raw, scale);
+  } else {
+    scores = raw * scale;
+  }
   const at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   at::Tensor out = at::matmul(probs.view({B, nkv, qn * G, kn}), vb).view({B, nkv, qn, G, D});
 #endif

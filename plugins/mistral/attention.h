@@ -60,16 +60,11 @@ class AttentionPlan {
   int64_t num_keys() const { return num_keys_; }
   // The block's mask, cached or rebuilt.
   at::Tensor visible(const AttentionBlock& block) const;
-  // The block's mask as scores to add, [B, 1, qn, 1, kn] in `dtype`: 0 where
-  // a key is seen, -inf where not (a query that sees no key sees all of them;
-  // its output is zeroed). Cached with the mask, per dtype.
-  at::Tensor additive_mask(const AttentionBlock& block, at::ScalarType dtype) const;
 
  private:
   AttentionMaskRule rule_;
   int64_t num_queries_ = 0, num_keys_ = 0;
   std::vector<AttentionBlock> blocks_;
-  mutable std::vector<at::Tensor> additive_cache_;  // per block, for the cached masks
 };
 
 // q [B, nkv, Tq, G, D], k/v [B, nkv, Tk, D] -> [B, nkv, Tq, G, D].
