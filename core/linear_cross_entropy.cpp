@@ -1,9 +1,8 @@
 // Fused head + cross-entropy. The gradient of sum_i CE_i with respect to the
 // logits is softmax - onehot(target), known as soon as the logits are: the
-// chunk's log-softmax buffer becomes that gradient in place (exp, then 1
-// subtracted at each target), is pushed through the head at once, and is
-// freed before the next chunk. Chunks of a few hundred rows keep the
-// [rows, vocab] buffers near the last-level cache and reuse one allocation.
+// chunk's softmax becomes that gradient in place (1 subtracted at each
+// target), is pushed through the head at once, and is freed before the next
+// chunk, so one [chunk, vocab] allocation is reused chunk after chunk.
 #include "linear_cross_entropy.h"
 
 #include <ATen/ATen.h>

@@ -117,7 +117,7 @@ at::Tensor supervised_loss_sum(Model& model, const Batch& batch, int64_t* token_
   at::Tensor h = hidden.reshape({-1, hidden.size(-1)}).index_select(0, idx);
   at::Tensor t = flat_targets.index_select(0, idx);
   const LogitsFn head = [&model](const at::Tensor& x) { return model.logits(x); };
-  if (!at::GradMode::is_enabled()) return chunked_cross_entropy_sum(h, t, head, kLossChunkTokens);
+  // linear_cross_entropy_sum itself takes the plain path when no gradient is wanted.
   if (auto params = head_trainable_tensors(model)) return linear_cross_entropy_sum(h, t, head, kLossChunkTokens, *params);
   return chunked_cross_entropy_sum(h, t, head, kLossChunkTokens);  // a head we cannot see into
 }
