@@ -25,17 +25,18 @@
 #
 #   bash scripts/check-gguf-llamacpp.sh [BUILD_DIR]     (default: build)
 #
-# Needs node >= 18, a C compiler, and the npm registry the first time (the
-# packages, ~90 MB, are cached in BUILD_DIR/gguf-interop). Exit 77 (ctest:
-# skipped) when node or the packages cannot be had; 1 when a check fails.
+# Needs node >= 18 and npm (scripts/install-deps.sh), a C compiler, and the
+# npm registry the first time: scripts/gguf-interop-setup.sh (the ctest
+# fixture `gguf_interop`, run again here so the script also works alone)
+# installs the pinned packages, ~90 MB, into BUILD_DIR/gguf-interop. This
+# check never skips: exit 1 when node, npm or the packages cannot be had, or
+# when a check fails.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:-$root/build}" && pwd)
 mftk="$build/bin/mftk"
 interop="$build/gguf-interop"
-version=3.21.1
-hf_gguf_version=0.4.6  # @huggingface/gguf: the second, independent reader
 
 # Tolerances on max |Δ log P| over the whole vocabulary at every position
 # (entries with log P > -20), as "absolute relative": the bound is
@@ -91,23 +92,12 @@ tol_qs_q8_0="--relative-tolerance 0.04 --answer-floor 1e-4"
 qs_steps=${MFTK_GGUF_CHECK_STEPS:-150}
 qs_prompts=${MFTK_GGUF_CHECK_PROMPTS:-12}
 
-command -v node >/dev/null || { echo "check-gguf-llamacpp: node not found; skipped"; exit 77; }
-[ -x "$mftk" ] || { echo "check-gguf-llamacpp: $mftk not built"; exit 1; }
-
-mkdir -p "$interop"
-installed() { node -p "try { require('$interop/node_modules/$1/package.json').version } catch { '' }"; }
+[ -x "$mftk" ] || { echo "check-gguf-llamacpp: FAIL: $mftk not built"; exit 1; }
+# Installs (once) or confirms the pinned node-llama-cpp and @huggingface/gguf
+# (the versions live in that script); fails with the reason when it cannot.
+bash "$root/scripts/gguf-interop-setup.sh" "$build" || { echo "check-gguf-llamacpp: FAIL: the readers could not be installed"; exit 1; }
 platform=$(node -p "process.platform + '-' + process.arch")
-if [ "$(installed node-llama-cpp)" != "$version" ] || [ "$(installed @huggingface/gguf)" != "$hf_gguf_version" ]; then
-  # The CPU prebuilt for this platform only: --omit=optional skips the CUDA
-  # and Vulkan builds (hundreds of MB) and the other platforms.
-  [ -f "$interop/package.json" ] || echo '{"name": "mftk-gguf-interop", "private": true, "type": "module"}' > "$interop/package.json"
-  if ! (cd "$interop" && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --no-audit --no-fund --omit=optional -E \
-          "node-llama-cpp@$version" "@node-llama-cpp/$platform@$version" "@huggingface/gguf@$hf_gguf_version" \
-          >npm.log 2>&1); then
-    echo "check-gguf-llamacpp: npm install failed (see $interop/npm.log); skipped"
-    exit 77
-  fi
-fi
+version=$(node -p "require('$interop/node_modules/node-llama-cpp/package.json').version")
 # Node resolves packages from the script's folder upwards; run copies there.
 cp "$root"/tests/interop/*.mjs "$interop/"
 
@@ -181,9 +171,9 @@ for type in f32 q4_k q6_k q4_k_m; do run kq $type; done
 # Q8_0, Q4_K and Q6_K tensor must be byte for byte what ggml makes of the
 # same tensor's F32 values.
 node "$interop/second_reader_check.mjs" --model "$work/small" --oracle "$work/ggml_encode_oracle" --ggml "$ggml_base" \
-  "$work/small-f32.gguf" "$work/small-f16.gguf" "$work/small-bf16.gguf" "$work/small-q8_0.gguf" || status=1
+  --expect F16,BF16,Q8_0 "$work/small-f32.gguf" "$work/small-f16.gguf" "$work/small-bf16.gguf" "$work/small-q8_0.gguf" || status=1
 node "$interop/second_reader_check.mjs" --model "$work/kq" --oracle "$work/ggml_encode_oracle" --ggml "$ggml_base" \
-  "$work/kq-f32.gguf" "$work/kq-q4_k.gguf" "$work/kq-q6_k.gguf" "$work/kq-q4_k_m.gguf" || status=1
+  --expect Q4_K,Q6_K "$work/kq-f32.gguf" "$work/kq-q4_k.gguf" "$work/kq-q6_k.gguf" "$work/kq-q4_k_m.gguf" || status=1
 
 # Negative control: the same comparison must FAIL for a file whose Q/K rows
 # are not in llama.cpp's RoPE order (an exporter that forgot the permutation).

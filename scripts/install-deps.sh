@@ -14,10 +14,17 @@ PACKAGES=(
   libopenblas0-openmp     # without it libtorch uses reference BLAS: ~100x slower fp32 matmul
   libjemalloc-dev         # retaining allocator: fresh pages cost ~12 us each on these VMs
   chromium                # headless browser: the HTML run report is rendered in a test (report_test)
+  nodejs npm              # llama.cpp (npm node-llama-cpp) and ggml read our GGUF files (gguf_llamacpp, ggml_quant_oracle)
 )
 
+# A node from elsewhere (e.g. NodeSource's nodejs, which bundles npm and
+# conflicts with Debian's npm package) is kept when it is recent enough.
+node_ok() { command -v node >/dev/null && command -v npm >/dev/null && [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 18 ]; }
 missing=()
 for p in "${PACKAGES[@]}"; do
+  if [ "$p" = nodejs ] || [ "$p" = npm ]; then
+    node_ok && continue
+  fi
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then

@@ -7,20 +7,25 @@
 //   - tensor offsets are aligned, contiguous and inside the file;
 //   - each F16 / BF16 / Q8_0 / Q4_K / Q6_K tensor is byte for byte what ggml makes of the
 //     same tensor's F32 values (taken from the f32 export, so the Q/K row
-//     order is the same).
-//   node second_reader_check.mjs --model DIR --oracle BIN --ggml LIB F32.gguf OTHER.gguf...
+//     order is the same);
+//   - and that this comparison happened: every OTHER file must have had
+//     tensors compared, and each type named in --expect at least one (a
+//     check that compared nothing fails, it does not pass).
+//   node second_reader_check.mjs --model DIR --oracle BIN --ggml LIB --expect F16,Q8_0 F32.gguf OTHER.gguf...
 import {openSync, readSync, closeSync, readFileSync, statSync} from "node:fs";
 import {spawnSync} from "node:child_process";
 import {parseArgs} from "node:util";
 import {gguf} from "@huggingface/gguf";
 
 const {values: args, positionals: files} = parseArgs({
-    options: {model: {type: "string"}, oracle: {type: "string"}, ggml: {type: "string"}},
+    options: {model: {type: "string"}, oracle: {type: "string"}, ggml: {type: "string"}, expect: {type: "string"}},
     allowPositionals: true
 });
 const config = JSON.parse(readFileSync(`${args.model}/config.json`, "utf8"));
 const failures = [];
 const fail = (file, what) => failures.push(`${file}: ${what}`);
+if (files.length < 2) fail("arguments", "need the F32 reference and at least one other file to compare with ggml");
+if (!args.expect) fail("arguments", "--expect TYPES (e.g. F16,Q8_0) is required: the types that must be compared");
 
 // ggml type id -> [name, block elements, block bytes, oracle function]
 const types = {
@@ -99,9 +104,10 @@ const f32 = new Map(reference.g.tensorInfos.map((t) => [t.name, t]));
 let compared = 0;
 const encodedBy = {};
 for (const {file, g} of others) {
+    let comparedHere = 0;
     for (const t of g.tensorInfos) {
         const type = types[t.dtype];
-        if (!type[3]) continue;
+        if (!type?.[3]) continue;
         const source = f32.get(t.name);
         if (!source || source.dtype !== 0) { fail(file, `${t.name} has no F32 twin in ${reference.file}`); continue; }
         const floats = readTensor(reference.file, Number(reference.g.tensorDataOffset + source.offset), Number(source.nbytes));
@@ -109,15 +115,23 @@ for (const {file, g} of others) {
         const oracle = spawnSync(args.oracle, [args.ggml, type[3], String(type[1]), String(type[2])],
             {input: floats, maxBuffer: 1 << 30});
         if (oracle.status !== 0) { fail(file, `oracle failed: ${oracle.stderr}`); continue; }
+        if (oracle.stdout.length !== ours.length) {
+            fail(file, `${t.name} (${type[0]}): ggml made ${oracle.stdout.length} bytes, the file holds ${ours.length}`);
+            continue;
+        }
         if (Buffer.compare(oracle.stdout, ours) !== 0) {
             let first = 0;
             while (oracle.stdout[first] === ours[first]) first++;
             fail(file, `${t.name} (${type[0]}) differs from ggml's ${type[3]} at byte ${first} of ${ours.length}`);
         }
         compared++;
+        comparedHere++;
         encodedBy[type[0]] = (encodedBy[type[0]] ?? 0) + 1;
     }
+    if (comparedHere === 0) fail(file, "no tensor of this file was compared with ggml's encoders");
 }
+for (const name of (args.expect ?? "").split(",").filter((n) => n))
+    if (!encodedBy[name]) fail("all files", `no ${name} tensor was compared with ggml's encoders`);
 console.log(JSON.stringify({files: files.length, tensors_compared_with_ggml: compared, by_type: encodedBy,
     second_reader: "@huggingface/gguf", failures: failures.length}));
 if (failures.length) {
