@@ -1,4 +1,4 @@
-// The [INST] chat format; see chat_template.h and FORMATS.md §3.2.
+// The [INST] chat format; see chat_template.h and docs/formats.md §3.2 ([INST] token ids).
 #include "chat_template.h"
 
 #include <optional>

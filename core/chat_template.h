@@ -1,5 +1,5 @@
 // Mistral's [INST] chat format, token for token as mistral-common builds it
-// (FORMATS.md §3.2), with a loss mask for fine-tuning.
+// (docs/formats.md §3.2, [INST] token ids), with a loss mask for fine-tuning.
 //
 // defines: mftk::core::ChatFormat, mftk::core::ChatMessage, mftk::core::ChatEncoding,
 //          mftk::core::detect_chat_format, mftk::core::encode_chat,

@@ -129,7 +129,7 @@ bool GgufValue::operator==(const GgufValue& other) const {
 
 namespace {
 
-// Sizes from ggml's block structs (ggml-common.h, FORMATS.md §4.7).
+// Sizes from ggml's block structs (ggml-common.h, docs/formats.md §4.7, GGUF blocks).
 constexpr std::array<GgmlTypeTraits, 20> kTypes = {{
     {GgmlType::f32, "F32", 1, 4},       {GgmlType::f16, "F16", 1, 2},
     {GgmlType::q4_0, "Q4_0", 32, 18},   {GgmlType::q4_1, "Q4_1", 32, 20},

@@ -1,4 +1,4 @@
-// GGUF v3, the file format llama.cpp reads (FORMATS.md §4): the constants,
+// GGUF v3, the file format llama.cpp reads (docs/formats.md §4, GGUF): the constants,
 // the metadata value model and the ggml tensor types mftk reads and writes.
 // Shared by the reader (core, for `mftk inspect`) and the writer (the gguf
 // plugin); no torch here.

@@ -64,7 +64,7 @@ const char* hf_dtype_name(at::ScalarType t) {
 }
 
 // A chat template for tokenizer_config.json, so transformers' apply_chat_template
-// renders what mftk's chat encoder builds (FORMATS.md §3.3).
+// renders what mftk's chat encoder builds (docs/formats.md §3.3, chat templates).
 std::string chat_template(bool v3) {
   if (v3)
     return "{%- set msgs = messages -%}{%- set sys = none -%}"

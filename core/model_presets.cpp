@@ -1,5 +1,5 @@
 // Preset shapes. The 7B values are the shipped Hugging Face config.json
-// files (FORMATS.md §2.2); tiny and small are ours, sized for CPU tests and
+// files (docs/formats.md §2.2, Mistral-7B configs); tiny and small are ours, sized for CPU tests and
 // quick experiments, with grouped-query attention and a sliding window that
 // binds at their training lengths so both code paths get exercised.
 #include "model_presets.h"

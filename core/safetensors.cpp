@@ -1,11 +1,11 @@
 // safetensors files and Hugging Face checkpoint folders.
 //
 // Reading: the header is read with pread and checked exactly like the
-// reference Rust reader (FORMATS.md §1.1), then the file is memory-mapped
+// reference Rust reader (docs/formats.md §1.1, safetensors layout), then the file is memory-mapped
 // read-only and get() hands out zero-copy views. Writing: byte-identical to
-// safetensors.torch.save_file (FORMATS.md §1.3), streamed through a
+// safetensors.torch.save_file (docs/formats.md §1.3, safetensors writer), streamed through a
 // temporary file that is renamed into place only when complete. Sharded
-// checkpoints follow huggingface_hub's splitter (FORMATS.md §1.4).
+// checkpoints follow huggingface_hub's splitter (docs/formats.md §1.4, sharded checkpoints).
 //
 // Assumes a little-endian host (safetensors data are little-endian and are
 // mapped as-is).

@@ -9,7 +9,7 @@
 namespace mftk::core {
 
 // Trains on text_file (one sentence per line) and writes exactly
-// model_out_path (no .vocab file). The model follows FORMATS.md §3.1: BPE,
+// model_out_path (no .vocab file). The model follows docs/formats.md §3.1 (sentencepiece model): BPE,
 // <unk> 0, <s> 1, </s> 2, no pad, byte fallback, split digits, dummy prefix,
 // whitespace kept as is, identity normalizer. With mistral_v3_controls, ids 3
 // and 4 are the CONTROL pieces [INST] and [/INST], so the v3 chat format

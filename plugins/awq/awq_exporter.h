@@ -1,6 +1,6 @@
 // The "awq" exporter: a Mistral checkpoint folder as an AutoAWQ "GEMM"
 // checkpoint (4-bit weights with zero points, groups along the input
-// dimension) that transformers, vLLM and AutoAWQ read (FORMATS.md §5).
+// dimension) that transformers, vLLM and AutoAWQ read (docs/formats.md §5, AWQ).
 //
 //   mftk export --plugin awq --model DIR --out DIR_AWQ --set calibration_file=rows.jsonl
 //               [--set group_size=128 --set calibration_rows=128 --set calibration_len=512]
@@ -56,7 +56,7 @@ AwqOptions awq_options_from_config(const Config& config);
 void check_awq_shapes(const mistral::MistralConfig& config, int64_t group_size);
 
 // {"quant_method": "awq", "zero_point": true, "group_size": G, "bits": 4,
-//  "version": "gemm", "modules_to_not_convert": null} (FORMATS.md §5.4).
+//  "version": "gemm", "modules_to_not_convert": null} (docs/formats.md §5.4, AWQ config).
 nlohmann::json awq_quantization_config(int64_t group_size);
 
 // A set of linears that read the same input, and the op before them that

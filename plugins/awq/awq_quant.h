@@ -1,4 +1,4 @@
-// AWQ's 4-bit group quantiser and AutoAWQ's "GEMM" packing (FORMATS.md §5.1-5.3).
+// AWQ's 4-bit group quantiser and AutoAWQ's "GEMM" packing (docs/formats.md §5.1-5.3, AWQ layout).
 //
 //   quantize_groups   W [out, in] -> integer codes, fp16 scales and integer zero points,
 //                     one (scale, zero) per output channel and group of G input channels

@@ -1,4 +1,4 @@
-// AWQ's two searches (FORMATS.md §5.5, after AutoAWQ's scale.py / quantizer.py):
+// AWQ's two searches (docs/formats.md §5.5, AWQ search, after AutoAWQ's scale.py / quantizer.py):
 //
 //   search_scales  per input channel s for a group of linears sharing an input:
 //                  s = x_mean^a / w_mean^(1-a) ("duo scaling"), a on a grid of 20,

@@ -1,6 +1,6 @@
 // ggml's scalar encodings, bit-exact with its reference (C) implementations:
 // fp32 -> fp16 and bf16 conversions and the Q8_0 block quantiser
-// (FORMATS.md §4.7). Plain C++, no torch: the exporter hands rows of floats.
+// (docs/formats.md §4.7, GGUF blocks). Plain C++, no torch: the exporter hands rows of floats.
 //
 // defines: mftk::gguf::fp32_to_fp16, mftk::gguf::fp16_to_fp32,
 //          mftk::gguf::fp32_to_bf16, mftk::gguf::bf16_to_fp32,

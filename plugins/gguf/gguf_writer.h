@@ -4,7 +4,7 @@
 // memory, not the model. The file is written next to `path` and renamed
 // into place by finish(), so a crash never leaves a half-written model.
 //
-// Written the way ggml's C reader wants it (FORMATS.md §4.2): offsets are
+// Written the way ggml's C reader wants it (docs/formats.md §4.2, GGUF layout): offsets are
 // the running sum of each tensor's bytes rounded up to the alignment, the
 // data section starts at the alignment, padding is zeros.
 //

@@ -1,7 +1,7 @@
 // ggml's K-quant super-blocks of 256 values, bit-exact with its reference
 // quantisers (quantize_row_q4_K_ref, quantize_row_q6_K_ref: what
 // llama-quantize writes without an importance matrix). Layouts in
-// FORMATS.md §4.7. Plain C++, no torch.
+// docs/formats.md §4.7 (GGUF blocks). Plain C++, no torch.
 //
 // defines: mftk::gguf::kQK_K, kQ4_KBlockBytes, kQ6_KBlockBytes,
 //          mftk::gguf::quantize_row_q4_k, dequantize_row_q4_k,

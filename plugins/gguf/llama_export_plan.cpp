@@ -1,5 +1,5 @@
 // Mistral -> GGUF `llama` metadata and tensor plan (see llama_export_plan.h).
-// Keys and their types follow llama.cpp's HF converter (FORMATS.md §4.3):
+// Keys and their types follow llama.cpp's HF converter (docs/formats.md §4.3, GGUF metadata):
 // llama.cpp checks each key's type, so a u32 written as an i32 is an error
 // there, not a warning.
 #include "llama_export_plan.h"

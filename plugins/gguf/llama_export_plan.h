@@ -1,5 +1,5 @@
 // What a Mistral checkpoint becomes in a GGUF file for llama.cpp's `llama`
-// architecture (FORMATS.md §4.3-4.6): the metadata (hyperparameters and the
+// architecture (docs/formats.md §4.3-4.6, GGUF for llama): the metadata (hyperparameters and the
 // sentencepiece vocabulary) and, for every tensor, its GGUF name, type,
 // shape and whether its rows are reordered for llama.cpp's RoPE. Names come
 // from the Mistral plugin's one table (plugins/mistral/tensor_names.h).

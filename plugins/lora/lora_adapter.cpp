@@ -1,5 +1,5 @@
 // The "lora" adapter (see lora_adapter.h). PEFT facts used here are in
-// FORMATS.md §8: file names, adapter_config.json keys, tensor names
+// docs/formats.md §8 (PEFT adapters): file names, adapter_config.json keys, tensor names
 // "base_model.model.<module>.lora_{A,B}.weight", shapes [r, in] / [out, r],
 // scaling alpha/r (alpha/sqrt(r) with rsLoRA), merge W + s * B @ A.
 #include "lora_adapter.h"

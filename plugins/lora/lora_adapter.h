@@ -6,7 +6,7 @@
 // inject() wraps every slot that target_modules names in a LoRALinear and
 // makes the modules_to_save tensors trainable; save()/load() read and write
 // the PEFT adapter folder (adapter_config.json + adapter_model.safetensors,
-// FORMATS.md §8) so that transformers + PEFT load what mftk saves and mftk
+// docs/formats.md §8, PEFT adapters) so that transformers + PEFT load what mftk saves and mftk
 // loads what PEFT saves; merge() folds the update into dense weights.
 #pragma once
 

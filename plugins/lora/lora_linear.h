@@ -1,5 +1,5 @@
 // LoRALinear: a linear op that adds a trainable low-rank update to the op it
-// wraps (PEFT's LoRA Linear layer, FORMATS.md §8.4).
+// wraps (PEFT's LoRA Linear layer, docs/formats.md §8.4, LoRA arithmetic).
 //
 // defines: mftk::lora::LoRAInit, mftk::lora::LoRALinearOptions,
 //          mftk::lora::LoRALinear, mftk::lora::lora_scaling

@@ -1,5 +1,5 @@
 // The small pieces of a Mistral block, each exactly as transformers'
-// modeling_mistral.py computes it (FORMATS.md §2.3, §2.4).
+// modeling_mistral.py computes it (docs/formats.md §2.3, §2.4, Mistral block, RoPE).
 //
 // defines: mftk::mistral::rms_norm, mftk::mistral::RotaryEmbedding,
 //          mftk::mistral::rotate_half, mftk::mistral::apply_rotary

@@ -1,5 +1,5 @@
 // MistralModel: hparams -> tensors -> forward. The block math follows
-// transformers' modeling_mistral.py (FORMATS.md §2.3-§2.5):
+// transformers' modeling_mistral.py (docs/formats.md §2.3-§2.5, Mistral block, RoPE, window):
 //   h = x + o_proj(attn(rms_norm(x)))
 //   y = h + down(silu(gate(rms_norm(h))) * up(rms_norm(h)))
 #include "mistral_model.h"

@@ -1,5 +1,5 @@
 // Names from transformers' modeling_mistral.py (HF) and llama.cpp's
-// convert_hf_to_gguf.py / llama-arch (GGUF), as listed in FORMATS.md §2.3, §4.4.
+// convert_hf_to_gguf.py / llama-arch (GGUF), as listed in docs/formats.md §2.3, §4.4 (tensor names).
 #include "tensor_names.h"
 
 #include <fmt/format.h>

@@ -1,5 +1,5 @@
 // NF4 checkpoint folders in the layout transformers + bitsandbytes save and
-// load for 4-bit models (FORMATS.md §6.4): per quantised module P
+// load for 4-bit models (docs/formats.md §6.4, NF4 checkpoint keys): per quantised module P
 //   P.weight                                 uint8 [(numel + 1) / 2, 1]
 //   P.weight.absmax                          float32 [blocks] (uint8 with double quant)
 //   P.weight.quant_map                       float32 [16]

@@ -1,4 +1,4 @@
-// The NF4 number format as bitsandbytes defines it (FORMATS.md §6): the
+// The NF4 number format as bitsandbytes defines it (docs/formats.md §6, NF4): the
 // 16-value code table, blockwise quantisation into packed nibbles, the
 // dequantisation kernels (scalar and AVX2), and double quantisation of the
 // per-block absmax. Plain loops over raw buffers; nf4_tensor.h wraps them
@@ -82,7 +82,7 @@ void dequantize_blocks_f32(const uint8_t* packed, const float* absmax, int64_t n
 void dequantize_blocks_bf16(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize,
                             uint16_t* out, DequantPath path = DequantPath::automatic);
 
-// Double quantisation (FORMATS.md §6.3): offset = mean(absmax) (summed in
+// Double quantisation (docs/formats.md §6.3, double quantisation): offset = mean(absmax) (summed in
 // double, rounded to float), then absmax - offset quantised blockwise (256)
 // with the signed dynamic map: codes[blocks], nested_absmax[ceil(blocks/256)].
 void double_quantize_absmax(const float* absmax, int64_t blocks, uint8_t* codes, float* nested_absmax,

@@ -1,5 +1,5 @@
 // The "paged_adamw_8bit" and "adamw_8bit" optimizers: bitsandbytes' blockwise
-// 8-bit AdamW (FORMATS.md §7), on the CPU.
+// 8-bit AdamW (docs/formats.md §7, 8-bit optimiser), on the CPU.
 //
 // defines: mftk::paged_adamw_8bit::AdamW8bitOptions,
 //          mftk::paged_adamw_8bit::adamw_8bit_keys,

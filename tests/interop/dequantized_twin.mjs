@@ -28,7 +28,7 @@ const headerSize = Number(st.readBigUInt64LE(0));
 const header = JSON.parse(st.subarray(8, 8 + headerSize).toString("utf8"));
 const dataStart = 8 + headerSize;
 
-// GGUF name -> HF name (FORMATS.md §4.4) and the head count of its RoPE row order.
+// GGUF name -> HF name (docs/formats.md §4.4, GGUF tensor names) and the head count of its RoPE row order.
 const perLayer = {
     attn_q: ["self_attn.q_proj", config.num_attention_heads], attn_k: ["self_attn.k_proj", config.num_key_value_heads],
     attn_v: ["self_attn.v_proj", 0], attn_output: ["self_attn.o_proj", 0], ffn_gate: ["mlp.gate_proj", 0],

@@ -1,5 +1,5 @@
 // An independent, deliberately plain Mistral forward pass, written from the
-// Hugging Face formulas (FORMATS.md §2.3-§2.5) to check the plugin against.
+// Hugging Face formulas (docs/formats.md §2.3-§2.5, Mistral block, RoPE, window) to check the plugin against.
 //
 // defines: mftk::reference::HfMistralReferenceConfig,
 //          mftk::reference::hf_mistral_reference_logits

@@ -1,5 +1,5 @@
 // The "awq" exporter: the group quantiser and AutoAWQ's GEMM packing
-// against an unpacker written here from FORMATS.md §5.2-5.3 (not the
+// against an unpacker written here from docs/formats.md §5.2-5.3 (AWQ packing, quantisation; not the
 // plugin's code), AWQ against plain round-to-nearest on held-out
 // activations, the written folder, and the refusals.
 #include <gtest/gtest.h>
@@ -35,7 +35,7 @@ namespace fs = std::filesystem;
 namespace tt = mftk::train_test;
 using mftk::awq::GroupQuantized;
 
-// FORMATS.md §5.2: nibble i of a word is (v >> 4i) & 0xF; output channel j
+// docs/formats.md §5.2 (AWQ packing): nibble i of a word is (v >> 4i) & 0xF; output channel j
 // of packed column c sits in nibble REVERSE[j].
 at::Tensor unpack_awq_columns(const at::Tensor& packed) {
   static const int kReverse[8] = {0, 4, 1, 5, 2, 6, 3, 7};
@@ -52,7 +52,7 @@ at::Tensor unpack_awq_columns(const at::Tensor& packed) {
   return out;
 }
 
-// FORMATS.md §5.3: W[k, o] = (q[k, o] - zero[k/G, o]) * scale[k/G, o]; the
+// docs/formats.md §5.3 (AWQ quantisation): W[k, o] = (q[k, o] - zero[k/G, o]) * scale[k/G, o]; the
 // nn.Linear weight is W^T.
 at::Tensor dequantize_awq(const at::Tensor& qweight, const at::Tensor& qzeros, const at::Tensor& scales,
                           int64_t group_size) {

@@ -1,5 +1,5 @@
 // The [INST] chat format against mistral-common's assembly rules
-// (FORMATS.md §3.2): expected ids are built here from BOS/EOS, control ids
+// (docs/formats.md §3.2, [INST] token ids): expected ids are built here from BOS/EOS, control ids
 // and plain encodes of the text chunks, and a few cases are written out as
 // literal ids worked out from the piece table.
 #include <gtest/gtest.h>

@@ -1,5 +1,5 @@
 // The lora adapter plugin against hand-written formulas and PEFT's file
-// layout (FORMATS.md §8), on a tiny fake model built here (no model plugin).
+// layout (docs/formats.md §8, PEFT adapters), on a tiny fake model built here (no model plugin).
 #include <gtest/gtest.h>
 
 #include <cmath>

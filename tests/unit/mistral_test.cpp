@@ -3,7 +3,7 @@
 // element by element, and invariants (GQA == repeated MHA, packing ==
 // separate runs, KV-cache decoding == full forward, block size and gradient
 // checkpointing change nothing, the sliding window cuts exactly where
-// FORMATS.md §2.5 says).
+// docs/formats.md §2.5, sliding window, says).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -246,7 +246,7 @@ TEST(MistralConfig, ErrorsNameTheFileAndTheKey) {
 }
 
 TEST(MistralConfig, PresetsHoldTheShippedValues) {
-  // FORMATS.md §2.2.
+  // docs/formats.md §2.2 (Mistral-7B configs).
   auto v1 = MistralConfig::preset("mistral-7b-v0.1", 0);
   EXPECT_EQ(v1.vocab_size, 32000);
   EXPECT_EQ(v1.hidden_size, 4096);

@@ -47,7 +47,7 @@ using mftk::nf4::DequantPath;
 using mftk::nf4::Nf4Tensor;
 using mftk::nf4::kNf4Codes;
 
-// FORMATS.md §6.1, as printed there (index -> value).
+// docs/formats.md §6.1 (NF4 values), as printed there (index -> value).
 const double kTable[16] = {-1.0,
                            -0.6961928009986877,
                            -0.5250730514526367,

@@ -3,7 +3,7 @@
 //
 // Every expectation comes from outside the code under test: updates worked
 // out by hand from the formulas, a second implementation written here from
-// FORMATS.md §7 (maps, nearest-code rule, the kernel's per-element order),
+// docs/formats.md §7 (8-bit optimiser; maps, nearest-code rule, the kernel's per-element order),
 // and invariants (symmetry, bounds derived from the map spacing, resume ==
 // uninterrupted run, paging changes nothing).
 #include <gtest/gtest.h>
@@ -49,7 +49,7 @@ float mul(float a, float b) {
   return r;
 }
 
-// bitsandbytes' create_dynamic_map written out again from FORMATS.md §7.1,
+// bitsandbytes' create_dynamic_map written out again from docs/formats.md §7.1 (dynamic map),
 // with torch.linspace's float32 formula.
 Map reference_dynamic_map(bool is_signed) {
   std::vector<float> data;

@@ -1,7 +1,7 @@
 // safetensors reader/writer and HF checkpoint folders (core/safetensors.cpp).
 //
 // Expected bytes are assembled by hand from the format rules in
-// FORMATS.md §1 (and two vectors from the reference library's own tests);
+// docs/formats.md §1 (safetensors; and two vectors from the reference library's own tests);
 // nothing here is a recorded output of the code under test.
 
 #include "mftk/safetensors.h"
@@ -54,7 +54,7 @@ std::string le64(uint64_t n) {
   return out;
 }
 
-// length field + header + data, the layout of FORMATS.md §1.1.
+// length field + header + data, the layout of docs/formats.md §1.1 (safetensors layout).
 std::string file_bytes(const std::string& header, const std::string& data = {}) {
   return le64(header.size()) + header + data;
 }

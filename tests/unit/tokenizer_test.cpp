@@ -1,5 +1,5 @@
 // SHA-256 against the FIPS 180-2 vectors; the sentencepiece tokenizer against
-// the facts of Mistral's own tokenizer files (FORMATS.md §3.1); training a
+// the facts of Mistral's own tokenizer files (docs/formats.md §3.1, sentencepiece model); training a
 // tiny Mistral-style tokenizer. This binary links libtorch, so every test that
 // touches a tokenizer also shows the dlmopen'd shim works in a torch process.
 #include <gtest/gtest.h>
@@ -214,7 +214,7 @@ TEST(Tokenizer, V1EncodesInstMarkersAsPlainText) {
   REQUIRE_MISTRAL_MODEL(path, "v1");
   const auto& tok = cached_tokenizer(path);
   using Ids = std::vector<int32_t>;
-  // FORMATS.md §3.1: "▁[INST]" -> ▁[ INST ], "▁[/INST]" -> ▁[ / INST ].
+  // docs/formats.md §3.1 (sentencepiece model): "▁[INST]" -> ▁[ INST ], "▁[/INST]" -> ▁[ / INST ].
   EXPECT_EQ(tok->encode("[INST]"), (Ids{733, 16289, 28793}));
   EXPECT_EQ(tok->encode("[/INST]"), (Ids{733, 28748, 16289, 28793}));
   // A newline has no piece of its own: byte fallback to <0x0A> (id 3 + 0x0A).
