@@ -17,7 +17,7 @@ int64_t widen_chunk_rows(const at::Tensor& weight) {
   return std::max<int64_t>(1, (int64_t(64) << 20) / std::max<int64_t>(1, weight.size(1) * 4));
 }
 
-// y = x W^T in fp32 over a bf16 W, widened one block of output rows at a time.
+// y = x W^T in fp32 over a bf16 or f16 W, widened one block of output rows at a time.
 at::Tensor widened_linear(const at::Tensor& x, const at::Tensor& weight) {
   const int64_t out = weight.size(0), chunk = widen_chunk_rows(weight);
   if (out <= chunk) return at::linear(x, weight.to(at::kFloat));
@@ -46,9 +46,9 @@ at::Tensor widened_input_grad(const at::Tensor& grad_y, const at::Tensor& weight
   return grad_x.view(shape);
 }
 
-// y = x W^T with a frozen bf16 W widened to fp32 per matmul; the node keeps
-// the bf16 W (a view of the checkpoint), not a copy, and widens again in
-// backward for dL/dx. No weight gradient.
+// y = x W^T with a frozen bf16 or f16 W widened to fp32 per matmul; the
+// node keeps the narrow W (a view of the checkpoint), not a copy, and widens
+// again in backward for dL/dx. No weight gradient.
 struct WidenedMatmul : torch::autograd::Function<WidenedMatmul> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight) {
     ctx->saved_data["weight"] = weight;
@@ -69,11 +69,17 @@ class DenseLinear final : public LinearOp {
   DenseLinear(at::Tensor weight, at::Tensor bias) : weight_(std::move(weight)), bias_(std::move(bias)) {}
 
   at::Tensor forward(const at::Tensor& x) override {
+    // An f16 weight on the CPU is always widened: libtorch's CPU kernels
+    // have no Half matmul at all ("addmm_impl_cpu_" not implemented for
+    // 'Half'), so the product is taken in fp32 and returned in x's dtype.
+    if (weight_.scalar_type() == at::kHalf && weight_.is_cpu() && x.scalar_type() != at::kFloat)
+      return forward(x.to(at::kFloat)).to(x.scalar_type());
     // The matmul runs in the weight's dtype where that is fast: a bf16
     // frozen base takes oneDNN's bf16 path (about 2x fp32 with avx512_bf16).
     // Without native bf16, fp32 activations meet a widened weight instead.
-    if (x.scalar_type() == at::kFloat && weight_.scalar_type() == at::kBFloat16 && weight_.is_cpu() &&
-        !cpu_has_native_bf16()) {
+    const bool half_width = weight_.scalar_type() == at::kHalf ||
+                            (weight_.scalar_type() == at::kBFloat16 && !cpu_has_native_bf16());
+    if (x.scalar_type() == at::kFloat && half_width && weight_.is_cpu()) {
       const at::Tensor bias = bias_.defined() ? bias_.to(at::kFloat) : bias_;
       // A frozen weight: the autograd node keeps the bf16 tensor, not the
       // fp32 copy, and widens again in backward (otherwise every layer's
@@ -82,7 +88,7 @@ class DenseLinear final : public LinearOp {
         const at::Tensor y = WidenedMatmul::apply(x, weight_);
         return bias.defined() ? y + bias : y;
       }
-      if (weight_.requires_grad()) return at::linear(x, weight_.to(at::kFloat), bias);  // trained in bf16
+      if (weight_.requires_grad()) return at::linear(x, weight_.to(at::kFloat), bias);  // trained in bf16 / f16
       at::NoGradGuard no_grad;  // frozen, and x needs no gradient
       const at::Tensor y = widened_linear(x, weight_);
       return bias.defined() ? y + bias : y;

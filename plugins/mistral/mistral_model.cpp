@@ -126,6 +126,13 @@ void MistralModel::load(const LoadOptions& options) {
       throw Error(fmt::format("checkpoint {}: tensor '{}' has shape {}, but config.json implies {}",
                               path, t.name, shape_str(info.shape), shape_str(t.shape)),
                   "the weights and config.json do not belong together; re-export the checkpoint");
+    // Any float dtype is computed in (f16 and bf16 widened per matmul);
+    // an integer one would be multiplied as integers, silently wrong.
+    if (!at::isFloatingType(dtype_from_safetensors(info.dtype)))
+      throw Error(fmt::format("checkpoint {}: tensor '{}' is stored as {}, not as a float type", path, t.name,
+                              info.dtype),
+                  "store the model's weights as F32, F16 or BF16 (a quantised folder needs its "
+                  "quantization_config in config.json)");
   }
   if (!missing.empty()) {
     const size_t shown = std::min<size_t>(missing.size(), 8);
