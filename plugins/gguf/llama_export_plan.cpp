@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include "mftk/error.h"
 #include "mftk/safetensors.h"
@@ -110,6 +111,37 @@ std::optional<std::string> special_token_text(const nlohmann::json& config, cons
   return std::nullopt;
 }
 
+// The converter's does_token_look_special: added tokens some models forget
+// to mark special but that are control tokens all the same.
+bool looks_like_control_token(const std::string& text) {
+  // Python's startswith and endswith: the two ends may overlap ("<|>").
+  auto wrapped = [&](const std::string& open, const std::string& close) {
+    return text.size() >= open.size() && text.size() >= close.size() && text.compare(0, open.size(), open) == 0 &&
+           text.compare(text.size() - close.size(), close.size(), close) == 0;
+  };
+  return text == "<pad>" || text == "<mask>" || text == "<2mass>" || text == "[@BOS@]" || wrapped("<|", "|>") ||
+         wrapped("<\xef\xbd\x9c", "\xef\xbd\x9c>") /* <｜ ... ｜> */ || wrapped("<unused", ">");
+}
+
+std::string spaces_for_word_boundaries(std::string text) {
+  const std::string boundary = "\xe2\x96\x81";  // "▁"
+  for (size_t at = text.find(boundary); at != std::string::npos; at = text.find(boundary, at + 1))
+    text.replace(at, boundary.size(), " ");
+  return text;
+}
+
+// A token id from a JSON key or value, checked against the vocabulary;
+// nullopt (with a warning, as the converter warns) when it is past it.
+std::optional<size_t> added_token_id(int64_t id, int64_t vocab_size, const std::string& text, const std::string& file) {
+  if (id < 0) throw Error(fmt::format("{}: added token \"{}\" has a negative id {}", file, text, id));
+  if (id >= vocab_size) {
+    spdlog::warn("gguf: {}: ignoring added token \"{}\": id {} is past the vocabulary ({} ids)", file, text, id,
+                 vocab_size);
+    return std::nullopt;
+  }
+  return size_t(id);
+}
+
 }  // namespace
 
 TokenizerFacts load_tokenizer_facts(const std::string& model_dir, int64_t vocab_size) {
@@ -119,17 +151,84 @@ TokenizerFacts load_tokenizer_facts(const std::string& model_dir, int64_t vocab_
     throw Error(fmt::format("{}: the tokenizer has {} pieces but the model only {} embeddings (vocab_size)",
                             model_dir, n, vocab_size),
                 "the tokenizer does not belong to this checkpoint");
+  // The vocabulary exactly as llama.cpp's HF converter writes it for a
+  // sentencepiece model (convert_hf_to_gguf.py, _create_vocab_sentencepiece,
+  // which _set_vocab_sentencepiece writes for Llama/Mistral), so a GGUF from
+  // either tool carries the same tokens, scores and types:
+  //  1. every piece of tokenizer.model with sentencepiece's score; type
+  //     UNKNOWN, CONTROL, UNUSED or BYTE as sentencepiece says, NORMAL for
+  //     every other piece (a user-defined one too);
+  //  2. ids past the tokenizer, up to vocab_size: "[PAD<id>]", score -10000,
+  //     UNUSED;
+  //  3. added_tokens.json ({text: id}): that text, score -1000, USER_DEFINED;
+  //  4. tokenizer_config.json's added_tokens_decoder ({id: {content,
+  //     special}}), last, so it wins: that content, score -1000, and CONTROL
+  //     when "special" is true or the text looks like a control token
+  //     (looks_like_control_token), USER_DEFINED otherwise, with "▁" written
+  //     as a space. Hugging Face lists Mistral's <unk>, <s>, </s> (and v3's
+  //     [INST], [/INST], [TOOL_CALLS], ..., [control_768]) there as special,
+  //     so they become CONTROL with score -1000, <unk> included.
+  // Added ids past vocab_size are ignored with a warning, as there.
   TokenizerFacts f;
   f.tokens.reserve(size_t(vocab_size));
   for (int32_t id = 0; id < n; ++id) {
+    const PieceType type = tok->type(id);
+    const bool kept = type == PieceType::unknown || type == PieceType::control || type == PieceType::unused ||
+                      type == PieceType::byte;
     f.tokens.push_back(tok->piece(id));
     f.scores.push_back(tok->score(id));
-    f.types.push_back(int32_t(tok->type(id)));
+    f.types.push_back(int32_t(kept ? type : PieceType::normal));
   }
   for (int64_t id = n; id < vocab_size; ++id) {
     f.tokens.push_back(fmt::format("[PAD{}]", id));
-    f.scores.push_back(-1000.0f);
+    f.scores.push_back(-10000.0f);
     f.types.push_back(int32_t(PieceType::unused));
+  }
+  const auto added_path = std::filesystem::path(model_dir) / "added_tokens.json";
+  const nlohmann::json added = read_json_if_present(added_path);
+  if (!added.is_object())
+    throw Error(fmt::format("{}: expected an object {{\"token\": id, ...}}", added_path.string()));
+  for (const auto& [text, id] : added.items()) {
+    if (!id.is_number_integer())
+      throw Error(fmt::format("{}: the id of \"{}\" is not an integer", added_path.string(), text));
+    if (auto at = added_token_id(id.get<int64_t>(), vocab_size, text, added_path.string())) {
+      f.tokens[*at] = text;
+      f.scores[*at] = -1000.0f;
+      f.types[*at] = int32_t(PieceType::user_defined);
+    }
+  }
+
+  const auto config_path = std::filesystem::path(model_dir) / "tokenizer_config.json";
+  const nlohmann::json config = read_json_if_present(config_path);
+  if (auto it = config.find("added_tokens_decoder"); it != config.end() && !it->is_null()) {
+    if (!it->is_object())
+      throw Error(fmt::format("{}: added_tokens_decoder is not an object {{\"id\": {{\"content\": ...}}}}",
+                              config_path.string()));
+    for (const auto& [key, entry] : it->items()) {
+      int64_t id = -1;
+      size_t used = 0;
+      try {
+        id = std::stoll(key, &used);
+      } catch (const std::exception&) {
+      }
+      if (used == 0 || used != key.size())
+        throw Error(fmt::format("{}: added_tokens_decoder key \"{}\" is not a token id", config_path.string(), key));
+      if (!entry.is_object() || !entry.contains("content") || !entry["content"].is_string())
+        throw Error(fmt::format("{}: added_tokens_decoder[\"{}\"] has no \"content\" string", config_path.string(),
+                                key));
+      std::string text = entry["content"].get<std::string>();
+      const auto at = added_token_id(id, vocab_size, text, config_path.string());
+      if (!at) continue;
+      const auto special = entry.find("special");
+      if ((special != entry.end() && special->is_boolean() && special->get<bool>()) || looks_like_control_token(text)) {
+        f.types[*at] = int32_t(PieceType::control);
+      } else {
+        text = spaces_for_word_boundaries(text);
+        f.types[*at] = int32_t(PieceType::user_defined);
+      }
+      f.scores[*at] = -1000.0f;
+      f.tokens[*at] = text;
+    }
   }
   f.bos = uint32_t(tok->bos_id());
   f.eos = uint32_t(tok->eos_id());
@@ -137,8 +236,6 @@ TokenizerFacts load_tokenizer_facts(const std::string& model_dir, int64_t vocab_
   f.add_bos = tok->add_bos();
   f.add_eos = tok->add_eos();
 
-  const auto config_path = std::filesystem::path(model_dir) / "tokenizer_config.json";
-  const nlohmann::json config = read_json_if_present(config_path);
   if (auto pad = special_token_text(config, "pad_token")) {
     if (auto id = tok->piece_to_id(*pad)) f.pad = uint32_t(*id);
     else
@@ -189,6 +286,7 @@ GgufWriter::Metadata llama_metadata(const mistral::MistralConfig& c, const Token
   if (c.sliding_window) m.emplace_back("llama.attention.sliding_window", u32(*c.sliding_window));
 
   m.emplace_back("tokenizer.ggml.model", GgufValue::str("llama"));
+  m.emplace_back("tokenizer.ggml.pre", GgufValue::str("default"));  // as the converter writes for sentencepiece
   m.emplace_back("tokenizer.ggml.tokens", GgufValue::strings(t.tokens));
   m.emplace_back("tokenizer.ggml.scores", GgufValue::f32s(t.scores));
   m.emplace_back("tokenizer.ggml.token_type", GgufValue::i32s(t.types));

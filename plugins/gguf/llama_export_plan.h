@@ -54,17 +54,20 @@ std::vector<int64_t> llama_rope_row_order(int64_t rows, int64_t n_head);
 struct TokenizerFacts {
   std::vector<std::string> tokens;
   std::vector<float> scores;
-  std::vector<int32_t> types;  // sentencepiece piece types (1 normal ... 6 byte)
+  std::vector<int32_t> types;  // llama token types (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte)
   uint32_t bos = 1, eos = 2, unk = 0;
   std::optional<uint32_t> pad;
   bool add_bos = true, add_eos = false;
   std::string chat_template;  // empty: none in tokenizer_config.json
 };
 
-// Reads tokenizer.model (through mftk's Tokenizer) and tokenizer_config.json,
-// and pads the vocabulary to vocab_size with "[PAD<i>]" pieces (score -1000,
-// type unused) as llama.cpp's converter does. Throws when the tokenizer has
-// more pieces than the model has embeddings.
+// Reads tokenizer.model (through mftk's Tokenizer), added_tokens.json and
+// tokenizer_config.json, and builds the vocabulary as llama.cpp's HF
+// converter does (the rules in llama_export_plan.cpp): sentencepiece's pieces
+// and scores, padded to vocab_size with "[PAD<i>]" (score -10000, unused),
+// then the added tokens (score -1000; control when special, else
+// user-defined). Throws when the tokenizer has more pieces than the model has
+// embeddings.
 TokenizerFacts load_tokenizer_facts(const std::string& model_dir, int64_t vocab_size);
 
 // Every key llama.cpp reads for a llama-architecture SentencePiece model,

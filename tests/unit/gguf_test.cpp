@@ -20,6 +20,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Half.h>
+#include <nlohmann/json.hpp>
 
 #include "gguf/ggml_quants.h"
 #include "gguf/gguf_exporter.h"
@@ -63,6 +64,23 @@ void expect_rejected(const std::string& path, const std::string& needle) {
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << "the error should name the file: " << e.what();
   }
+}
+
+nlohmann::json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
+}
+
+void write_json(const fs::path& path, const nlohmann::json& j) { std::ofstream(path) << j.dump(2); }
+
+// convert_hf_to_gguf.py's type for a tokenizer.model piece that no added
+// token overrides: sentencepiece's UNKNOWN, CONTROL, UNUSED and BYTE stay,
+// everything else (user-defined pieces too) is NORMAL.
+int64_t converter_type(mftk::PieceType t) {
+  using mftk::PieceType;
+  return t == PieceType::unknown || t == PieceType::control || t == PieceType::unused || t == PieceType::byte
+             ? int64_t(t)
+             : 1;
 }
 
 // ------------------------------------------------------------------ encodings
@@ -557,19 +575,24 @@ TEST(GgufExport, TinyMistralAtF32IsTheCheckpointRearranged) {
   EXPECT_EQ(file.get("llama.attention.layer_norm_rms_epsilon", GgufValueType::float32).real, double(1e-5f));
   EXPECT_EQ(file.get("tokenizer.ggml.model", GgufValueType::string).text, "llama");
 
+  // The vocabulary: the converter's rules (GgufVocabulary.* pins them on
+  // Mistral's tokenizers); here, that the file holds them for every id.
   const auto tok = mftk::Tokenizer::load(model);
   const auto& tokens = file.get("tokenizer.ggml.tokens", GgufValueType::array);
   const auto& types = file.get("tokenizer.ggml.token_type", GgufValueType::array);
   const auto& scores = file.get("tokenizer.ggml.scores", GgufValueType::array);
   ASSERT_EQ(tokens.items.size(), u32("llama.vocab_size"));
   ASSERT_EQ(types.element_type, GgufValueType::int32);
+  const auto listed = read_json(fs::path(model) / "tokenizer_config.json").value("added_tokens_decoder", nlohmann::json::object());
   for (int32_t id = 0; id < tok->vocab_size(); ++id) {
+    const std::string key = std::to_string(id);
+    const bool added = listed.contains(key), special = added && listed[key].value("special", false);
     EXPECT_EQ(tokens.items[size_t(id)].text, tok->piece(id));
-    EXPECT_EQ(types.items[size_t(id)].as_int(), int64_t(tok->type(id)));
-    EXPECT_EQ(float(scores.items[size_t(id)].real), tok->score(id));
+    EXPECT_EQ(types.items[size_t(id)].as_int(), added ? (special ? 3 : 4) : converter_type(tok->type(id))) << id;
+    EXPECT_EQ(float(scores.items[size_t(id)].real), added ? -1000.0f : tok->score(id)) << id;
   }
-  EXPECT_EQ(types.items[0].as_int(), 2);  // <unk>
-  EXPECT_EQ(types.items[1].as_int(), 3);  // <s>
+  EXPECT_EQ(types.items[1].as_int(), 3);  // <s>: control either way
+  EXPECT_EQ(file.get("tokenizer.ggml.pre", GgufValueType::string).text, "default");
   EXPECT_EQ(u32("tokenizer.ggml.bos_token_id"), uint64_t(tok->bos_id()));
   EXPECT_EQ(u32("tokenizer.ggml.eos_token_id"), uint64_t(tok->eos_id()));
   EXPECT_EQ(file.get("tokenizer.ggml.add_bos_token", GgufValueType::boolean).integer, 1u);
@@ -742,6 +765,175 @@ TEST(GgufExport, RefusesEncodingsNotBuilt) {
   }
   EXPECT_EQ(mftk::gguf::gguf_options_from_config(config_with_type("q8_0")).encoding, mftk::gguf::Encoding::q8_0);
   EXPECT_EQ(mftk::gguf::gguf_options_from_config(config_with_type("q4_k_m")).encoding, mftk::gguf::Encoding::q4_k_m);
+}
+
+// ------------------------------------------------------------------ vocabulary
+//
+// The tokens, scores and types llama.cpp's own converter (convert_hf_to_gguf.py,
+// _create_vocab_sentencepiece) writes for a Mistral checkpoint, on Mistral's
+// real tokenizer.model files with the added_tokens_decoder Hugging Face
+// writes beside them. transformers' sentencepiece conversion lists every
+// control piece and the unknown piece as "special": true and every
+// user-defined piece as "special": false: for v1, <unk>, <s>, </s> (ids 0-2);
+// for v3 also [INST], [/INST], [TOOL_CALLS], ..., [control_748] (special)
+// and [REFERENCE_DOC_19] ... [REFERENCE_DOC_0] (not), ids 0-770.
+
+std::string mistral_tokenizer(const std::string& version) {
+  const char* from_env = std::getenv("MFTK_SHARED_DIR");
+  const fs::path path =
+      fs::path(from_env != nullptr ? from_env : MFTK_SHARED_DIR) / "data/mistral-tokenizers" / ("tokenizer.model." + version);
+  return fs::exists(path) ? path.string() : std::string();
+}
+
+nlohmann::json hf_added_token(const std::string& content, bool special) {
+  return {{"content", content}, {"lstrip", false}, {"normalized", false}, {"rstrip", false},
+          {"single_word", false}, {"special", special}};
+}
+
+// Hugging Face's added_tokens_decoder for a sentencepiece tokenizer, by
+// transformers' rule above.
+nlohmann::json hf_added_tokens_decoder(const mftk::Tokenizer& tok) {
+  nlohmann::json decoder = nlohmann::json::object();
+  for (int32_t id = 0; id < tok.vocab_size(); ++id) {
+    const auto t = tok.type(id);
+    if (t == mftk::PieceType::unknown || t == mftk::PieceType::control || t == mftk::PieceType::user_defined)
+      decoder[std::to_string(id)] = hf_added_token(tok.piece(id), t != mftk::PieceType::user_defined);
+  }
+  return decoder;
+}
+
+TEST(GgufVocabulary, MistralSpecialTokensAreControlWithScoreMinus1000AsTheConverterWrites) {
+  for (const std::string version : {"v1", "v3"}) {
+    SCOPED_TRACE(version);
+    const std::string model = mistral_tokenizer(version);
+    if (model.empty()) GTEST_SKIP() << "no Mistral tokenizers under " << MFTK_SHARED_DIR << " (set MFTK_SHARED_DIR)";
+    tt::ScratchDir dir("gguf_vocab");
+    const fs::path folder = dir.sub("model");
+    fs::create_directories(folder);
+    fs::copy_file(model, folder / "tokenizer.model");
+    const auto tok = mftk::Tokenizer::load(folder.string());
+    const int64_t n = tok->vocab_size();
+    ASSERT_EQ(n, version == "v1" ? 32000 : 32768);
+
+    // What Hugging Face lists, against the published configs: v1 ids 0-2,
+    // v3 ids 0-770 with [INST] at 3 and the 20 reference-document pieces
+    // (751-770) not special.
+    const auto hf_decoder = hf_added_tokens_decoder(*tok);
+    size_t special_count = 0, plain_count = 0;
+    for (const auto& [key, entry] : hf_decoder.items()) (entry["special"].get<bool>() ? special_count : plain_count)++;
+    ASSERT_EQ(hf_decoder.size(), version == "v1" ? 3u : 771u);
+    ASSERT_EQ(plain_count, version == "v1" ? 0u : 20u);
+    EXPECT_TRUE(hf_decoder.contains(std::to_string(hf_decoder.size() - 1)));  // ids 0..N-1, no gap
+    if (version == "v3") {
+      EXPECT_EQ(hf_decoder["3"]["content"], "[INST]");
+      EXPECT_EQ(hf_decoder["751"]["special"], false);
+    }
+
+    // Without tokenizer_config.json: sentencepiece's own types and scores,
+    // user-defined pieces as NORMAL.
+    {
+      const auto f = mftk::gguf::load_tokenizer_facts(folder.string(), n);
+      EXPECT_EQ(f.types[0], 2);  // <unk>: UNKNOWN
+      EXPECT_EQ(f.types[1], 3);  // <s>: CONTROL
+      EXPECT_EQ(f.scores[0], tok->score(0));
+      EXPECT_EQ(f.scores[1], 0.0f);  // sentencepiece scores control pieces 0
+      for (int32_t id = 0; id < n; ++id) ASSERT_EQ(f.types[size_t(id)], converter_type(tok->type(id))) << id;
+    }
+
+    // With Hugging Face's tokenizer_config.json, plus what the other rules
+    // need: a non-special added token over a normal piece (its "▁" becomes a
+    // space), one that only looks special, one past the vocabulary, an
+    // added_tokens.json entry, and 3 ids of padding past the tokenizer.
+    std::vector<int32_t> words;  // three ordinary word pieces ("▁..."), from id 1000 on
+    for (int32_t id = 1000; words.size() < 3; ++id)
+      if (tok->type(id) == mftk::PieceType::normal && tok->piece(id).rfind("\xe2\x96\x81", 0) == 0) words.push_back(id);
+    const int32_t hello = words[0], the = words[1], looks_special = words[2];
+    auto decoder = hf_decoder;
+    decoder[std::to_string(hello)] = hf_added_token("\xe2\x96\x81hello\xe2\x96\x81there", false);
+    decoder[std::to_string(looks_special)] = hf_added_token("<|im_start|>", false);
+    decoder[std::to_string(n + 40)] = hf_added_token("<beyond>", true);
+    write_json(folder / "tokenizer_config.json",
+               {{"add_bos_token", true}, {"add_eos_token", false}, {"added_tokens_decoder", decoder}});
+    write_json(folder / "added_tokens.json", {{"<extra>", the}, {"<far>", n + 50}});
+    const int64_t vocab = n + 3;
+    const auto f = mftk::gguf::load_tokenizer_facts(folder.string(), vocab);
+    ASSERT_EQ(f.tokens.size(), size_t(vocab));
+    ASSERT_EQ(f.scores.size(), size_t(vocab));
+    ASSERT_EQ(f.types.size(), size_t(vocab));
+
+    // Every listed id: score -1000, its content; CONTROL when special,
+    // USER_DEFINED otherwise.
+    for (const auto& [key, entry] : hf_decoder.items()) {
+      const size_t id = std::stoul(key);
+      EXPECT_EQ(f.types[id], entry["special"].get<bool>() ? 3 : 4) << key;
+      EXPECT_EQ(f.scores[id], -1000.0f) << key;
+      EXPECT_EQ(f.tokens[id], entry["content"].get<std::string>()) << key;
+    }
+    EXPECT_EQ(f.tokens[0], "<unk>");
+    EXPECT_EQ(f.types[0], 3);  // CONTROL, no longer UNKNOWN: the converter's choice for a listed <unk>
+    EXPECT_EQ(f.unk, 0u);      // unknown_token_id still says which one it is
+    if (version == "v3") {
+      EXPECT_EQ(f.tokens[3], "[INST]");
+      EXPECT_EQ(f.types[3], 3);
+      EXPECT_EQ(f.tokens[770], "[REFERENCE_DOC_0]");
+      EXPECT_EQ(f.types[770], 4);
+    }
+    // Added, not special: USER_DEFINED, -1000, "▁" written as a space.
+    EXPECT_EQ(f.types[size_t(hello)], 4);
+    EXPECT_EQ(f.scores[size_t(hello)], -1000.0f);
+    EXPECT_EQ(f.tokens[size_t(hello)], " hello there");
+    // Not marked special but looks like a control token: CONTROL.
+    EXPECT_EQ(f.types[size_t(looks_special)], 3);
+    EXPECT_EQ(f.tokens[size_t(looks_special)], "<|im_start|>");
+    // added_tokens.json: USER_DEFINED, -1000, its text kept as written.
+    EXPECT_EQ(f.types[size_t(the)], 4);
+    EXPECT_EQ(f.scores[size_t(the)], -1000.0f);
+    EXPECT_EQ(f.tokens[size_t(the)], "<extra>");
+    // Past the tokenizer: "[PAD<id>]", -10000, UNUSED.
+    for (int64_t id = n; id < vocab; ++id) {
+      EXPECT_EQ(f.tokens[size_t(id)], "[PAD" + std::to_string(id) + "]");
+      EXPECT_EQ(f.scores[size_t(id)], -10000.0f);
+      EXPECT_EQ(f.types[size_t(id)], 5);
+    }
+    // Everything else: sentencepiece's piece and score, BYTE for the 256
+    // byte pieces, NORMAL for the rest.
+    std::map<int32_t, size_t> count;
+    for (int32_t id = 0; id < n; ++id) {
+      ++count[f.types[size_t(id)]];
+      if (hf_decoder.contains(std::to_string(id)) || id == hello || id == looks_special || id == the) continue;
+      EXPECT_EQ(f.tokens[size_t(id)], tok->piece(id)) << id;
+      EXPECT_EQ(f.scores[size_t(id)], tok->score(id)) << id;
+      EXPECT_EQ(f.types[size_t(id)], tok->type(id) == mftk::PieceType::byte ? 6 : 1) << id;
+    }
+    EXPECT_EQ(count[3], special_count + 1);  // + <|im_start|>
+    EXPECT_EQ(count[4], plain_count + 2);    // + the non-special added token and added_tokens.json's
+    EXPECT_EQ(count[6], 256u);
+    EXPECT_EQ(count[2], 0u);
+    EXPECT_EQ(count[1], size_t(n) - hf_decoder.size() - 256 - 3);
+  }
+}
+
+TEST(GgufVocabulary, RefusesMalformedAddedTokens) {
+  const std::string model = mistral_tokenizer("v1");
+  if (model.empty()) GTEST_SKIP() << "no Mistral tokenizers under " << MFTK_SHARED_DIR << " (set MFTK_SHARED_DIR)";
+  tt::ScratchDir dir("gguf_vocab");
+  const fs::path folder = dir.sub("model");
+  fs::create_directories(folder);
+  fs::copy_file(model, folder / "tokenizer.model");
+  for (const auto& [decoder, needle] :
+       std::vector<std::pair<nlohmann::json, std::string>>{{{{"x1", hf_added_token("<a>", true)}}, "\"x1\" is not a token id"},
+                                                           {{{"5", {{"special", true}}}}, "has no \"content\""},
+                                                           {{{"-2", hf_added_token("<a>", true)}}, "negative id -2"},
+                                                           {nlohmann::json::array(), "added_tokens_decoder is not an object"}}) {
+    write_json(folder / "tokenizer_config.json", {{"added_tokens_decoder", decoder}});
+    try {
+      (void)mftk::gguf::load_tokenizer_facts(folder.string(), 32000);
+      ADD_FAILURE() << "accepted " << decoder.dump();
+    } catch (const mftk::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("tokenizer_config.json"), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace
