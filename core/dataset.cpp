@@ -163,11 +163,13 @@ constexpr const char* kEmptyResponse = "empty response";
 constexpr const char* kInvalidUtf8 = "invalid UTF-8";
 constexpr const char* kUnknownRole = "unknown role";
 constexpr const char* kBadConversation = "bad conversation";
+constexpr const char* kBadToolCall = "bad tool call";
 
 struct BadRow {
   const char* reason;
   std::string message;
   std::string hint;
+  bool fatal = false;  // the data cannot work with this tokenizer at all: never skipped
 };
 
 // Builds one example from one JSON line; throws BadRow.
@@ -196,7 +198,7 @@ class RowReader {
     }
     switch (spec_.type) {
       case DatasetType::instruction: return read_instruction(row);
-      case DatasetType::chat: return read_chat(row);
+      case DatasetType::chat: return read_chat(row, line);
       case DatasetType::completion: return read_completion(row);
     }
     throw Error("internal: unknown dataset type");
@@ -239,9 +241,9 @@ class RowReader {
     return it->get<std::string>();
   }
 
-  Example encode(const std::vector<ChatMessage>& messages) const {
+  Example encode(const std::vector<ChatMessage>& messages, const std::vector<ChatTool>& tools = {}) const {
     try {
-      ChatEncoding encoding = encode_chat(tokenizer_, format_, messages, train_on_inputs_);
+      ChatEncoding encoding = encode_chat(tokenizer_, format_, messages, train_on_inputs_, false, tools);
       return Example{std::move(encoding.ids), std::move(encoding.loss_mask)};
     } catch (const UsageError& e) {
       throw BadRow{kBadConversation, e.what(), e.hint()};
@@ -264,7 +266,18 @@ class RowReader {
     return encode(messages);
   }
 
-  Example read_chat(const json& row) const {
+  static const char* reason_of(ChatJsonError::Kind kind) {
+    switch (kind) {
+      case ChatJsonError::Kind::missing_field: return kMissingField;
+      case ChatJsonError::Kind::wrong_type: return kWrongType;
+      case ChatJsonError::Kind::unknown_role: return kUnknownRole;
+      case ChatJsonError::Kind::empty_reply: return kEmptyResponse;
+      case ChatJsonError::Kind::bad_tool_call: return kBadToolCall;
+    }
+    return kBadConversation;
+  }
+
+  Example read_chat(const json& row, const std::string& line) const {
     const std::string& name = spec_.field_messages;
     auto it = row.find(name);
     if (it == row.end()) {
@@ -279,46 +292,34 @@ class RowReader {
       throw BadRow{kBadConversation, fmt::format("field '{}' is an empty list", name),
                    "give at least a user and an assistant message"};
     }
-    std::vector<ChatMessage> messages;
-    bool has_reply = false;
-    for (size_t i = 0; i < it->size(); ++i) {
-      const json& message = (*it)[i];
-      const std::string where = fmt::format("{}[{}]", name, i);
-      if (!message.is_object()) {
-        throw BadRow{kWrongType, fmt::format("{} is a JSON {}, not an object", where, message.type_name()),
-                     "each message is {\"role\": ..., \"content\": ...}"};
-      }
-      std::string role, content;
-      for (const char* key : {"role", "content"}) {
-        auto field = message.find(key);
-        if (field == message.end()) {
-          throw BadRow{kMissingField, fmt::format("{} has no '{}'", where, key),
-                       "each message is {\"role\": ..., \"content\": ...}"};
-        }
-        if (!field->is_string()) {
-          throw BadRow{kWrongType, fmt::format("{}.{} is a JSON {}, not a string", where, key, field->type_name()),
-                       "each message is {\"role\": ..., \"content\": ...}"};
-        }
-        (std::strcmp(key, "role") == 0 ? role : content) = field->get<std::string>();
-      }
-      if (role != "system" && role != "user" && role != "assistant") {
-        throw BadRow{kUnknownRole, fmt::format("{} has unknown role '{}'", where, role),
-                     "roles are system (first message only), user and assistant"};
-      }
-      if (role == "assistant") {
-        if (content.empty()) {
-          throw BadRow{kEmptyResponse, fmt::format("{} is an empty assistant message", where),
-                       "drop the conversation or give the reply text"};
-        }
-        has_reply = true;
-      }
-      messages.push_back({std::move(role), std::move(content)});
+    // The line once more, keeping key order and every digit: tool schemas
+    // and call arguments go into the token ids re-serialised as written.
+    std::string error;
+    std::optional<JsonValue> ordered = python_json_loads(line, &error);
+    if (!ordered || !ordered->is_object()) {
+      throw BadRow{kMalformedJson, fmt::format("malformed JSON: {}", error),
+                   "each line must be one complete JSON object (JSON Lines)"};
     }
+    ChatConversation conversation;
+    try {
+      conversation = chat_conversation_from_json(*ordered->find(name), ordered->find("tools"), name);
+    } catch (const ChatJsonError& e) {
+      throw BadRow{reason_of(e.kind()), e.what(), e.hint()};
+    }
+    const bool has_reply = std::any_of(conversation.messages.begin(), conversation.messages.end(),
+                                       [](const ChatMessage& m) { return m.role == "assistant"; });
     if (!has_reply) {
       throw BadRow{kEmptyResponse, "the conversation has no assistant message",
                    "add the assistant's reply; without one there is nothing to train on"};
     }
-    return encode(messages);
+    if (conversation.uses_tools()) {
+      try {
+        check_tools_supported(tokenizer_, format_);
+      } catch (const UsageError& e) {
+        throw BadRow{kBadConversation, fmt::format("the row has tools: {}", e.what()), e.hint(), /*fatal=*/true};
+      }
+    }
+    return encode(conversation.messages, conversation.tools);
   }
 
   Example read_completion(const json& row) const {
@@ -386,7 +387,7 @@ std::vector<Example> load_dataset(const DatasetSpec& spec, const Tokenizer& toke
       examples.push_back(std::move(example));
     } catch (const BadRow& bad) {
       const std::string message = fmt::format("{}:{}: {}", spec.path, line_number, bad.message);
-      if (!skip_bad_rows) throw UsageError(message, bad.hint);
+      if (!skip_bad_rows || bad.fatal) throw UsageError(message, bad.hint);
       if (stats.skipped_total() < kLoggedSkips) log::warn("skipping bad row: {}", message);
       ++stats.skipped[bad.reason];
     }

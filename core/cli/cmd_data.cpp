@@ -73,9 +73,10 @@ void add_data_commands(CLI::App& app) {
     cmd->footer(
         "Prints {\"ids\": [...], \"pieces\": [...], \"label_mask\": [...]} on stdout. --text: BOS (when the "
         "tokenizer adds one) + the text, label_mask 1 everywhere (completion rows train on every token). "
-        "--chat-json FILE: {\"messages\": [...]} or a bare list of {\"role\", \"content\"}, encoded with the "
-        "tokenizer's Mistral chat format exactly as training encodes it; label_mask is 1 on assistant tokens "
-        "(every token with --train-on-inputs).");
+        "--chat-json FILE: {\"messages\": [...], \"tools\": [...]} or a bare list of {\"role\", \"content\"}, "
+        "encoded with the tokenizer's Mistral chat format exactly as training encodes it (tools, assistant "
+        "tool_calls and tool messages need a v3 tokenizer); label_mask is 1 on assistant tokens, tool calls "
+        "included (every token but the tool list with --train-on-inputs).");
     cmd->add_option("--model", a->model, "checkpoint folder (or a tokenizer.model file)")->required();
     auto* text = cmd->add_option("--text", a->text, "text to encode");
     auto* chat = cmd->add_option("--chat-json", a->chat_json, "JSON file with the conversation to encode");
@@ -97,8 +98,9 @@ void add_data_commands(CLI::App& app) {
       } else {
         if (!std::filesystem::is_regular_file(a->chat_json, ec))
           throw UsageError(fmt::format("tokenize: --chat-json {} is not a file", a->chat_json));
-        const auto messages = core::parse_chat_messages(core::read_file(a->chat_json), a->chat_json);
-        auto enc = core::encode_chat(*tok, core::detect_chat_format(*tok), messages, a->train_on_inputs);
+        const auto chat = core::parse_chat_document(core::read_file(a->chat_json), a->chat_json);
+        auto enc = core::encode_chat(*tok, core::detect_chat_format(*tok), chat.messages, a->train_on_inputs,
+                                     /*add_generation_prompt=*/false, chat.tools);
         ids = std::move(enc.ids);
         mask = std::move(enc.loss_mask);
       }

@@ -9,10 +9,12 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "chat_template.h"
 #include "cli/commands.h"
 #include <nlohmann/json.hpp>
 
 #include "generate.h"
+#include "fs_util.h"
 #include "init_checkpoint.h"
 #include "mftk/adapter.h"
 #include "mftk/quantizer.h"
@@ -83,6 +85,41 @@ std::vector<int32_t> parse_token_list(const std::string& text) {
     start = comma + 1;
   }
   return ids;
+}
+
+// `mftk generate --tools FILE`: a JSON list of tools, or {"tools": [...]}.
+std::vector<core::ChatTool> read_tools_file(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) throw UsageError(fmt::format("generate: --tools {} is not a file", path));
+  std::string error;
+  std::optional<core::JsonValue> doc = core::python_json_loads(core::read_file(path), &error);
+  if (!doc) throw UsageError(fmt::format("generate: --tools {}: not valid JSON ({})", path, error));
+  const core::JsonValue* list = doc->is_object() && doc->find("tools") ? doc->find("tools") : &*doc;
+  try {
+    return core::chat_tools_from_json(*list, "tools");
+  } catch (const core::ChatJsonError& e) {
+    throw UsageError(fmt::format("generate: --tools {}: {}", path, e.what()), e.hint());
+  }
+}
+
+// The assistant message {"role": "assistant", "tool_calls": [...]} for a
+// reply that is tool calls ([TOOL_CALLS] then their JSON list), as a chat
+// row would hold it; nullopt for a plain reply. Calls that are not valid
+// JSON are printed as text, with a warning.
+std::optional<std::string> tool_calls_reply(const Tokenizer& tok, const std::vector<int32_t>& tokens) {
+  const std::optional<int32_t> marker = tok.piece_to_id("[TOOL_CALLS]");
+  auto start = marker ? std::find(tokens.begin(), tokens.end(), *marker) : tokens.end();
+  if (start == tokens.end()) return std::nullopt;
+  std::vector<int32_t> body(start + 1, tokens.end());
+  if (!body.empty() && body.back() == tok.eos_id()) body.pop_back();
+  const std::string text = tok.decode(body);
+  const auto calls = core::tool_calls_from_output(text);
+  if (!calls) {
+    spdlog::warn("generate: the reply starts with [TOOL_CALLS] but what follows is not a JSON list of "
+                 "{{\"name\", \"arguments\"}} calls: {}", text);
+    return std::nullopt;
+  }
+  return core::python_json_dumps(core::tool_calls_message_json(*calls));
 }
 
 // The text of generated tokens, without the end-of-sequence token.
@@ -225,7 +262,7 @@ void add_model_commands(CLI::App& app) {
   {
     struct GenerateArgs {
       core::ModelBundleOptions model;
-      std::string prompt;
+      std::string prompt, tools;
       bool chat = false;
       bool json = false;
       core::GenerateOptions gen;
@@ -236,10 +273,15 @@ void add_model_commands(CLI::App& app) {
         "The prompt is BOS + the text (BOS when the tokenizer adds one); with --chat it is one user turn in the "
         "tokenizer's Mistral chat format, ending where the assistant's reply begins. Prints the new text on "
         "stdout (with --json: prompt and new token ids as well); time to first token and tokens/s go to stderr. "
-        "--temperature 0 is greedy and ignores --top-p and --seed.");
+        "--temperature 0 is greedy and ignores --top-p and --seed. --tools FILE (with --chat, v3 tokenizers): "
+        "the tools the model may call, a JSON list of {\"type\": \"function\", \"function\": {\"name\", "
+        "\"description\", \"parameters\"}} (or {\"tools\": [...]}), put before the user turn as "
+        "[AVAILABLE_TOOLS]; when the reply is a [TOOL_CALLS] reply, stdout is the assistant message "
+        "{\"role\": \"assistant\", \"tool_calls\": [...]} in the shape chat rows take.");
     add_model_source_options(cmd, a->model);
     cmd->add_option("--prompt", a->prompt, "text to continue")->required();
-    cmd->add_flag("--chat", a->chat, "wrap the prompt as a user turn of the chat template");
+    auto* chat = cmd->add_flag("--chat", a->chat, "wrap the prompt as a user turn of the chat template");
+    cmd->add_option("--tools", a->tools, "JSON file with the tools the model may call (needs --chat)")->needs(chat);
     cmd->add_option("--max-new-tokens", a->gen.max_new_tokens, "stop after this many new tokens (or at EOS)")
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
         ->capture_default_str();
@@ -256,7 +298,13 @@ void add_model_commands(CLI::App& app) {
       core::Registry registry;
       auto bundle = core::load_model_bundle(registry, a->model);
       const Tokenizer& tok = *bundle.tokenizer;
-      const auto prompt = core::encode_prompt(tok, a->prompt, a->chat);
+      std::vector<core::ChatTool> tools;
+      if (!a->tools.empty()) tools = read_tools_file(a->tools);
+      const auto prompt = tools.empty() ? core::encode_prompt(tok, a->prompt, a->chat)
+                                        : core::encode_chat(tok, core::detect_chat_format(tok), {{"user", a->prompt}},
+                                                            /*train_on_inputs=*/false, /*add_generation_prompt=*/true,
+                                                            tools)
+                                              .ids;
       if (prompt.empty())
         throw UsageError("generate: the prompt encodes to no tokens (the tokenizer adds no BOS)",
                          "pass a non-empty --prompt");
@@ -264,14 +312,18 @@ void add_model_commands(CLI::App& app) {
       options.eos_id = tok.eos_id();
       auto gen = core::generate(*bundle.model, prompt, options);
       const std::string text = generated_text(tok, gen.tokens);
+      // A reply that opens with [TOOL_CALLS] is calls, not text: shown as the message a chat row would hold.
+      std::optional<std::string> calls_message;
+      if (!tools.empty()) calls_message = tool_calls_reply(tok, gen.tokens);
       if (a->json) {
         nlohmann::json j = {{"prompt_tokens", prompt},
                             {"tokens", gen.tokens},
                             {"text", text},
                             {"stopped_at_eos", gen.stopped_at_eos}};
+        if (calls_message) j["tool_calls"] = nlohmann::json::parse(*calls_message)["tool_calls"];
         std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
       } else {
-        std::printf("%s\n", text.c_str());
+        std::printf("%s\n", calls_message ? calls_message->c_str() : text.c_str());
       }
       std::fflush(stdout);
       spdlog::info("generate: {} prompt tokens, {} new{}; {:.0f} ms to first token, {:.1f} tokens/s after it",

@@ -221,7 +221,8 @@ TEST_F(ChatTemplate, RejectsMalformedConversations) {
   };
   expect_usage_error({}, "empty");
   expect_usage_error({{"system", "S"}}, "no user message");
-  expect_usage_error({{"user", "a"}, {"tool", "b"}}, "unknown role 'tool'");
+  expect_usage_error({{"user", "a"}, {"bot", "b"}}, "unknown role 'bot'");
+  expect_usage_error({{"user", "a"}, {"tool", "b"}}, "tool message has no tool_call_id");
   expect_usage_error({{"assistant", "a"}}, "expected role 'user'");
   expect_usage_error({{"user", "a"}, {"user", "b"}}, "expected role 'assistant'");
   expect_usage_error({{"user", "a"}, {"assistant", "b"}, {"assistant", "c"}}, "expected role 'user'");
