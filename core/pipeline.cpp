@@ -34,6 +34,7 @@
 #include "registry.h"
 #include "report.h"
 #include "run_log.h"
+#include "stage.h"
 #include "trainer.h"
 
 namespace mftk::core {
@@ -82,19 +83,35 @@ std::string token_text(const Tokenizer& tok, const std::vector<int32_t>& ids) {
   return tok.decode(plain);
 }
 
+// Whether a slot's weight is one of the model's own tensors: a head tied to
+// the embeddings holds the embedding tensor itself (the same TensorImpl).
+bool slot_holds_model_tensor(LinearSlot& slot, const NamedTensors& named) {
+  for (const auto& [n, w] : slot.op->parameters())
+    if (n == "weight")
+      for (const auto& [m, t] : named)
+        if (t.is_same(w)) return true;
+  return false;
+}
+
 }  // namespace
 
 // Full fine-tuning: every weight becomes a writable fp32 leaf (the loaded
-// ones may be read-only views of the mapped checkpoint).
+// ones may be read-only views of the mapped checkpoint). A tied head keeps
+// its tensor, which is made trainable once with the embeddings: both uses add
+// their gradients into one leaf, and the model saved (which writes the
+// embeddings only) is the model trained. A private copy for the head would
+// train apart and then be dropped at save.
 NamedTensors make_all_trainable(Model& model) {
   NamedTensors out;
   at::NoGradGuard no_grad;
+  const NamedTensors named = model.named_parameters();
   for (auto* slot : model.linear_slots()) {
+    if (slot_holds_model_tensor(*slot, named)) continue;  // tied: trained as the model tensor below
     at::Tensor w = slot->op->dense_weight(at::kFloat).clone().requires_grad_(true);
     slot->op = make_dense_linear(w);
     out.emplace_back(slot->name + ".weight", w);
   }
-  for (auto& [name, t] : model.named_parameters()) {
+  for (auto [name, t] : named) {
     t.set_data(t.detach().to(at::kFloat).clone());
     t.requires_grad_(true);
     out.emplace_back(name, t);
@@ -133,11 +150,23 @@ void save_hf_checkpoint(Model& model, const std::string& source_dir, const std::
   const auto& shape = model.shape();
   const at::ScalarType dtype = shape.checkpoint_dtype;
   NamedTensors tensors;
-  for (auto& [name, t] : model.named_parameters()) tensors.emplace_back(name, t.detach().to(dtype).contiguous());
+  const NamedTensors named = model.named_parameters();
+  for (auto& [name, t] : named) tensors.emplace_back(name, t.detach().to(dtype).contiguous());
+  // A tied head is left out only while it still is the embedding tensor. One
+  // that became a weight of its own (an adapter merged into lm_head, lm_head
+  // trained in full as a LoRA modules_to_save) is written, and config.json
+  // unties it: dropping it would save another model than the one trained.
+  bool untied_head = false;
   for (auto* slot : model.linear_slots()) {
-    if (slot->name == "lm_head" && shape.tie_word_embeddings) continue;
+    if (slot->name == "lm_head" && shape.tie_word_embeddings) {
+      if (slot_holds_model_tensor(*slot, named)) continue;
+      untied_head = true;
+    }
     tensors.emplace_back(slot->name + ".weight", slot->op->dense_weight(dtype).contiguous());
   }
+  if (untied_head)
+    spdlog::info("save: lm_head no longer equals the embeddings it was tied to; {} stores it and sets "
+                 "tie_word_embeddings = false", dir);
   save_checkpoint(dir, tensors);
   // Every weight written is dense, so a quantised source's
   // quantization_config must not follow it (loaders would expect 4-bit
@@ -146,6 +175,7 @@ void save_hf_checkpoint(Model& model, const std::string& source_dir, const std::
     std::ifstream in(fs::path(source_dir) / "config.json");
     auto config = nlohmann::json::parse(in);
     config.erase("quantization_config");
+    if (untied_head) config["tie_word_embeddings"] = false;
     write_file_atomic((fs::path(dir) / "config.json").string(), config.dump(2) + "\n");
   }
   for (const char* f : {"generation_config.json", "tokenizer.model", "tokenizer_config.json",
@@ -202,7 +232,10 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   const bool bf16 = training.get_bool("bf16");
 
   // 1. Model (quantised while it streams in, when the recipe says so).
-  auto lm = load_model(recipe, registry, bf16);
+  auto lm = [&] {
+    Stage stage("loading the model");
+    return load_model(recipe, registry, bf16);
+  }();
   Model& model = *lm.model;
   model.set_gradient_checkpointing(training.get_bool("gradient_checkpointing"));
   const int64_t total_params = count_parameters(model);
@@ -260,7 +293,10 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   }
   spdlog::info("training: {} optimizer steps ({} optimizer: {} tensors), output {}", trainer.total_steps(),
                optimizer_name, trainable.size(), output_dir);
-  auto result = trainer.train();
+  auto result = [&] {
+    Stage stage("training");
+    return trainer.train();
+  }();
   if (result.interrupted) {
     if (dist->is_main()) spdlog::warn("interrupted: checkpoint {} written; continue with --set training.resume_from_checkpoint=latest",
                  result.last_checkpoint);
@@ -273,12 +309,15 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
 
   // 6. Save: the adapter in PEFT format, or the whole model.
   std::string final_dir;
-  if (adapter) {
-    final_dir = (fs::path(output_dir) / "adapter").string();
-    adapter->save(final_dir, lm.path);
-  } else {
-    final_dir = (fs::path(output_dir) / "model").string();
-    save_hf_checkpoint(model, lm.path, final_dir);
+  {
+    Stage stage("saving the trained weights");
+    if (adapter) {
+      final_dir = (fs::path(output_dir) / "adapter").string();
+      adapter->save(final_dir, lm.path);
+    } else {
+      final_dir = (fs::path(output_dir) / "model").string();
+      save_hf_checkpoint(model, lm.path, final_dir);
+    }
   }
   spdlog::info("saved {}", final_dir);
 
@@ -316,6 +355,7 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
       spdlog::info("merge: the base is quantised; the adapter is merged onto the dequantised base weights "
                    "(written in {}), so the merged model carries the base's quantisation error",
                    c10::toString(model.shape().checkpoint_dtype));
+    Stage stage("merging the adapter into the model");
     adapter->merge(model);
     merged_dir = (fs::path(output_dir) / "merged").string();
     save_hf_checkpoint(model, lm.path, merged_dir);
@@ -331,6 +371,7 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
     // Calibration documents for exporters that run the model (awq): the
     // training documents' token ids; exporters that need none ignore them.
     for (const auto& ex : data.train) job.calibration_rows.push_back(ex.ids);
+    Stage stage(fmt::format("exporting with the {} plugin to {}", ex.plugin, job.out));
     auto report = exporter->run(job);
     spdlog::info("export [{}] {}: {} ({} bytes) {}", ex.table, ex.plugin, report.path, report.bytes, report.summary);
     summary["exports"].push_back({{"plugin", ex.plugin}, {"path", report.path}, {"bytes", report.bytes}});
