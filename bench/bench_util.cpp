@@ -92,21 +92,36 @@ int64_t lora_parameter_count(const FlopShape& s, int64_t rank) {
   return s.layers * rank * per_layer;
 }
 
-double step_flops(const FlopShape& s, int64_t batch, int64_t seq, bool lora, int64_t rank, double supervised_fraction) {
-  const double N = double(batch * seq);
-  const double A = double(s.layers) * double(batch) * 4.0 * double(seq) * double(seq) * double(s.heads * s.head_dim);
-  // The lm_head only has work where there is a loss: the needed FLOPs, not
-  // what an implementation that scores every position spends.
+namespace {
+
+// P N: every projection on all tokens, lm_head on head_rows of each row.
+double projection_flops_per_multiply(const FlopShape& s, int64_t batch, int64_t seq, int64_t head_rows) {
   const double head = double(s.hidden * s.vocab);
-  const double Pf = double(s.matmul_parameters()) - head + head * supervised_fraction;
-  if (!lora) return 6.0 * Pf * N + 3.0 * A;
-  return 4.0 * Pf * N + 6.0 * double(lora_parameter_count(s, rank)) * N + 3.0 * A;
+  return (double(s.matmul_parameters()) - head) * double(batch * seq) + head * double(batch * head_rows);
 }
 
-double forward_flops(const FlopShape& s, int64_t batch, int64_t seq) {
-  const double N = double(batch * seq);
-  const double A = double(s.layers) * double(batch) * 4.0 * double(seq) * double(seq) * double(s.heads * s.head_dim);
-  return 2.0 * double(s.matmul_parameters()) * N + A;
+double attention_flops(const FlopShape& s, int64_t batch, double attention_pairs) {
+  return double(s.layers) * double(batch) * 4.0 * attention_pairs * double(s.heads * s.head_dim);
+}
+
+}  // namespace
+
+double step_flops(const FlopShape& s, int64_t batch, int64_t seq, bool lora, int64_t rank, int64_t head_rows,
+                  double attention_pairs) {
+  const double PN = projection_flops_per_multiply(s, batch, seq, head_rows);
+  const double A = attention_flops(s, batch, attention_pairs);
+  if (!lora) return 6.0 * PN + 3.0 * A;
+  return 4.0 * PN + 6.0 * double(lora_parameter_count(s, rank)) * double(batch * seq) + 3.0 * A;
+}
+
+double forward_flops(const FlopShape& s, int64_t batch, int64_t seq, int64_t head_rows, double attention_pairs) {
+  return 2.0 * projection_flops_per_multiply(s, batch, seq, head_rows) + attention_flops(s, batch, attention_pairs);
+}
+
+double causal_attention_pairs(int64_t seq, std::optional<int64_t> window) {
+  double pairs = 0;
+  for (int64_t i = 0; i < seq; ++i) pairs += double(window ? std::min(i + 1, *window) : i + 1);
+  return pairs;
 }
 
 double gemm_gflops(at::ScalarType dtype, int64_t n, int repeats) {

@@ -1,11 +1,12 @@
-// What every benchmark shares: memory and time probes, the FLOP formula of
-// TOOLCHAIN.md §7, the cached random checkpoints, and result rows (a table
+// What every benchmark shares: memory and time probes, the FLOP formula
+// (matmuls only, counted from the work each side does), the cached random checkpoints, and result rows (a table
 // line on stdout, JSON rows appended to --json FILE).
 //
 // defines: mftk::bench::MemoryStatus, mftk::bench::read_memory_status, mftk::bench::reset_peak_rss,
 //          mftk::bench::release_free_memory, mftk::bench::seconds_since, mftk::bench::median,
 //          mftk::bench::load_average, mftk::bench::cpu_model, mftk::bench::FlopShape,
 //          mftk::bench::lora_parameter_count, mftk::bench::step_flops, mftk::bench::forward_flops,
+//          mftk::bench::causal_attention_pairs,
 //          mftk::bench::gemm_gflops, mftk::bench::BenchCheckpoint, mftk::bench::bench_cache_dir,
 //          mftk::bench::ensure_checkpoint, mftk::bench::Row, mftk::bench::print_row_header,
 //          mftk::bench::print_row, mftk::bench::append_json_rows, mftk::bench::print_report
@@ -54,13 +55,24 @@ struct FlopShape {
 };
 // P_l: LoRA rank r on q,k,v,o,gate,up,down of every layer.
 int64_t lora_parameter_count(const FlopShape& s, int64_t rank);
-// One training step on batch x seq tokens: LoRA 4 P_f N + 6 P_l N + 3 A, full 6 P_f N + 3 A,
-// with A = L batch 4 seq^2 h_q (the full masked square, as eager attention computes it);
-// the lm_head's share of P_f scaled by supervised_fraction (it only has work where there is a loss).
-double step_flops(const FlopShape& s, int64_t batch, int64_t seq, bool lora, int64_t rank,
-                  double supervised_fraction = 1.0);
-// A forward pass (no adapter): 2 P_f N + A.
-double forward_flops(const FlopShape& s, int64_t batch, int64_t seq);
+// Matmul FLOPs of the work a side actually does, per row of seq tokens:
+//   head_rows        positions that go through lm_head (seq for an
+//                    implementation that scores every position; the
+//                    supervised positions for one that gathers them first)
+//   attention_pairs  (query, key) pairs whose score is computed, per head:
+//                    seq^2 for eager attention over the full masked square;
+//                    fewer for blockwise attention that skips masked blocks
+// One training step: LoRA 4 P N + 6 P_l N + 3 A, full 6 P N + 3 A, with
+// P N = (P_f - head) N + head * head_rows * batch and
+// A = L * batch * 4 * attention_pairs * h_q (scores and weighted values,
+// 2 FLOPs per multiply-add; backward twice the forward).
+double step_flops(const FlopShape& s, int64_t batch, int64_t seq, bool lora, int64_t rank, int64_t head_rows,
+                  double attention_pairs);
+// A forward pass (no adapter): 2 P N + A, same terms.
+double forward_flops(const FlopShape& s, int64_t batch, int64_t seq, int64_t head_rows, double attention_pairs);
+// The pairs causal attention needs: query i sees keys max(0, i - W + 1) .. i,
+// min(i + 1, W) of them (seq (seq + 1) / 2 in all without a window W).
+double causal_attention_pairs(int64_t seq, std::optional<int64_t> window = std::nullopt);
 
 // Best-of-`repeats` GFLOP/s of an n x n x n matmul in `dtype` (the peak MFU is measured against).
 double gemm_gflops(at::ScalarType dtype, int64_t n = 2048, int repeats = 5);

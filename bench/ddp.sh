@@ -95,6 +95,13 @@ loss1=$(jq .final_loss "$work/one/summary.json")
 loss2=$(jq .final_loss "$work/two/summary.json")
 one_half=$(jq .tokens_per_s "$work/one-half/summary.json")
 ratio=$(jq -n "$two / $one")
+# The same global batches in the same order: 2 ranks must end where 1 rank
+# ends (up to reduction order), or the two runs did different work.
+if jq -en --argjson a "$loss1" --argjson b "$loss2" '(($a - $b) | fabs) > 1e-3 * ($a | fabs)' > /dev/null; then
+  echo "bench/ddp.sh: MISMATCH: final loss 1 rank $loss1 vs 2 ranks $loss2 (relative difference over 1e-3):" \
+       "the runs did not train the same thing, so no ratio is reported" >&2
+  exit 3
+fi
 printf '%-48s %10.0f %10.0f %7.2f   (final loss %.5f vs %.5f)\n' \
   "ddp tiny lora 2 ranks x $half vs 1 x $threads" "$two" "$one" "$ratio" "$loss2" "$loss1"
 printf '%-48s %10s %10.0f %7.2f   (1 rank x %d thread(s))\n' "  same, against 1 rank x $half" "" "$one_half" \

@@ -102,7 +102,7 @@ at::Tensor PeerModel::layer_forward(const at::Tensor& x, const PeerLayer& layer,
   return after_attention + mlp;
 }
 
-at::Tensor PeerModel::logits(const at::Tensor& ids) {
+at::Tensor PeerModel::hidden_states(const at::Tensor& ids) {
   const at::ScalarType dt = o_.compute_dtype;
   const int64_t T = ids.size(1);
   const at::Tensor positions = at::arange(T, at::kLong).to(at::kFloat);
@@ -115,21 +115,38 @@ at::Tensor PeerModel::logits(const at::Tensor& ids) {
 
   at::Tensor x = at::embedding(w_.embed_tokens, ids).to(dt);
   for (const auto& layer : w_.layers) x = layer_forward(x, layer, cos, sin, mask);
-  x = rms_norm(x, w_.final_norm);
-  const at::Tensor& head = w_.lm_head;
-  return at::linear(head.scalar_type() == dt ? x : x.to(head.scalar_type()), head).to(at::kFloat);
+  return rms_norm(x, w_.final_norm);
 }
+
+at::Tensor PeerModel::head_logits(const at::Tensor& hidden) const {
+  const at::Tensor& head = w_.lm_head;
+  const at::ScalarType dt = hidden.scalar_type();
+  return at::linear(head.scalar_type() == dt ? hidden : hidden.to(head.scalar_type()), head).to(at::kFloat);
+}
+
+at::Tensor PeerModel::logits(const at::Tensor& ids) { return head_logits(hidden_states(ids)); }
 
 double PeerModel::train_step(const at::Tensor& ids, int64_t prompt_tokens) {
   MFTK_CHECK(o_.train, "peer: train_step on a forward-only model");
   const int64_t B = ids.size(0), T = ids.size(1);
-  const at::Tensor all_logits = logits(ids);
   // Position t predicts token t+1.
-  const at::Tensor shifted = all_logits.narrow(1, 0, T - 1).reshape({B * (T - 1), shape_.vocab});
   at::Tensor labels = ids.narrow(1, 1, T - 1).clone();
   if (prompt_tokens > 1) labels.narrow(1, 0, std::min(prompt_tokens - 1, T - 1)).fill_(-100);
-  const at::Tensor loss = at::nll_loss(at::log_softmax(shifted, -1), labels.reshape({B * (T - 1)}), {},
-                                       at::Reduction::Mean, /*ignore_index=*/-100);
+  labels = labels.reshape({B * (T - 1)});
+  at::Tensor loss;
+  if (o_.score_supervised_only) {
+    // Gather the supervised rows' hidden states, then head and loss on those alone.
+    // Label row b * (T - 1) + t is hidden row b * T + t (no copy of the [B, T, H] states).
+    const at::Tensor hidden = hidden_states(ids).reshape({B * T, shape_.hidden});
+    const at::Tensor label_rows = at::ne(labels, -100).nonzero().squeeze(1);
+    const at::Tensor hidden_rows = label_rows + at::div(label_rows, T - 1, "floor");
+    const at::Tensor scored = head_logits(hidden.index_select(0, hidden_rows));
+    loss = at::nll_loss(at::log_softmax(scored, -1), labels.index_select(0, label_rows));
+  } else {
+    const at::Tensor all_logits = logits(ids);
+    const at::Tensor shifted = all_logits.narrow(1, 0, T - 1).reshape({B * (T - 1), shape_.vocab});
+    loss = at::nll_loss(at::log_softmax(shifted, -1), labels, {}, at::Reduction::Mean, /*ignore_index=*/-100);
+  }
   loss.backward();
   const double value = loss.item<double>();
 

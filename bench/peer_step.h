@@ -4,7 +4,8 @@
 //   embedding gather, RMSNorm (variance in fp32), rotate_half RoPE, GQA by
 //   repeat_interleave of keys and values, additive causal mask [T, T] over
 //   the full score square, softmax in fp32, SwiGLU MLP, untied lm_head,
-//   logits for every position and a full log_softmax cross-entropy,
+//   logits for every position and a full log_softmax cross-entropy (or,
+//   with score_supervised_only, for the supervised positions alone),
 //   LoRA y = x W^T + (alpha/r) (x A^T) B^T on q,k,v,o,gate,up,down,
 //   global grad-norm clipping and AdamW written out by hand.
 // mftk's numbers are divided by this one's, measured in the same process on
@@ -55,6 +56,12 @@ struct PeerOptions {
   double lr = 1e-4;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   double max_grad_norm = 1.0;  // 0: no clipping
+  // false: logits for every position, then the ignored ones (labels = -100)
+  // are dropped by the loss, as a transformers model given labels does.
+  // true: the hidden states of the supervised positions are gathered first
+  // and only those rows go through lm_head and the cross-entropy, as Liger's
+  // and Unsloth's loss paths do on instruction data.
+  bool score_supervised_only = false;
 };
 
 class PeerModel {
@@ -66,16 +73,20 @@ class PeerModel {
 
   // Logits [B, T, V] in fp32 for ids [B, T] (int64), no graph when called under NoGradGuard.
   at::Tensor logits(const at::Tensor& ids);
+  // The final-norm output [B, T, H] in the compute dtype: what lm_head reads.
+  at::Tensor hidden_states(const at::Tensor& ids);
   // Forward, mean next-token cross-entropy over the B x (T-1) targets,
   // backward, clipping, AdamW, gradients cleared. Returns the loss.
   // Targets for tokens before `prompt_tokens` in each row are ignored
   // (labels = -100, the way a transformers user masks the prompt): the
-  // logits are still computed for every position.
+  // logits are still computed for every position unless
+  // PeerOptions::score_supervised_only is set.
   double train_step(const at::Tensor& ids, int64_t prompt_tokens = 0);
 
   int64_t trainable_count() const;
 
  private:
+  at::Tensor head_logits(const at::Tensor& hidden) const;  // [..., H] -> [..., V] fp32
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
   at::Tensor project(const at::Tensor& x, const PeerLayer& layer, int p) const;
   at::Tensor layer_forward(const at::Tensor& x, const PeerLayer& layer, const at::Tensor& cos,
