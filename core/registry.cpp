@@ -1,6 +1,9 @@
 // Plugin discovery and loading (Boost.DLL) with the versioned C handshake
 // of abi.h. Libraries are never unloaded: everything a plugin creates may
-// hold its code (vtables, deleters), and a CLI run is one process anyway.
+// hold its code (vtables, deleters), and so may an exception it threw,
+// which can outlive the Registry that loaded it (a CLI command's registry
+// is gone by the time main prints the error). Every library whose code we
+// ran therefore stays mapped until the process ends (KeptLibraries).
 #include "registry.h"
 
 #include <dlfcn.h>
@@ -8,6 +11,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <mutex>
 #include <set>
 #include <sstream>
 
@@ -76,6 +80,27 @@ std::string fingerprint_difference(const std::string& plugin, const std::string&
   return {};
 }
 
+// Libraries stay loaded for the life of the process, whichever Registry
+// loaded them: the list is leaked on purpose, so that no static destructor
+// dlcloses a library while objects, exceptions or atexit handlers from it
+// may still be around. Keyed by canonical path: a second Registry loading
+// the same file adds no entry.
+class KeptLibraries {
+ public:
+  static KeptLibraries& instance() {
+    static KeptLibraries* kept = new KeptLibraries();  // never destroyed
+    return *kept;
+  }
+  void keep(const std::string& key, boost::dll::shared_library library) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    libraries_.emplace(key, std::move(library));
+  }
+
+ private:
+  std::mutex mutex_;
+  std::map<std::string, boost::dll::shared_library> libraries_;
+};
+
 bool is_plugin_file(const fs::path& p) {
   auto name = p.filename().string();
   return name.rfind(kLibraryPrefix, 0) == 0 && name.size() > 3 &&
@@ -85,9 +110,9 @@ bool is_plugin_file(const fs::path& p) {
 }  // namespace
 
 struct Registry::Impl {
-  // Declared first so it is destroyed last: factories below may hold code
-  // from these libraries.
-  std::map<std::string, boost::dll::shared_library> libraries;  // by path
+  // The libraries this registry loaded (their handles live on in
+  // KeptLibraries: factories and what they made may hold their code).
+  std::set<std::string> libraries;                              // canonical paths
   std::map<std::string, std::string> library_names;             // plugin name -> path
   std::map<std::pair<Kind, std::string>, ComponentInfo> components;
   std::map<std::pair<Kind, std::string>, std::shared_ptr<void>> factories;
@@ -158,6 +183,9 @@ void Registry::load_library(const std::string& path) {
 
   impl_->loading_path = path;
   impl_->registered_now.clear();
+  // From here the plugin's own code runs and may leave things behind (a
+  // factory registered before a throw, the exception itself): keep it loaded.
+  KeptLibraries::instance().keep(key, lib);
   try {
     info->register_components(static_cast<Registrar*>(this));
   } catch (const std::exception& e) {
@@ -166,7 +194,7 @@ void Registry::load_library(const std::string& path) {
   }
   impl_->loading_path.clear();
   impl_->library_names[name] = path;
-  impl_->libraries.emplace(key, std::move(lib));
+  impl_->libraries.insert(key);
 }
 
 void Registry::add(ComponentSpec spec, std::shared_ptr<void> factory) {

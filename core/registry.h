@@ -29,6 +29,8 @@ struct ComponentInfo {
   std::string library_path;  // "" for built-ins
 };
 
+// Libraries it loads stay loaded until the process ends, after the Registry
+// is gone: what a plugin made or threw may still need its code.
 class Registry : public Registrar {
  public:
   // extra_search_paths come first (recipe [plugins] search_paths).
@@ -66,7 +68,7 @@ class Registry : public Registrar {
   std::shared_ptr<void> factory(Kind kind, const std::string& name);
 
   std::vector<std::string> search_paths_;
-  std::unique_ptr<Impl> impl_;  // owns the loaded libraries: destroyed last
+  std::unique_ptr<Impl> impl_;  // the libraries themselves stay loaded after it (registry.cpp)
 };
 
 template <class Interface>

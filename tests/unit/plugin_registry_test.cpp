@@ -1,5 +1,6 @@
 // The plugin loader: found by name, missing names list what exists, wrong
 // ABI / libtorch / non-plugins refused with messages that say why.
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -137,4 +138,35 @@ TEST(PluginRegistry, UnknownPluginInRecipePointsAtTheLine) {
   auto msg = message_of([&] { recipe.resolve(r); });
   EXPECT_NE(msg.find("t.toml:2:10: [model] plugin: unknown model plugin 'mistrall'"), std::string::npos) << msg;
   EXPECT_NE(msg.find("mistral"), std::string::npos) << msg;
+}
+
+// A CLI command's Registry is a local of the command: by the time main
+// prints an error a plugin threw, the Registry is gone. The exception's
+// vtable and destructor are the plugin's (FixtureFailure is defined there),
+// so the library must still be loaded then; with the library unloaded this
+// test crashes instead of failing.
+TEST(PluginRegistry, AnErrorAPluginThrewIsReadableAfterItsRegistryIsGone) {
+  const auto dir = dir_with({"fixture_good"});
+  const std::string library = dir + "/libmftk-fixture_good.so";
+  auto run_export_as_a_command_does = [&] {
+    Registry r({dir});
+    auto recipe = mftk::core::Recipe::parse("[[export]]\nplugin = \"fixture_good_fails\"\nout = \"x.bin\"\n", "t.toml");
+    recipe.resolve(r);
+    auto exporter = r.create<mftk::Exporter>(Kind::exporter, "fixture_good_fails", recipe.exports()[0].config);
+    mftk::ExportJob job;
+    job.out = "x.bin";
+    exporter->run(job);
+  };
+  try {
+    run_export_as_a_command_does();
+    ADD_FAILURE() << "the fixture exporter did not throw";
+  } catch (const mftk::Error& e) {
+    // The library is still mapped (RTLD_NOLOAD finds only a loaded one) ...
+    void* still_loaded = dlopen(library.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+    EXPECT_NE(still_loaded, nullptr) << library << " was unloaded with its Registry";
+    if (still_loaded) dlclose(still_loaded);
+    // ... and the error reads as the plugin wrote it.
+    EXPECT_EQ(std::string(e.what()), "fixture_good: refusing to write x.bin (a test fixture that always fails)");
+    EXPECT_EQ(e.hint(), "nothing to do: this plugin only tests error reporting");
+  }
 }
