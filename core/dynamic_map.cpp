@@ -1,13 +1,14 @@
-// The dynamic quantisation map (see dynamic_map.h).
-#include "dynamic_map.h"
+// bitsandbytes' dynamic quantisation map (see mftk/dynamic_map.h).
+#include "mftk/dynamic_map.h"
 
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "mftk/error.h"
 
-namespace mftk::core {
+namespace mftk {
 
 namespace {
 
@@ -18,8 +19,9 @@ float product_f32(float a, float b) {
   return p;
 }
 
-}  // namespace
-
+// float32 linspace as PyTorch's CPU kernel computes it: step = (end -
+// start) / (steps - 1); the first steps/2 points are start + step * i, the
+// others end - step * (steps - 1 - i), each product rounded to float.
 std::vector<float> linspace_f32(float start, float end, int64_t steps) {
   if (steps < 1) throw Error("linspace_f32: steps must be at least 1, got " + std::to_string(steps));
   std::vector<float> points(static_cast<size_t>(steps));
@@ -34,6 +36,8 @@ std::vector<float> linspace_f32(float start, float end, int64_t steps) {
                                               : end - product_f32(step, static_cast<float>(steps - 1 - i));
   return points;
 }
+
+}  // namespace
 
 DynamicMap make_dynamic_map(bool is_signed) {
   std::vector<float> values;
@@ -61,8 +65,14 @@ DynamicMap make_dynamic_map(bool is_signed) {
 }
 
 const DynamicMap& signed_dynamic_map() {
-  static const DynamicMap map = make_dynamic_map(true);
-  return map;
+  // Leaked: plugins may read it from their own static destructors.
+  static const DynamicMap* map = new DynamicMap(make_dynamic_map(true));
+  return *map;
+}
+
+const DynamicMap& unsigned_dynamic_map() {
+  static const DynamicMap* map = new DynamicMap(make_dynamic_map(false));
+  return *map;
 }
 
 uint8_t nearest_dynamic_code(const DynamicMap& map, float x) {
@@ -95,4 +105,4 @@ uint8_t nearest_dynamic_code(const DynamicMap& map, float x) {
   return static_cast<uint8_t>(x < midpoint ? lower_pivot : pivot);
 }
 
-}  // namespace mftk::core
+}  // namespace mftk

@@ -55,6 +55,29 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));
 }
 
+// The op a quantizer built from tensors stored quantised in `path` must fit
+// the layer config.json describes, as a dense weight must. A zero-row
+// forward ([0, in] -> [0, out]) tells any op's shape without computing.
+void check_stored_quantized(LinearOp& op, const std::string& module, const std::vector<int64_t>& shape,
+                            const std::string& path, at::ScalarType dtype) {
+  const char* hint = "the weights and config.json do not belong together; quantise the checkpoint again";
+  at::NoGradGuard no_grad;
+  at::Tensor out;
+  try {
+    out = op.forward(at::zeros({0, shape[1]}, dtype));
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("checkpoint {}: the stored {} weight '{}.weight' does not take the {} inputs of shape {} "
+                            "config.json implies: {}",
+                            path, op.describe(), module, shape[1], shape_str(shape), e.what()),
+                hint);
+  }
+  if (out.dim() != 2 || out.size(1) != shape[0])
+    throw Error(fmt::format("checkpoint {}: the stored {} weight '{}.weight' gives {} outputs, but config.json "
+                            "implies shape {}",
+                            path, op.describe(), module, out.dim() == 2 ? out.size(1) : -1, shape_str(shape)),
+                hint);
+}
+
 at::ScalarType checked_compute_dtype(at::ScalarType t) {
   if (t != at::kFloat && t != at::kBFloat16)
     throw UsageError(fmt::format("mistral: compute dtype {} is not supported", c10::toString(t)),
@@ -104,8 +127,17 @@ void MistralModel::load(const LoadOptions& options) {
           t.role == TensorRole::post_attention_norm || t.role == TensorRole::final_norm)
         continue;
       const std::string module = hf_module_name(t.role, t.layer);
-      if (auto op = options.quantizer->load_quantized(module, reader, compute_dtype_))
-        stored_quantized.emplace(module, std::move(op));
+      std::shared_ptr<LinearOp> op;
+      try {
+        op = options.quantizer->load_quantized(module, reader, compute_dtype_);
+      } catch (const UsageError&) {
+        throw;
+      } catch (const Error& e) {
+        throw Error(fmt::format("checkpoint {}: {}", path, e.what()), e.hint());  // the quantizer cannot name it
+      }
+      if (!op) continue;
+      check_stored_quantized(*op, module, t.shape, path, compute_dtype_);
+      stored_quantized.emplace(module, std::move(op));
     }
   auto stored_module_of = [&](const std::string& tensor) -> bool {
     for (const auto& [module, op] : stored_quantized)

@@ -267,73 +267,106 @@ Nf4Weights nf4_weights_of(Model& model) {
 
 std::shared_ptr<const Nf4Tensor> read_nf4_module(const CheckpointReader& reader, const std::string& module,
                                                  const std::string& where, std::set<std::string>* used) {
+  const std::string in = where.empty() ? std::string() : where + ": ";
   const std::string p = module + ".weight";
   if (reader.contains(module + kFp4StateSuffix))
-    throw Error(fmt::format("nf4: {}: '{}' is an FP4 weight; only NF4 is supported", where, module),
+    throw Error(fmt::format("nf4: {}'{}' is an FP4 weight; only NF4 is supported", in, module),
                 "quantise the model with bnb_4bit_quant_type=\"nf4\"");
   const std::string state_name = module + kQuantStateSuffix;
   if (!reader.contains(state_name)) return nullptr;
-  auto tensor = [&](const std::string& key, bool required) -> at::Tensor {
-    if (!reader.contains(key)) {
-      if (required)
-        throw Error(fmt::format("nf4: {}: '{}' has a quant state but no tensor '{}'", where, module, key),
-                    "the checkpoint is incomplete");
-      return {};
-    }
+  // Every size below is checked against the quant state's shape before a
+  // byte is read: the file's dimensions are not trusted to fit each other.
+  const char* kDamaged =
+      "the 4-bit checkpoint is damaged or was not written by bitsandbytes / mftk; quantise the original "
+      "checkpoint again (mftk quantize)";
+  auto refuse = [&](const std::string& tensor, const std::string& message) {
+    throw Error(fmt::format("nf4: {}tensor '{}': {}", in, tensor, message), kDamaged);
+  };
+  auto tensor = [&](const std::string& key) -> at::Tensor {
+    if (!reader.contains(key))
+      throw Error(fmt::format("nf4: {}'{}' has a quant state but no tensor '{}'", in, module, key),
+                  "the checkpoint is incomplete");
     if (used) used->insert(key);
     return reader.get(key);
   };
+  // A tensor of `dtype` holding `count` values, or the refusal saying what it holds instead.
+  auto sized = [&](const std::string& key, at::ScalarType dtype, int64_t count, const std::string& why) {
+    const at::Tensor t = tensor(key);
+    if (t.scalar_type() != dtype)
+      refuse(key, fmt::format("dtype is {}, expected {}", c10::toString(t.scalar_type()), c10::toString(dtype)));
+    if (t.numel() != count) refuse(key, fmt::format("holds {} values, expected {} ({})", t.numel(), count, why));
+    return t;
+  };
 
-  const at::Tensor state_bytes = tensor(state_name, true);
+  const at::Tensor state_bytes = tensor(state_name);
   if (state_bytes.scalar_type() != at::kByte || state_bytes.dim() != 1)
-    throw Error(fmt::format("nf4: {}: '{}' is not a 1-D uint8 tensor", where, state_name));
+    refuse(state_name, "is not a 1-D uint8 tensor (bitsandbytes stores the quant state as JSON bytes)");
   const std::string text(reinterpret_cast<const char*>(state_bytes.data_ptr<uint8_t>()),
                          static_cast<size_t>(state_bytes.numel()));
   json state;
   try {
     state = json::parse(text);
   } catch (const std::exception& e) {
-    throw Error(fmt::format("nf4: {}: '{}' does not hold JSON: {}", where, state_name, e.what()));
+    refuse(state_name, fmt::format("does not hold JSON: {}", e.what()));
   }
   auto w = std::make_shared<Nf4Tensor>();
   try {
     if (state.at("quant_type").get<std::string>() != "nf4")
       throw Error(fmt::format("quant_type is \"{}\", not \"nf4\"", state.at("quant_type").get<std::string>()));
-    w->blocksize = state.at("blocksize").get<int64_t>();
+    const json& blocksize = state.at("blocksize");
+    if (!blocksize.is_number_integer() || !is_bitsandbytes_blocksize(blocksize.get<int64_t>()))
+      throw Error(fmt::format("blocksize {} is not one bitsandbytes' 4-bit kernels take (a power of two from {} to {})",
+                              blocksize.dump(), kMinBlocksize, kMaxBlocksize));
+    w->blocksize = blocksize.get<int64_t>();
     w->dtype = dtype_from_torch_name(state.at("dtype").get<std::string>(), state_name);
-    w->shape = state.at("shape").get<std::vector<int64_t>>();
+    const json& shape = state.at("shape");
+    bool integers = shape.is_array();
+    for (const json& d : shape) integers = integers && d.is_number_integer();
+    if (!integers || shape.size() != 2)
+      throw Error(fmt::format("shape {} is not [out, in] (a 4-bit weight is a linear layer's)", shape.dump()));
+    w->shape = shape.get<std::vector<int64_t>>();
+    if (checked_numel(w->shape) < 0)
+      throw Error(fmt::format("shape {} has an empty dimension or more values than an int64 counts", shape.dump()));
     if (state.contains("nested_blocksize")) {
-      if (state.at("nested_blocksize").get<int64_t>() != kNestedBlocksize)
+      if (state.at("nested_blocksize") != kNestedBlocksize)
         throw Error(fmt::format("nested_blocksize {} is not {}", state.at("nested_blocksize").dump(),
                                 kNestedBlocksize));
       if (state.at("nested_dtype").get<std::string>() != "float32")
         throw Error(fmt::format("nested_dtype is \"{}\", not \"float32\"", state.at("nested_dtype").get<std::string>()));
       w->offset = static_cast<float>(state.at("nested_offset").get<double>());
+      if (!std::isfinite(w->offset))
+        throw Error(fmt::format("nested_offset {} is not a finite float32", state.at("nested_offset").dump()));
     }
   } catch (const json::exception& e) {
-    throw Error(fmt::format("nf4: {}: quant state of '{}' is malformed: {}", where, module, e.what()),
+    throw Error(fmt::format("nf4: {}quant state of '{}' ({}) is malformed: {}", in, module, state_name, e.what()),
                 "expected the keys quant_type, blocksize, dtype, shape (and nested_* with double quant)");
   } catch (const Error& e) {
-    throw Error(fmt::format("nf4: {}: quant state of '{}': {}", where, module, e.what()),
+    throw Error(fmt::format("nf4: {}tensor '{}': {}", in, state_name, e.what()),
                 "only bitsandbytes NF4 weights can be read");
   }
 
-  const at::Tensor packed = tensor(p, true);
+  const int64_t n = w->numel();  // safe: checked_numel above
+  const std::string shape_text = fmt::format("[{}]", fmt::join(w->shape, ", "));
+  const at::Tensor packed =
+      sized(p, at::kByte, (n + 1) / 2, fmt::format("two 4-bit values a byte for shape {}", shape_text));
+  if (!(packed.dim() == 1 || (packed.dim() == 2 && packed.size(1) == 1)))
+    refuse(p, fmt::format("shape [{}] is not [{}, 1]", fmt::join(packed.sizes(), ", "), (n + 1) / 2));
   w->packed = packed.reshape({packed.numel()});
-  const at::Tensor absmax = tensor(p + ".absmax", true);
-  const at::Tensor quant_map = tensor(p + ".quant_map", true);
-  if (quant_map.scalar_type() != at::kFloat || quant_map.numel() != 16 ||
-      std::memcmp(quant_map.data_ptr<float>(), kNf4Codes.data(), sizeof(float) * 16) != 0)
-    throw Error(fmt::format("nf4: {}: '{}.quant_map' is not the NF4 code table", where, p),
+  const std::string per_block =
+      fmt::format("one per block of {} for shape {}: {} values", w->blocksize, shape_text, n);
+  const at::Tensor quant_map = sized(p + ".quant_map", at::kFloat, 16, "the 16 NF4 codes");
+  if (std::memcmp(quant_map.data_ptr<float>(), kNf4Codes.data(), sizeof(float) * 16) != 0)
+    throw Error(fmt::format("nf4: {}'{}.quant_map' is not the NF4 code table", in, p),
                 "only bitsandbytes NF4 weights can be read");
   if (state.contains("nested_blocksize")) {
-    w->quantized_absmax = absmax;
-    w->nested_absmax = tensor(p + ".nested_absmax", true);
-    w->nested_map = tensor(p + ".nested_quant_map", true);
+    w->quantized_absmax = sized(p + ".absmax", at::kByte, w->blocks(), per_block);
+    w->nested_absmax = sized(p + ".nested_absmax", at::kFloat, (w->blocks() + kNestedBlocksize - 1) / kNestedBlocksize,
+                             fmt::format("one per {} absmax values", kNestedBlocksize));
+    w->nested_map = sized(p + ".nested_quant_map", at::kFloat, 256, "the 8-bit dynamic map");
   } else {
-    w->absmax = absmax;
+    w->absmax = sized(p + ".absmax", at::kFloat, w->blocks(), per_block);
   }
-  w->check(fmt::format("{}: '{}'", where, module));
+  w->check(fmt::format("{}'{}'", in, module));
   return w;
 }
 

@@ -15,7 +15,7 @@
 #include <c10/util/Half.h>
 #include <fmt/format.h>
 
-#include "dynamic_map.h"
+#include "mftk/dynamic_map.h"
 #include "mftk/error.h"
 
 namespace mftk::nf4 {
@@ -286,7 +286,7 @@ void double_quantize_absmax(const float* absmax, int64_t blocks, uint8_t* codes,
   for (int64_t b = 0; b < blocks; ++b) sum += absmax[b];
   const float mean = static_cast<float>(sum / static_cast<double>(blocks));
   *offset = mean;
-  const core::DynamicMap& map = core::signed_dynamic_map();
+  const DynamicMap& map = signed_dynamic_map();
   std::vector<float> centred(kNestedBlocksize);
   for (int64_t begin = 0; begin < blocks; begin += kNestedBlocksize) {
     const int64_t count = std::min(kNestedBlocksize, blocks - begin);
@@ -297,7 +297,7 @@ void double_quantize_absmax(const float* absmax, int64_t blocks, uint8_t* codes,
     }
     nested_absmax[begin / kNestedBlocksize] = block_max;
     const float inverse = 1.0f / block_max;
-    for (int64_t i = 0; i < count; ++i) codes[begin + i] = core::nearest_dynamic_code(map, centred[i] * inverse);
+    for (int64_t i = 0; i < count; ++i) codes[begin + i] = nearest_dynamic_code(map, centred[i] * inverse);
   }
 }
 

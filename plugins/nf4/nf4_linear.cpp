@@ -56,7 +56,15 @@ Nf4Linear::Nf4Linear(std::shared_ptr<const Nf4Tensor> weight, at::ScalarType com
 
 at::Tensor Nf4Linear::forward(const at::Tensor& x) {
   if (x.size(-1) != weight_->shape[1])
-    throw Error(fmt::format("nf4: input has {} features, the weight expects {}", x.size(-1), weight_->shape[1]));
+    throw Error(fmt::format("nf4: input has {} features, the weight [{}, {}] expects {}", x.size(-1),
+                            weight_->shape[0], weight_->shape[1], weight_->shape[1]));
+  if (x.numel() == 0 && !(at::GradMode::is_enabled() && x.requires_grad())) {
+    // Nothing to compute, so nothing to dequantise: a zero-row forward is
+    // how a model checks the [out, in] of an op it did not build.
+    std::vector<int64_t> sizes = x.sizes().vec();
+    sizes.back() = weight_->shape[0];
+    return at::empty(sizes, x.options());
+  }
   const bool cast = x.scalar_type() != compute_dtype_;
   const at::Tensor xc = cast ? x.to(compute_dtype_) : x;
   at::Tensor y;

@@ -16,7 +16,7 @@ std::vector<KeySpec> nf4_keys() {
   return {
       KeySpec::integer("blocksize", 64,
                        "values per absmax block: 32, 64 (bitsandbytes' and QLoRA's), 128, ..., 4096")
-          .range(32, 4096),
+          .range(kMinBlocksize, kMaxBlocksize),
       KeySpec::boolean("double_quant", false,
                        "quantise the absmax values too (bnb_4bit_use_double_quant): ~0.37 bit/param less"),
       KeySpec::string("compute_dtype", std::string("auto"),
@@ -30,7 +30,7 @@ std::vector<KeySpec> nf4_keys() {
 Nf4Options nf4_options_from_config(const Config& config) {
   Nf4Options o;
   o.blocksize = config.get_int("blocksize");
-  if (o.blocksize < 32 || o.blocksize > 4096 || (o.blocksize & (o.blocksize - 1)) != 0)
+  if (!is_bitsandbytes_blocksize(o.blocksize))
     config.fail("blocksize", fmt::format("{} is not a power of two between 32 and 4096", o.blocksize),
                 "QLoRA uses 64");
   o.double_quant = config.get_bool("double_quant");
@@ -50,7 +50,7 @@ bool matches_module(const std::string& name, const std::string& module) {
 }
 
 Nf4Quantizer::Nf4Quantizer(Nf4Options options) : options_(std::move(options)) {
-  if (options_.blocksize < 32 || options_.blocksize > 4096 || (options_.blocksize & (options_.blocksize - 1)) != 0)
+  if (!is_bitsandbytes_blocksize(options_.blocksize))
     throw UsageError(fmt::format("nf4: blocksize {} is not a power of two between 32 and 4096", options_.blocksize),
                      "QLoRA uses 64");
 }
@@ -79,7 +79,8 @@ std::shared_ptr<LinearOp> Nf4Quantizer::quantize(const std::string& slot_name, c
 std::shared_ptr<LinearOp> Nf4Quantizer::load_quantized(const std::string& slot_name,
                                                        const CheckpointReader& checkpoint,
                                                        at::ScalarType compute_dtype) {
-  std::shared_ptr<const Nf4Tensor> stored = read_nf4_module(checkpoint, slot_name, "checkpoint");
+  // No folder name to give: the model loading `checkpoint` adds it to errors.
+  std::shared_ptr<const Nf4Tensor> stored = read_nf4_module(checkpoint, slot_name, "");
   if (!stored) return nullptr;
   if (stored->blocksize != options_.blocksize || stored->double_quant() != options_.double_quant)
     log::debug("nf4: {} is stored with blocksize {}{}; kept as stored", slot_name, stored->blocksize,

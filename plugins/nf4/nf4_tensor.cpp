@@ -1,16 +1,28 @@
 // Nf4Tensor (see nf4_tensor.h).
 #include "nf4_tensor.h"
 
+#include <limits>
 #include <string>
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "dynamic_map.h"
+#include "mftk/dynamic_map.h"
 #include "mftk/error.h"
 
 namespace mftk::nf4 {
+
+bool is_bitsandbytes_blocksize(int64_t blocksize) {
+  return blocksize >= kMinBlocksize && blocksize <= kMaxBlocksize && (blocksize & (blocksize - 1)) == 0;
+}
+
+int64_t checked_numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape)
+    if (d <= 0 || __builtin_mul_overflow(n, d, &n)) return -1;
+  return n <= std::numeric_limits<int64_t>::max() - kMaxBlocksize ? n : -1;
+}
 
 int64_t Nf4Tensor::numel() const {
   int64_t n = 1;
@@ -40,8 +52,9 @@ void Nf4Tensor::check(const std::string& what) const {
   if (shape.empty()) fail("no shape");
   for (int64_t d : shape)
     if (d <= 0) fail(fmt::format("shape [{}] has an empty dimension", fmt::join(shape, ", ")));
-  if (blocksize < 2 || (blocksize & (blocksize - 1)) != 0)
-    fail(fmt::format("blocksize {} is not a power of two", blocksize));
+  if (checked_numel(shape) < 0) fail(fmt::format("shape [{}] has more values than an int64 counts", fmt::join(shape, ", ")));
+  if (!is_bitsandbytes_blocksize(blocksize))
+    fail(fmt::format("blocksize {} is not a power of two from {} to {}", blocksize, kMinBlocksize, kMaxBlocksize));
   auto expect = [&](const at::Tensor& t, const char* name, at::ScalarType type, int64_t count) {
     if (!t.defined()) fail(fmt::format("{} is missing", name));
     if (t.scalar_type() != type)
@@ -65,6 +78,10 @@ Nf4Tensor quantize_nf4(const at::Tensor& weight, int64_t blocksize, bool double_
   if (!weight.device().is_cpu())
     throw Error(fmt::format("nf4: the weight is on {}; NF4 quantisation runs on the CPU", weight.device().str()),
                 "load the model on the CPU");
+  if (!is_bitsandbytes_blocksize(blocksize))
+    throw Error(fmt::format("nf4: blocksize {} is not a power of two from {} to {}", blocksize, kMinBlocksize,
+                            kMaxBlocksize),
+                "QLoRA uses 64");
   Nf4Tensor q;
   q.shape = weight.sizes().vec();
   q.blocksize = blocksize;
@@ -106,7 +123,7 @@ at::Tensor dequantize_nf4(const Nf4Tensor& weight, at::ScalarType dtype, Dequant
 const at::Tensor& nested_map_tensor() {
   // Never freed: weights of any library may share it until the process ends.
   static const at::Tensor* map = [] {
-    const core::DynamicMap& values = core::signed_dynamic_map();
+    const DynamicMap& values = signed_dynamic_map();
     auto* t = new at::Tensor(at::empty({256}, at::kFloat));
     std::copy(values.begin(), values.end(), t->data_ptr<float>());
     return t;

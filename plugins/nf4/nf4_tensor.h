@@ -17,6 +17,18 @@
 
 namespace mftk::nf4 {
 
+// The blocksizes bitsandbytes' 4-bit kernels accept: the powers of two from
+// 32 to 4096 (bitsandbytes/backends/cuda/ops.py, quantize_4bit and
+// dequantize_4bit; 32 only off ROCm, older releases start at 64).
+inline constexpr int64_t kMinBlocksize = 32;
+inline constexpr int64_t kMaxBlocksize = 4096;
+bool is_bitsandbytes_blocksize(int64_t blocksize);
+
+// The number of values of a weight of this shape, or -1 when a dimension is
+// not positive or the product does not fit an int64 with room for a block
+// of padding (so blocks() and (numel + 1) / 2 cannot overflow either).
+int64_t checked_numel(const std::vector<int64_t>& shape);
+
 struct Nf4Tensor {
   std::vector<int64_t> shape;            // of the original weight: [out, in]
   int64_t blocksize = 64;
@@ -38,7 +50,8 @@ struct Nf4Tensor {
   // map is shared by every weight and not counted).
   int64_t storage_bytes() const;
   // Throws mftk::Error naming `what` when sizes, dtypes or the blocksize do
-  // not fit together (a damaged or foreign checkpoint).
+  // not fit together (a damaged or foreign checkpoint); checks the shape's
+  // element count for overflow before any other size is derived from it.
   void check(const std::string& what) const;
 };
 

@@ -280,8 +280,8 @@ AdamW8bitOptions adamw_8bit_options_from_config(const Config& config, bool paged
 
 AdamW8bit::AdamW8bit(AdamW8bitOptions options)
     : options_(options),
-      signed_map_(std::make_unique<CodeBook>(make_dynamic_map(true))),
-      unsigned_map_(std::make_unique<CodeBook>(make_dynamic_map(false))) {
+      signed_map_(std::make_unique<CodeBook>(signed_dynamic_map())),
+      unsigned_map_(std::make_unique<CodeBook>(unsigned_dynamic_map())) {
   if (options_.paged && options_.page_size < kRecordBytes)
     throw Error(fmt::format("{}: page_size {} bytes cannot hold one block of state ({} bytes)",
                             optimizer_name(true), options_.page_size, kRecordBytes));

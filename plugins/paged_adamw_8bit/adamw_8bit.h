@@ -28,7 +28,7 @@
 #include <string>
 #include <vector>
 
-#include "dynamic_map.h"
+#include "code_book.h"
 #include "mftk/config.h"
 #include "mftk/optimizer.h"
 #include "paged_block_store.h"

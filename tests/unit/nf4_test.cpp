@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -19,8 +20,8 @@
 #include <nlohmann/json.hpp>
 
 #include "adamw/adamw_optimizer.h"
-#include "dynamic_map.h"
 #include "lora/lora_adapter.h"
+#include "mftk/dynamic_map.h"
 #include "mftk/error.h"
 #include "mftk/model.h"
 #include "mftk/quantizer.h"
@@ -31,7 +32,6 @@
 #include "nf4/nf4_linear.h"
 #include "nf4/nf4_quantizer.h"
 #include "nf4/nf4_tensor.h"
-#include "paged_adamw_8bit/dynamic_map.h"
 #include "pipeline.h"
 #include "recipe.h"
 #include "registry.h"
@@ -265,36 +265,34 @@ TEST(Nf4Dequant, Avx2AndScalarPathsAgreeBitForBit) {
 // ---------------------------------------------------------------------------
 // The dynamic map and double quantisation.
 
-TEST(Nf4DoubleQuant, DynamicMapFactsAndTheOptimizersCopy) {
-  const mftk::core::DynamicMap& map = mftk::core::signed_dynamic_map();
-  for (int k = 0; k < 255; ++k) EXPECT_LT(map[k], map[k + 1]);
-  EXPECT_NEAR(map[0], -0.99297, 1e-5);
-  EXPECT_EQ(map[127], 0.0f);
-  EXPECT_EQ(map[255], 1.0f);
-  // The same construction as the 8-bit optimizer's own copy, value for value.
-  const auto optimizer_map = mftk::paged_adamw_8bit::make_dynamic_map(true);
-  for (int k = 0; k < 256; ++k) EXPECT_EQ(map[k], optimizer_map[k]) << "code " << k;
-  const auto unsigned_map = mftk::core::make_dynamic_map(false);
-  const auto optimizer_unsigned = mftk::paged_adamw_8bit::make_dynamic_map(false);
-  for (int k = 0; k < 256; ++k) EXPECT_EQ(unsigned_map[k], optimizer_unsigned[k]) << "code " << k;
+// The map itself is pinned to bitsandbytes' values in optimizer_test.cpp
+// (DynamicMap.*); here: double quantisation uses that one table.
+TEST(Nf4DoubleQuant, NestedQuantMapIsTheSdkSignedDynamicMap) {
+  const mftk::DynamicMap& map = mftk::signed_dynamic_map();
+  const at::Tensor nested = mftk::nf4::nested_map_tensor();
+  ASSERT_EQ(nested.numel(), 256);
+  for (int k = 0; k < 256; ++k) EXPECT_EQ(nested[k].item<float>(), map[k]) << "code " << k;
+  // ... and it is what a double-quantised weight carries and saves.
+  const Nf4Tensor q = mftk::nf4::quantize_nf4(at::randn({8, 64}), 64, true);
+  EXPECT_TRUE(at::equal(q.nested_map, nested));
 }
 
 TEST(Nf4DoubleQuant, NearestDynamicCodeIsANearestCode) {
-  const mftk::core::DynamicMap& map = mftk::core::signed_dynamic_map();
+  const mftk::DynamicMap& map = mftk::signed_dynamic_map();
   at::manual_seed(5);
   const at::Tensor xs = at::rand({20000}) * 2 - 1;
   for (int64_t i = 0; i < xs.numel(); ++i) {
     const float x = xs[i].item<float>();
-    const int c = mftk::core::nearest_dynamic_code(map, x);
+    const int c = mftk::nearest_dynamic_code(map, x);
     const float d = std::fabs(x - map[c]);
     if (c > 0) EXPECT_LE(d, std::fabs(x - map[c - 1])) << x;
     if (c < 255) EXPECT_LE(d, std::fabs(x - map[c + 1])) << x;
   }
-  for (int k = 0; k < 256; ++k) EXPECT_EQ(mftk::core::nearest_dynamic_code(map, map[k]), k);
+  for (int k = 0; k < 256; ++k) EXPECT_EQ(mftk::nearest_dynamic_code(map, map[k]), k);
 }
 
 TEST(Nf4DoubleQuant, RecoveredAbsmaxWithinTheDynamicMapBound) {
-  const mftk::core::DynamicMap& map = mftk::core::signed_dynamic_map();
+  const mftk::DynamicMap& map = mftk::signed_dynamic_map();
   double largest_gap = 0;
   for (int k = 0; k < 255; ++k) largest_gap = std::max(largest_gap, double(map[k + 1]) - double(map[k]));
   at::manual_seed(6);
@@ -725,6 +723,183 @@ TEST(Nf4Qlora, SavedFolderLoadsAsStoredAndComputesWhatQuantisingAtLoadDoes) {
   } catch (const mftk::UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("saved quantised by the 'nf4' quantizer"), std::string::npos) << e.what();
   }
+}
+
+// ---------------------------------------------------------------------------
+// Loading refuses stored 4-bit weights whose sizes do not fit: nothing in the
+// files is trusted to fit anything else.
+
+// A copy of the checkpoint folder `from` at `to`, its tensors changed by
+// `edit` (config.json and the other files as they were).
+void damaged_copy(const std::string& from, const std::string& to,
+                  const std::function<void(std::map<std::string, at::Tensor>&)>& edit) {
+  const auto reader = mftk::CheckpointReader::open(from);
+  std::map<std::string, at::Tensor> tensors;
+  for (const auto& name : reader.names()) tensors[name] = reader.get(name).clone();
+  edit(tensors);
+  fs::create_directories(to);
+  mftk::save_checkpoint(to, mftk::NamedTensors(tensors.begin(), tensors.end()));
+  for (const auto& e : fs::directory_iterator(from)) {
+    const std::string file = e.path().filename().string();
+    if (e.path().extension() != ".safetensors" && file != "model.safetensors.index.json")
+      fs::copy_file(e.path(), fs::path(to) / file);
+  }
+}
+
+at::Tensor text_tensor(const std::string& text) {
+  at::Tensor t = at::empty({int64_t(text.size())}, at::kByte);
+  std::memcpy(t.data_ptr<uint8_t>(), text.data(), text.size());
+  return t;
+}
+
+// The message of the mftk::Error `load` throws ("(accepted)" when none).
+std::string refusal(const std::function<void()>& load) {
+  try {
+    load();
+  } catch (const mftk::UsageError& e) {
+    return std::string("(a UsageError, not an Error about the file) ") + e.what();
+  } catch (const mftk::Error& e) {
+    return e.what();
+  }
+  return "(accepted)";
+}
+
+struct BadFolder {
+  const char* what;
+  std::function<void(std::map<std::string, at::Tensor>&)> edit;
+  std::vector<std::string> message;  // each must appear: the tensor, what was expected and what was found
+};
+
+TEST(Nf4Load, RefusesStoredWeightsWhoseSizesDoNotFitTheirQuantState) {
+  TempDir dir;
+  const std::string src = write_dense_folder(dir);  // up_proj [96, 64]: 6144 values, 3072 bytes, 96 blocks of 64
+  const std::string plain = dir.sub("plain"), dq = dir.sub("dq");
+  mftk::nf4::quantize_checkpoint(src, plain, mftk::nf4::Nf4Options{});
+  mftk::nf4::Nf4Options dq_options;
+  dq_options.double_quant = true;
+  mftk::nf4::quantize_checkpoint(src, dq, dq_options);
+  ASSERT_EQ(mftk::nf4::load_nf4_checkpoint(plain).quantized.size(), 2u);  // both load as written
+  ASSERT_EQ(mftk::nf4::load_nf4_checkpoint(dq).quantized.size(), 2u);
+
+  const std::string p = "model.layers.0.mlp.up_proj.weight";
+  const std::string state = p + ".quant_state.bitsandbytes__nf4";
+  auto with_state = [&](const std::string& json_text) {
+    return [=](std::map<std::string, at::Tensor>& t) { t[state] = text_tensor(json_text); };
+  };
+  auto plain_state = [](const std::string& blocksize, const std::string& shape) {
+    return R"({"quant_type": "nf4", "blocksize": )" + blocksize + R"(, "dtype": "bfloat16", "shape": )" + shape + "}";
+  };
+  const std::vector<BadFolder> plain_cases = {
+      {"a shape with twice the values the packed bytes hold", with_state(plain_state("64", "[96, 128]")),
+       {"tensor '" + p + "'", "holds 3072 values, expected 6144", "shape [96, 128]"}},
+      {"a shape whose element count overflows int64 (3037000500^2 > 2^63)",
+       with_state(plain_state("64", "[3037000500, 3037000500]")),
+       {"tensor '" + state + "'", "[3037000500,3037000500]", "more values than an int64 counts"}},
+      {"a shape of exactly 2^63 values", with_state(plain_state("64", "[2305843009213693952, 4]")),
+       {"tensor '" + state + "'", "more values than an int64 counts"}},
+      {"an empty dimension", with_state(plain_state("64", "[96, 0]")), {"tensor '" + state + "'", "empty dimension"}},
+      {"a negative dimension", with_state(plain_state("64", "[-96, -64]")), {"tensor '" + state + "'", "[-96,-64]"}},
+      {"a 3-D shape", with_state(plain_state("64", "[2, 48, 64]")), {"tensor '" + state + "'", "is not [out, in]"}},
+      {"blocksize 48 (not a power of two)", with_state(plain_state("48", "[96, 64]")),
+       {"tensor '" + state + "'", "blocksize 48 is not one bitsandbytes' 4-bit kernels take",
+        "a power of two from 32 to 4096"}},
+      {"blocksize 16 (below bitsandbytes' smallest)", with_state(plain_state("16", "[96, 64]")), {"blocksize 16 is not"}},
+      {"blocksize 8192 (above bitsandbytes' largest)", with_state(plain_state("8192", "[96, 64]")),
+       {"blocksize 8192 is not"}},
+      {"blocksize 0", with_state(plain_state("0", "[96, 64]")), {"blocksize 0 is not"}},
+      {"blocksize 2^62 (would overflow a block count)", with_state(plain_state("4611686018427387904", "[96, 64]")),
+       {"blocksize 4611686018427387904 is not"}},
+      {"a fractional blocksize", with_state(plain_state("64.5", "[96, 64]")), {"blocksize 64.5 is not"}},
+      {"blocksize 128 with an absmax of 64-value blocks", with_state(plain_state("128", "[96, 64]")),
+       {"tensor '" + p + ".absmax'", "holds 96 values, expected 48", "one per block of 128 for shape [96, 64]"}},
+      {"an absmax one value short",
+       [&](std::map<std::string, at::Tensor>& t) { t[p + ".absmax"] = t[p + ".absmax"].narrow(0, 0, 95).clone(); },
+       {"tensor '" + p + ".absmax'", "holds 95 values, expected 96"}},
+      {"a float16 absmax",
+       [&](std::map<std::string, at::Tensor>& t) { t[p + ".absmax"] = t[p + ".absmax"].to(at::kHalf); },
+       {"tensor '" + p + ".absmax'", "dtype is Half, expected Float"}},
+      {"packed bytes of another layout",
+       [&](std::map<std::string, at::Tensor>& t) { t[p] = t[p].reshape({1536, 2}).clone(); },
+       {"tensor '" + p + "'", "shape [1536, 2] is not [3072, 1]"}},
+      {"packed bytes stored as float32",
+       [&](std::map<std::string, at::Tensor>& t) { t[p] = t[p].to(at::kFloat); },
+       {"tensor '" + p + "'", "dtype is Float, expected Byte"}},
+  };
+  const std::vector<BadFolder> dq_cases = {
+      {"a quantised absmax one code short",
+       [&](std::map<std::string, at::Tensor>& t) { t[p + ".absmax"] = t[p + ".absmax"].narrow(0, 0, 95).clone(); },
+       {"tensor '" + p + ".absmax'", "holds 95 values, expected 96"}},
+      {"two nested absmax values for 96 blocks",
+       [&](std::map<std::string, at::Tensor>& t) { t[p + ".nested_absmax"] = at::ones({2}); },
+       {"tensor '" + p + ".nested_absmax'", "holds 2 values, expected 1", "one per 256 absmax values"}},
+      {"a nested quant map of 255 values",
+       [&](std::map<std::string, at::Tensor>& t) {
+         t[p + ".nested_quant_map"] = t[p + ".nested_quant_map"].narrow(0, 0, 255).clone();
+       },
+       {"tensor '" + p + ".nested_quant_map'", "holds 255 values, expected 256"}},
+  };
+  int n = 0;
+  for (const auto& [cases, from] : {std::make_pair(&plain_cases, plain), std::make_pair(&dq_cases, dq)}) {
+    for (const BadFolder& c : *cases) {
+      SCOPED_TRACE(c.what);
+      const std::string bad = dir.sub("bad" + std::to_string(n++));
+      damaged_copy(from, bad, c.edit);
+      const std::string message = refusal([&] { mftk::nf4::load_nf4_checkpoint(bad); });
+      EXPECT_NE(message.find("nf4: " + bad + ": "), std::string::npos) << message;  // the folder
+      for (const auto& part : c.message) EXPECT_NE(message.find(part), std::string::npos) << part << "\n" << message;
+    }
+  }
+}
+
+// A stored weight consistent in itself but of another layer's shape is
+// refused when the model loads it, naming the folder, the weight and both
+// shapes; so is a damaged one, with the folder the quantizer cannot name.
+TEST(Nf4Load, AStoredWeightThatDoesNotFitItsLayerIsRefusedByTheModel) {
+  tt::QuietLog quiet;
+  const std::string dense_dir = tt::tiny_checkpoint(1);  // hidden 64, intermediate 128, 2 kv heads of 16
+  TempDir out;
+  const std::string q_dir = out.sub("nf4");
+  mftk::nf4::quantize_checkpoint(dense_dir, q_dir, mftk::nf4::Nf4Options{});
+  mftk::core::Registry registry;
+  auto load = [&](const std::string& dir) {
+    return refusal([&] { load_mistral(registry, dir, mftk::core::quantizer_for_checkpoint(registry, dir, nullptr, "")); });
+  };
+  ASSERT_EQ(load(q_dir), "(accepted)");
+
+  const std::string q = "model.layers.0.self_attn.q_proj.weight", k = "model.layers.0.self_attn.k_proj.weight";
+  const std::string up = "model.layers.0.mlp.up_proj.weight";
+  // q_proj [64, 64] holding k_proj's [32, 64] weight: the inputs fit, the outputs do not.
+  const std::string swapped = out.sub("swapped");
+  damaged_copy(q_dir, swapped, [&](std::map<std::string, at::Tensor>& t) {
+    for (const char* suffix : {"", ".absmax", ".quant_map", ".quant_state.bitsandbytes__nf4"})
+      t[q + suffix] = t[k + suffix];
+  });
+  std::string message = load(swapped);
+  for (const std::string& part : std::vector<std::string>{"checkpoint " + swapped + ": ", "'" + q + "'",
+                                                         "gives 32 outputs", "config.json implies shape [64, 64]"})
+    EXPECT_NE(message.find(part), std::string::npos) << part << "\n" << message;
+
+  // up_proj [128, 64] stored as [64, 128]: the same values and blocks, transposed.
+  const std::string transposed = out.sub("transposed");
+  damaged_copy(q_dir, transposed, [&](std::map<std::string, at::Tensor>& t) {
+    t[up + ".quant_state.bitsandbytes__nf4"] =
+        text_tensor(R"({"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [64, 128]})");
+  });
+  message = load(transposed);
+  for (const std::string& part :
+       std::vector<std::string>{"checkpoint " + transposed + ": ", "'" + up + "'",
+                                "does not take the 64 inputs of shape [128, 64]", "the weight [64, 128] expects 128"})
+    EXPECT_NE(message.find(part), std::string::npos) << part << "\n" << message;
+
+  // Damaged sizes: the nf4 message, with the folder in front.
+  const std::string short_absmax = out.sub("short_absmax");
+  damaged_copy(q_dir, short_absmax, [&](std::map<std::string, at::Tensor>& t) {
+    t[up + ".absmax"] = t[up + ".absmax"].narrow(0, 0, 3).clone();
+  });
+  message = load(short_absmax);
+  for (const std::string& part : std::vector<std::string>{
+           "checkpoint " + short_absmax + ": nf4: tensor '" + up + ".absmax'", "holds 3 values, expected 128"})
+    EXPECT_NE(message.find(part), std::string::npos) << part << "\n" << message;
 }
 
 }  // namespace

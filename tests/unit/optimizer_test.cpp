@@ -25,9 +25,10 @@
 
 #include "adamw/adamw_optimizer.h"
 #include "adamw/sgd_optimizer.h"
+#include "mftk/dynamic_map.h"
 #include "mftk/error.h"
 #include "paged_adamw_8bit/adamw_8bit.h"
-#include "paged_adamw_8bit/dynamic_map.h"
+#include "paged_adamw_8bit/code_book.h"
 
 namespace p8 = mftk::paged_adamw_8bit;
 using mftk::NamedTensors;
@@ -49,31 +50,50 @@ float mul(float a, float b) {
   return r;
 }
 
-// bitsandbytes' create_dynamic_map written out again from docs/formats.md §7.1 (dynamic map),
-// with torch.linspace's float32 formula.
+// torch.linspace(start, end, steps) for float32, element by element as
+// PyTorch's CPU kernel defines each point: step = (end - start) / (steps - 1)
+// in float; points before steps / 2 are start + step * k, the others
+// end - step * (steps - 1 - k). (libtorch 1.13's at::linspace is not used:
+// its vectorised loop applies the first formula to whole 8-lane chunks past
+// the halfway point, one ulp off at some points; the table bitsandbytes
+// prints under current PyTorch follows the per-element definition, see
+// EntriesWorkedOutByHand.)
+std::vector<float> torch_linspace(float start, float end, int64_t steps) {
+  const float step = (end - start) / static_cast<float>(steps - 1);
+  std::vector<float> points;
+  for (int64_t k = 0; k < steps; ++k)
+    points.push_back(k < steps / 2 ? start + mul(step, static_cast<float>(k))
+                                   : end - mul(step, static_cast<float>(steps - 1 - k)));
+  return points;
+}
+
+// bitsandbytes' create_dynamic_map(signed, max_exponent_bits=7,
+// total_bits=8) from bitsandbytes/functional.py, line by line: float32
+// tensors, a Python-float scale (rounded to float by the tensor multiply),
+// .tolist() and back.
 Map reference_dynamic_map(bool is_signed) {
-  std::vector<float> data;
-  for (int i = 0; i < 7; ++i) {
-    const int n = is_signed ? (1 << i) + 1 : (1 << (i + 1)) + 1;
-    const float start = 0.1f, end = 1.0f;
-    const float step = (end - start) / static_cast<float>(n - 1);
-    std::vector<float> points;
-    for (int k = 0; k < n; ++k)
-      points.push_back(k < n / 2 ? start + mul(step, static_cast<float>(k))
-                                 : end - mul(step, static_cast<float>(n - 1 - k)));
-    const float scale = static_cast<float>(std::pow(10.0, i - 6));
-    for (int k = 0; k + 1 < n; ++k) {
-      const float mean = (points[k] + points[k + 1]) / 2.0f;
-      data.push_back(mul(scale, mean));
-      if (is_signed) data.push_back(mul(-scale, mean));
-    }
+  const int max_exponent_bits = 7, total_bits = 8;
+  std::vector<double> data;  // Python's list
+  const int non_sign_bits = total_bits - 1;  // "(1 if signed else 1)" upstream
+  const int additional_items = (1 << (non_sign_bits - max_exponent_bits)) - 1;
+  EXPECT_EQ(additional_items, 0);  // so the "if additional_items > 0" branch never runs
+  for (int i = 0; i < max_exponent_bits; ++i) {
+    const int64_t fraction_items = is_signed ? (int64_t{1} << (i + non_sign_bits - max_exponent_bits)) + 1
+                                             : (int64_t{1} << (i + non_sign_bits - max_exponent_bits + 1)) + 1;
+    const std::vector<float> boundaries = torch_linspace(0.1f, 1.0f, fraction_items);
+    const float scale = static_cast<float>(std::pow(10.0, -(max_exponent_bits - 1) + i));  // 10 ** (-(7 - 1) + i)
+    std::vector<float> means;  // (boundaries[:-1] + boundaries[1:]) / 2.0
+    for (size_t k = 0; k + 1 < boundaries.size(); ++k) means.push_back((boundaries[k] + boundaries[k + 1]) / 2.0f);
+    for (float m : means) data.push_back(mul(scale, m));
+    if (is_signed)
+      for (float m : means) data.push_back(mul(-scale, m));
   }
-  data.push_back(0.0f);
-  data.push_back(1.0f);
+  data.push_back(0);
+  data.push_back(1.0);
+  EXPECT_EQ(data.size(), 256u);
   std::sort(data.begin(), data.end());
   Map out{};
-  EXPECT_EQ(data.size(), 256u);
-  std::copy(data.begin(), data.begin() + std::min<size_t>(256, data.size()), out.begin());
+  for (size_t k = 0; k < std::min<size_t>(256, data.size()); ++k) out[k] = static_cast<float>(data[k]);
   return out;
 }
 
@@ -155,20 +175,12 @@ p8::AdamW8bitOptions options_8bit(bool paged, double wd = 0.0) {
 // ---------------------------------------------------------------------------
 // dynamic maps
 
-TEST(OptimizerDynamicMap, SignedMapIsTheBitsandbytesConstruction) {
-  const Map got = p8::make_dynamic_map(true);
+TEST(DynamicMap, SignedMapIsTheBitsandbytesConstruction) {
+  const Map& got = mftk::signed_dynamic_map();
   const Map want = reference_dynamic_map(true);
   for (int k = 0; k < 256; ++k) EXPECT_EQ(got[k], want[k]) << "code " << k;  // bit-exact
+  EXPECT_EQ(mftk::make_dynamic_map(true), got);
   for (int k = 0; k < 255; ++k) EXPECT_LT(got[k], got[k + 1]) << "code " << k;
-  EXPECT_EQ(got[127], 0.0f);
-  EXPECT_EQ(got[255], 1.0f);
-  // Largest magnitude below 1: the last midpoint of linspace(0.1, 1, 65) = 1 - 0.9/128.
-  EXPECT_NEAR(got[0], -(1.0 - 0.9 / 128), 1e-7);
-  EXPECT_NEAR(got[0], -0.99297, 1e-5);
-  EXPECT_NEAR(got[254], 1.0 - 0.9 / 128, 1e-7);
-  // Smallest magnitude: 1e-6 * (0.1 + 1) / 2.
-  EXPECT_NEAR(got[128], 5.5e-7, 1e-13);
-  EXPECT_NEAR(got[126], -5.5e-7, 1e-13);
   // Negatives mirror positives: codes 0..126 and 128..254.
   for (int k = 0; k < 127; ++k) EXPECT_EQ(got[k], -got[254 - k]) << "code " << k;
   // 2^i values per decade [10^(i-7), 10^(i-6)) on each side.
@@ -179,16 +191,12 @@ TEST(OptimizerDynamicMap, SignedMapIsTheBitsandbytesConstruction) {
   }
 }
 
-TEST(OptimizerDynamicMap, UnsignedMapIsTheBitsandbytesConstruction) {
-  const Map got = p8::make_dynamic_map(false);
+TEST(DynamicMap, UnsignedMapIsTheBitsandbytesConstruction) {
+  const Map& got = mftk::unsigned_dynamic_map();
   const Map want = reference_dynamic_map(false);
   for (int k = 0; k < 256; ++k) EXPECT_EQ(got[k], want[k]) << "code " << k;
+  EXPECT_EQ(mftk::make_dynamic_map(false), got);
   for (int k = 0; k < 255; ++k) EXPECT_LT(got[k], got[k + 1]) << "code " << k;
-  EXPECT_EQ(got[0], 0.0f);
-  EXPECT_EQ(got[255], 1.0f);
-  // 1e-6 * mean of the first two points of linspace(0.1, 1, 3) = 1e-6 * 0.325.
-  EXPECT_NEAR(got[1], 3.25e-7, 1e-13);
-  EXPECT_NEAR(got[254], 1.0 - 0.9 / 256, 1e-7);
   for (int i = 0; i < 7; ++i) {
     const double lo = std::pow(10.0, i - 7), hi = std::pow(10.0, i - 6);
     const auto in_decade = std::count_if(got.begin(), got.end(), [&](float x) { return x > lo && x < hi; });
@@ -196,19 +204,67 @@ TEST(OptimizerDynamicMap, UnsignedMapIsTheBitsandbytesConstruction) {
   }
 }
 
-TEST(OptimizerDynamicMap, LinspaceHitsBothEnds) {
-  for (int n : {2, 3, 9, 65, 129}) {
-    const auto points = p8::linspace_f32(0.1f, 1.0f, n);
-    ASSERT_EQ(points.size(), static_cast<size_t>(n));
-    EXPECT_EQ(points.front(), 0.1f);
-    EXPECT_EQ(points.back(), 1.0f);
-    for (int k = 0; k + 1 < n; ++k) EXPECT_NEAR(points[k + 1] - points[k], 0.9 / (n - 1), 1e-7);
-  }
+// Entries worked out by hand from the construction, in float32 arithmetic
+// (each sum, quotient and product rounded to the nearest float, as the
+// tensor ops round them); f(x) below is "x rounded to float32".
+//   linspace(0.1, 1, n): step = f(f(1 - f(0.1)) / (n - 1)) with f(1 - f(0.1)) = f(0.9)
+//     = 0.89999997615814209; point k = f(f(0.1) + f(step * k)) for k < n/2,
+//     else f(1 - f(step * (n - 1 - k))).
+//   value = f(f(10^(i-6)) * f(f(p_k + p_k+1) / 2)).
+// Positive codes of the signed map: i = 0 gives code 128, i = 1 codes
+// 129..130, i = 2 131..134, i = 3 135..142, i = 4 143..158, i = 5 159..190,
+// i = 6 191..254; then 0 is code 127 and 1 code 255. The unsigned map has
+// 2^(i+1) values per i: i = 0 codes 1..2, ..., i = 6 codes 127..254.
+TEST(DynamicMap, EntriesWorkedOutByHand) {
+  const Map& s = mftk::signed_dynamic_map();
+  // As bitsandbytes' create_dynamic_map() prints them under PyTorch 2 (the
+  // table other projects copy from it): codes 0..3.
+  EXPECT_EQ(s[0], -0.992968738079071f);
+  EXPECT_EQ(s[1], -0.9789062738418579f);
+  EXPECT_EQ(s[2], -0.96484375f);
+  EXPECT_EQ(s[3], -0.9507812261581421f);
+  // The two values appended to the list.
+  EXPECT_EQ(s[127], 0.0f);
+  EXPECT_EQ(s[255], 1.0f);
+  // i = 0, n = 2: points f(0.1) = 0.10000000149011612 and 1; sum f(1.1000000015) =
+  // 1.1000000238418579, mean 0.55000001192092896; times f(1e-6) = 9.9999999747524271e-07 -> 5.5000003840177669e-07.
+  EXPECT_EQ(s[128], 5.5000003840177669e-07f);
+  EXPECT_EQ(s[126], -5.5000003840177669e-07f);
+  // i = 1, n = 3: step f(0.9 / 2) = 0.44999998807907104, points 0.1, 0.55000001192092896, 1;
+  // first sum f(0.1 + 0.55) = 0.65000003576278687, mean 0.32500001788139343; times f(1e-5) =
+  // 9.9999997473787516e-06 -> 3.2500001907465048e-06.
+  EXPECT_EQ(s[129], 3.2500001907465048e-06f);
+  // i = 3, n = 9: step f(0.9 / 8) = 0.11249999701976776, point 1 = f(0.1 + 0.1125) =
+  // 0.21250000596046448; sum f(0.1 + 0.2125) = 0.3125, mean 0.15625; times f(1e-3) =
+  // 0.0010000000474974513 -> 1.5625001105945557e-04.
+  EXPECT_EQ(s[135], 1.5625001105945557e-04f);
+  // i = 6, n = 65: step f(0.9 / 64) = 0.014062499627470970. First mean: point 1 =
+  // f(0.1 + 0.0140625) = 0.11406250298023224, sum f(0.1 + 0.1140625) = 0.21406251192092896,
+  // mean 0.10703125596046448 (scale 1). Second: point 2 = f(0.1 + f(2 * step)) =
+  // 0.12812499701976776, sum 0.2421875, mean 0.12109375.
+  EXPECT_EQ(s[191], 0.10703125596046448f);
+  EXPECT_EQ(s[192], 0.12109375f);
+  // Last mean: point 63 = f(1 - step) = 0.98593747615814209, sum 1.9859374761581421,
+  // mean 0.99296873807907104: the largest magnitude below 1, at both ends of the signed map.
+  EXPECT_EQ(s[254], 0.99296873807907104f);
+  EXPECT_EQ(s[0], -0.99296873807907104f);
+
+  const Map& u = mftk::unsigned_dynamic_map();
+  EXPECT_EQ(u[0], 0.0f);
+  EXPECT_EQ(u[255], 1.0f);
+  // i = 0, n = 3: first mean 0.32500001788139343 (as above) times f(1e-6) -> 3.2500003044333425e-07.
+  EXPECT_EQ(u[1], 3.2500003044333425e-07f);
+  // i = 6, n = 129: step f(0.9 / 128) = 0.0070312498137354851; point 1 = f(0.1 + step) =
+  // 0.10703124850988388, mean f(0.20703125 / 2) = 0.103515625 exactly.
+  EXPECT_EQ(u[127], 0.103515625f);
+  // Last mean: point 127 = f(1 - step) = 0.99296873807907104, sum f(1.99296873807907104) =
+  // 1.9929687976837158, mean 0.99648439884185791.
+  EXPECT_EQ(u[254], 0.99648439884185791f);
 }
 
 TEST(OptimizerDynamicMap, NearestCodeFollowsTheKernelRule) {
   for (bool is_signed : {true, false}) {
-    const Map c = p8::make_dynamic_map(is_signed);
+    const Map c = mftk::make_dynamic_map(is_signed);
     const p8::CodeBook book(c);
     std::vector<float> probes;
     for (int k = 0; k < 256; ++k) {
@@ -243,7 +299,7 @@ TEST(OptimizerDynamicMap, NearestCodeFollowsTheKernelRule) {
 }
 
 TEST(OptimizerDynamicMap, RejectsAnUnsortedMap) {
-  Map c = p8::make_dynamic_map(true);
+  Map c = mftk::make_dynamic_map(true);
   std::swap(c[3], c[4]);
   EXPECT_THROW(p8::CodeBook{c}, mftk::Error);
 }
@@ -532,7 +588,7 @@ TEST(OptimizerAdamW8bit, LargeTensorFollowsTheBlockwiseStep) {
   at::Tensor p = trainable(at::randn({n}));
   opt.attach({{"big", p}});
   ASSERT_TRUE(opt.is_8bit("big"));
-  const Map c1 = p8::make_dynamic_map(true), c2 = p8::make_dynamic_map(false);
+  const Map &c1 = mftk::signed_dynamic_map(), &c2 = mftk::unsigned_dynamic_map();
 
   std::vector<float> fm(n, 0.0f), fv(n, 0.0f);      // float32 run without quantisation
   std::vector<double> bound_m(n, 0.0), bound_v(n, 0.0);  // accumulated bounds

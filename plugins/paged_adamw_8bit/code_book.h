@@ -1,30 +1,21 @@
-// bitsandbytes' 8-bit "dynamic" quantisation maps and nearest-code lookup.
+// The nearest-code search of bitsandbytes' 8-bit blockwise optimizer
+// kernels over a dynamic map (mftk/dynamic_map.h): the map values plus a
+// bucketed lookup that answers in two compares.
 //
-// defines: mftk::paged_adamw_8bit::make_dynamic_map,
-//          mftk::paged_adamw_8bit::linspace_f32, mftk::paged_adamw_8bit::CodeBook
-//
-// FORMATS.md §7.1: for i = 0..6, take float32 linspace(0.1, 1, n_i) with
-// n_i = 2^i + 1 (signed) or 2^(i+1) + 1 (unsigned), the midpoints of
-// consecutive points, scaled by 10^(i-6) (and negated too when signed); add
-// 0 and 1, sort. Both maps have 256 strictly increasing values in [-1, 1].
+// defines: mftk::paged_adamw_8bit::CodeValues, mftk::paged_adamw_8bit::CodeBook
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <vector>
 
+#include "mftk/dynamic_map.h"
+
 namespace mftk::paged_adamw_8bit {
 
-using CodeValues = std::array<float, 256>;
-
-// float32 linspace with PyTorch's CPU formula: step = (end - start)/(n - 1);
-// the first n/2 points are start + step*i, the rest end - step*(n - 1 - i).
-// (Builds whose linspace rounds differently give maps that differ by at most
-// 2 ulp in a few entries; the map is saved with the optimizer state.)
-std::vector<float> linspace_f32(float start, float end, int64_t steps);
-
-// create_dynamic_map(signed, max_exponent_bits=7, total_bits=8).
-CodeValues make_dynamic_map(bool is_signed);
+// The optimizer's maps are the SDK's dynamic maps (saved with its state as
+// qmap1/qmap2, and read back from there on resume).
+using CodeValues = DynamicMap;
 
 // A sorted map plus a fast nearest-code search with bitsandbytes' rule.
 class CodeBook {

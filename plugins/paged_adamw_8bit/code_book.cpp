@@ -1,4 +1,5 @@
-#include "dynamic_map.h"
+// CodeBook (see code_book.h).
+#include "code_book.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,55 +10,6 @@
 #include "mftk/error.h"
 
 namespace mftk::paged_adamw_8bit {
-
-namespace {
-
-// Keeps each product a separately rounded float32 (no fused multiply-add),
-// as PyTorch's kernels round it.
-float mul_f32(float a, float b) {
-  volatile float product = a * b;
-  return product;
-}
-
-}  // namespace
-
-std::vector<float> linspace_f32(float start, float end, int64_t steps) {
-  std::vector<float> out(static_cast<size_t>(steps));
-  if (steps == 1) {
-    out[0] = start;
-    return out;
-  }
-  const float step = (end - start) / static_cast<float>(steps - 1);
-  const int64_t halfway = steps / 2;
-  for (int64_t i = 0; i < steps; ++i) {
-    out[i] = i < halfway ? start + mul_f32(step, static_cast<float>(i))
-                         : end - mul_f32(step, static_cast<float>(steps - 1 - i));
-  }
-  return out;
-}
-
-CodeValues make_dynamic_map(bool is_signed) {
-  std::vector<float> data;
-  for (int i = 0; i < 7; ++i) {
-    const int64_t items = is_signed ? (int64_t{1} << i) + 1 : (int64_t{1} << (i + 1)) + 1;
-    const std::vector<float> bounds = linspace_f32(0.1f, 1.0f, items);
-    // Python's 10 ** (i - 6) is a double; the tensor op rounds it to float.
-    const float scale = static_cast<float>(std::pow(10.0, i - 6));
-    for (size_t k = 0; k + 1 < bounds.size(); ++k) {
-      const float mean = (bounds[k] + bounds[k + 1]) / 2.0f;
-      data.push_back(mul_f32(scale, mean));
-      if (is_signed) data.push_back(mul_f32(-scale, mean));
-    }
-  }
-  data.push_back(0.0f);
-  data.push_back(1.0f);
-  if (data.size() != 256)
-    throw Error(fmt::format("dynamic map: built {} values instead of 256 (internal error)", data.size()));
-  std::sort(data.begin(), data.end());
-  CodeValues out;
-  std::copy(data.begin(), data.end(), out.begin());
-  return out;
-}
 
 CodeBook::CodeBook(const CodeValues& values) : values_(values) {
   for (int k = 0; k < 255; ++k) {
