@@ -76,7 +76,15 @@ class Cursor {
   uint64_t left() const { return size_ - pos_; }
 
   [[noreturn]] void fail(const std::string& what) const {
-    throw Error(fmt::format("{}: {} (at byte {} of {})", path_, what, pos_, size_),
+    // Keys and names quoted in `what` are the file's bytes: a NUL would cut
+    // the message short and other control bytes garble the terminal.
+    std::string printable;
+    for (const char ch : what) {
+      const auto b = static_cast<unsigned char>(ch);
+      if (b < 0x20 || b == 0x7f) printable += fmt::format("\\x{:02x}", b);
+      else printable += ch;
+    }
+    throw Error(fmt::format("{}: {} (at byte {} of {})", path_, printable, pos_, size_),
                 "the file is truncated or not a GGUF file; re-export it");
   }
 

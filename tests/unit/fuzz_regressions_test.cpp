@@ -1,7 +1,8 @@
 // Inputs the fuzz targets (fuzz/, scripts/fuzz.sh) found or were built
 // against, replayed through the same parsers in the normal test build: each
-// must be refused with an mftk::Error that says what is wrong, never crash,
-// never escape as another exception type, never be accepted when it is bad.
+// must be refused with an mftk::Error that names the input and says what is
+// wrong, never crash, never escape as another exception type. The few that
+// are valid input are listed by name with the reason, and must be read.
 //
 // Files under tests/data/fuzz/<target>/ are replayed by target; a crash
 // found by scripts/fuzz.sh goes there once its parser is fixed.
@@ -10,10 +11,17 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <map>
+#include <set>
 #include <sstream>
+#include <typeinfo>
+#include <vector>
 
 #include "dataset.h"
 #include "gguf_reader.h"
@@ -57,23 +65,57 @@ std::string gguf_with_one_tensor(uint32_t type, std::vector<uint64_t> ne) {
   return out;
 }
 
-// Runs `parse` on every file of tests/data/fuzz/<target>/: only mftk::Error may come out.
+// A corpus file that is valid input, with the reason it is.
+using Accepted = std::map<std::string, std::string>;  // file name -> why it is valid
+
+// Runs `parse` on every file of tests/data/fuzz/<target>/. Each must be
+// refused with an mftk::Error whose message names one of `sources` (the
+// names the parser was given for the input) and then says what is wrong, in
+// printable text; or, for the files in `accepted`, be read without error.
+// Nothing else may come out.
 template <class Parse>
-void replay(const std::string& target, Parse parse) {
+void replay(const std::string& target, const std::vector<std::string>& sources, Parse parse,
+            const Accepted& accepted = {}) {
   const fs::path dir = kCorpus / target;
   ASSERT_TRUE(fs::is_directory(dir)) << dir << " is missing: each target keeps a sample of its corpus there";
-  int replayed = 0;
+  int refused = 0;
+  std::set<std::string> seen;
   for (const auto& e : fs::directory_iterator(dir)) {
     if (!e.is_regular_file()) continue;
-    ++replayed;
+    const std::string name = e.path().filename().string();
+    seen.insert(name);
     SCOPED_TRACE(e.path().string());
+    const auto valid = accepted.find(name);
     try {
       parse(bytes_of(e.path()));
+      if (valid == accepted.end()) ADD_FAILURE() << "accepted, but it is not valid input";
     } catch (const mftk::Error& error) {
-      EXPECT_FALSE(std::string(error.what()).empty());
+      const std::string what = error.what();
+      if (std::getenv("MFTK_FUZZ_VERBOSE")) std::cerr << target << "/" << name << ": " << what << "\n";
+      if (valid != accepted.end()) {
+        ADD_FAILURE() << "refused, but it is valid input (" << valid->second << "): " << what;
+        continue;
+      }
+      ++refused;
+      size_t after_name = std::string::npos;
+      for (const auto& source : sources)
+        if (const size_t at = what.find(source); at != std::string::npos) after_name = at + source.size();
+      EXPECT_NE(after_name, std::string::npos) << "the message does not name the input: " << what;
+      // Something after the name: what is wrong with it.
+      if (after_name != std::string::npos)
+        EXPECT_GT(what.size(), after_name + 8) << "the message does not say what is wrong: " << what;
+      // No control bytes of the input quoted raw: a NUL ends the message
+      // early, others garble the terminal. (A DEL or a stray UTF-8 byte,
+      // which JSON parsers quote as they read them, does neither.)
+      for (const char ch : what)
+        EXPECT_FALSE(static_cast<unsigned char>(ch) < 0x20 && ch != '\n' && ch != '\t')
+            << "control byte " << int(ch) << " in the message: " << what;
+    } catch (const std::exception& other) {
+      ADD_FAILURE() << "escaped as " << typeid(other).name() << ", not mftk::Error: " << other.what();
     }
   }
-  EXPECT_GT(replayed, 0) << dir << " holds no inputs";
+  for (const auto& [name, why] : accepted) EXPECT_TRUE(seen.count(name)) << name << " is listed as valid but is missing";
+  EXPECT_GT(refused, 0) << dir << " holds no input that must be refused";
 }
 
 }  // namespace
@@ -114,7 +156,7 @@ TEST(FuzzRegressions, GgufParseAndOpenAgree) {
 }
 
 TEST(FuzzRegressions, SafetensorsHeaderInputsAreRefusedWithAMessage) {
-  replay("safetensors_header", [](const std::string& file) {
+  replay("safetensors_header", {"fuzz.safetensors"}, [](const std::string& file) {
     const auto n = mftk::detail::safetensors_header_length(
         "fuzz.safetensors", file.size(), file.size() >= 8 ? reinterpret_cast<const unsigned char*>(file.data())
                                                           : nullptr);
@@ -137,7 +179,7 @@ TEST(FuzzRegressions, SafetensorsHeaderInputsAreRefusedWithAMessage) {
 }
 
 TEST(FuzzRegressions, CheckpointIndexInputsAreRefusedWithAMessage) {
-  replay("safetensors_index",
+  replay("safetensors_index", {"fuzz.index.json"},
          [](const std::string& text) { (void)mftk::detail::parse_checkpoint_index("fuzz.index.json", text); });
   try {
     (void)mftk::detail::parse_checkpoint_index("m.index.json", R"({"weight_map": {"a": "../../etc/passwd"}})");
@@ -148,39 +190,76 @@ TEST(FuzzRegressions, CheckpointIndexInputsAreRefusedWithAMessage) {
 }
 
 TEST(FuzzRegressions, GgufInputsAreRefusedWithAMessage) {
-  replay("gguf", [](const std::string& file) { (void)mftk::core::GgufFile::parse("fuzz.gguf", file); });
+  replay("gguf", {"fuzz.gguf"}, [](const std::string& file) { (void)mftk::core::GgufFile::parse("fuzz.gguf", file); });
 }
 
 TEST(FuzzRegressions, RecipeInputsAreRefusedWithAMessage) {
-  replay("recipe", [](const std::string& text) {
-    const auto recipe = mftk::core::Recipe::parse(text, "fuzz.toml");
+  replay("recipe", {"fuzz.toml", "--set"}, [](const std::string& text) {
+    // As fuzz_recipe: leading "#@table.key=value" lines are --set overrides.
+    std::vector<std::string> overrides;
+    size_t pos = 0;
+    while (text.compare(pos, 2, "#@") == 0) {
+      const size_t end = text.find('\n', pos);
+      overrides.push_back(text.substr(pos + 2, end == std::string::npos ? std::string::npos : end - pos - 2));
+      if (end == std::string::npos) break;
+      pos = end + 1;
+    }
+    const auto recipe = mftk::core::Recipe::parse(text, "fuzz.toml", overrides);
+    for (const auto& [table, keys] : mftk::core::core_tables())
+      if (table != "datasets") (void)recipe.section(table);
     (void)mftk::core::data_options_from_recipe(recipe);
   });
 }
 
 TEST(FuzzRegressions, PeftConfigInputsAreRefusedWithAMessage) {
-  replay("peft_config",
+  replay("peft_config", {"adapter_config.json"},
          [](const std::string& text) { (void)mftk::lora::parse_peft_config(text, "adapter_config.json"); });
 }
 
 TEST(FuzzRegressions, ConfigJsonInputsAreRefusedWithAMessage) {
-  replay("config_json",
+  replay("config_json", {"config.json"},
          [](const std::string& text) { (void)mftk::mistral::MistralConfig::parse(text, "config.json"); });
 }
 
 TEST(FuzzRegressions, JsonlInputsAreRefusedWithAMessage) {
   const auto tokenizer = mftk::Tokenizer::load(mftk::train_test::tiny_checkpoint(1));
   mftk::train_test::ScratchDir dir("fuzz");
-  replay("jsonl_chat", [&](const std::string& file) {
-    if (file.empty()) return;
-    // As fuzz_jsonl_chat: the first byte picks type and options.
-    const auto flags = static_cast<uint8_t>(file[0]);
-    mftk::core::DatasetSpec spec;
-    spec.path = dir.sub("rows.jsonl");
-    std::ofstream(spec.path, std::ios::binary | std::ios::trunc) << file.substr(1);
-    spec.type = static_cast<mftk::core::DatasetType>((flags & 3) % 3);
-    const auto format = (flags & 4) ? mftk::core::ChatFormat::v1 : mftk::core::detect_chat_format(*tokenizer);
-    mftk::core::DatasetFileStats stats;
-    (void)mftk::core::load_dataset(spec, *tokenizer, format, flags & 8, flags & 16, stats);
-  });
+  // Files whose first byte sets skip_bad_rows (bit 4) and that hold valid
+  // rows next to broken ones: the broken rows are skipped with a warning, as
+  // documented, and the valid ones load. Checked below: something was
+  // skipped, something loaded.
+  const std::string skipped = "skip_bad_rows is set: its malformed rows are skipped, its valid rows load";
+  const Accepted valid = {{"382fc0cf5cecd8d222f21b365226f3b255e268fa", skipped},
+                          {"783fa79d28b930975e3960732940cd9723907dff", skipped},
+                          {"888c1c96891db28f67d1be41d92974bf1f769cf1", skipped},
+                          {"ab45b651f1f8dd93fb66f8256f5a7f88fc96d965", skipped},
+                          {"aecfee9b22e6207ff9256a1bc27e2dc2ae8eb415", skipped},
+                          {"d368709a9c2be409e17108d938c1fa23fef54015", skipped},
+                          // The row whose number overflows a double is malformed, and skipped.
+                          {"number-overflow-escaped-as-json-out-of-range.jsonl", skipped}};
+  replay(
+      "jsonl_chat", {"rows.jsonl"},
+      [&](const std::string& file) {
+        ASSERT_FALSE(file.empty());
+        // As fuzz_jsonl_chat: the first byte picks type and options.
+        const auto flags = static_cast<uint8_t>(file[0]);
+        mftk::core::DatasetSpec spec;
+        spec.path = dir.sub("rows.jsonl");
+        std::ofstream(spec.path, std::ios::binary | std::ios::trunc) << file.substr(1);
+        spec.type = static_cast<mftk::core::DatasetType>((flags & 3) % 3);
+        const auto format = (flags & 4) ? mftk::core::ChatFormat::v1 : mftk::core::detect_chat_format(*tokenizer);
+        const bool skip_bad_rows = flags & 16;
+        mftk::core::DatasetFileStats stats;
+        const auto examples = mftk::core::load_dataset(spec, *tokenizer, format, flags & 8, skip_bad_rows, stats);
+        // Accepted only because broken rows were skipped; what loaded is what
+        // the packer relies on (one mask entry per id, something to train on).
+        EXPECT_TRUE(skip_bad_rows);
+        EXPECT_GT(stats.skipped_total(), 0);
+        EXPECT_FALSE(examples.empty());
+        for (const auto& e : examples) {
+          EXPECT_EQ(e.ids.size(), e.loss_mask.size());
+          EXPECT_NE(std::count(e.loss_mask.begin(), e.loss_mask.end(), 1), 0);
+        }
+      },
+      valid);
 }
