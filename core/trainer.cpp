@@ -256,6 +256,8 @@ void Trainer::save_checkpoint(int64_t step, const std::string& reason) {
                           {"nan_total", nan_total_},            {"world_size", world_size_},
                           {"reason", reason}};
   if (best_eval_) state["best_eval_loss"] = *best_eval_;
+  // JSON keeps the double exactly (17 significant digits).
+  state["metrics_window"] = {{"loss_sum", window_loss_}, {"steps", window_steps_}, {"tokens", window_tokens_}};
   write_file_atomic((tmp / "trainer_state.json").string(), state.dump(2) + "\n");
   if (on_checkpoint) on_checkpoint(tmp.string());
   // The manifest is written last: a folder without a valid one is never resumed from.
@@ -330,6 +332,11 @@ void Trainer::load_checkpoint(const std::string& dir) {
   nan_in_a_row_ = state.value("nan_in_a_row", int64_t(0));
   nan_total_ = state.value("nan_total", int64_t(0));
   if (state.contains("best_eval_loss")) best_eval_ = state["best_eval_loss"].get<double>();
+  if (const auto w = state.find("metrics_window"); w != state.end()) {
+    window_loss_ = w->at("loss_sum").get<double>();
+    window_steps_ = w->at("steps").get<int64_t>();
+    window_tokens_ = w->at("tokens").get<int64_t>();
+  }
   spdlog::info("resumed from {} at step {}/{}", dir, step_, total_steps_);
 }
 
@@ -389,9 +396,9 @@ TrainResult Trainer::train() {
   TrainResult result;
   const auto t0 = std::chrono::steady_clock::now();
   auto window_t = t0;
-  int64_t window_tokens = 0;
-  double window_loss = 0;
-  int64_t window_steps = 0;  // finite-loss steps in the window (skipped ones would drag the mean down)
+  int64_t& window_tokens = window_tokens_;  // members: a checkpoint saves them
+  double& window_loss = window_loss_;
+  int64_t& window_steps = window_steps_;
   const int64_t per_step = micro_per_step_;
 
   while (step_ < total_steps_) {

@@ -118,6 +118,12 @@ class Trainer {
   int64_t step_ = 0;  // optimizer steps done
   int64_t nan_in_a_row_ = 0, nan_total_ = 0;
   std::optional<double> best_eval_;
+  // The metrics window in progress (steps since the last metrics line). It
+  // is saved with each checkpoint, so that a resumed run logs the same means
+  // as the uninterrupted one even when it resumes mid-window.
+  double window_loss_ = 0;
+  int64_t window_steps_ = 0;  // finite-loss steps in the window (skipped ones would drag the mean down)
+  int64_t window_tokens_ = 0;
   mutable std::vector<size_t> order_;  // this epoch's row permutation
   mutable int64_t order_epoch_ = -1;
 };

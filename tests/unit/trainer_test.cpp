@@ -5,8 +5,9 @@
 //    checked against a gradient computed here row by row (and the rows are
 //    chosen so that a mean of per-batch means would be visibly wrong);
 //  - AdamW's first step is lr * g / (|g| + eps); clipping scales g to the norm;
-//  - a resumed run ends where the uninterrupted one does (dropout on, so the
-//    RNG restore matters; adamw and paged_adamw_8bit);
+//  - a resumed run is the uninterrupted one, bit for bit: the same weights,
+//    optimizer state and per-step losses (dropout on, so the RNG restore
+//    matters; adamw and paged_adamw_8bit);
 //  - checkpoints: save_total_limit, damaged or half-written folders are never
 //    picked, Ctrl-C writes one and stops;
 //  - non-finite steps are skipped and counted, nan_patience stops the run;
@@ -19,6 +20,7 @@
 #include <csignal>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <set>
 
 #include <ATen/ATen.h>
@@ -124,6 +126,22 @@ NamedTensors snapshot(const NamedTensors& tensors) {
   return out;
 }
 
+// Names of the tensors of `a` that are not bit for bit those of `b` (same
+// order, names, dtypes and shapes expected); empty when all are.
+std::vector<std::string> differing(const NamedTensors& a, const NamedTensors& b) {
+  EXPECT_EQ(a.size(), b.size());
+  std::vector<std::string> out;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    EXPECT_EQ(a[i].first, b[i].first);
+    const at::Tensor &x = a[i].second, &y = b[i].second;
+    if (x.scalar_type() != y.scalar_type() || !at::equal(x, y)) out.push_back(a[i].first);
+  }
+  return out;
+}
+
+// The per-step records of a metrics.jsonl ("loss" lines), by step.
+std::map<int64_t, json> step_records(const std::string& path);
+
 double max_abs_diff(const NamedTensors& a, const NamedTensors& b) {
   EXPECT_EQ(a.size(), b.size());
   double worst = 0;
@@ -177,6 +195,28 @@ std::vector<json> read_jsonl(const std::string& path) {
   std::vector<json> out;
   for (std::string line; std::getline(in, line);) out.push_back(json::parse(line));
   return out;
+}
+
+std::map<int64_t, json> step_records(const std::string& path) {
+  std::map<int64_t, json> out;
+  for (const json& line : read_jsonl(path))
+    if (line.contains("loss")) out[line.at("step").get<int64_t>()] = line;
+  return out;
+}
+
+// The steps a resumed run logged (its metrics.jsonl) against the
+// uninterrupted run's: the same loss, gradient norm and lr, to the bit
+// (JSON keeps every double exactly: 17 significant digits).
+void expect_same_steps(const std::string& resumed_metrics, const std::string& full_metrics, int64_t first_step,
+                       int64_t last_step) {
+  const auto resumed = step_records(resumed_metrics), full = step_records(full_metrics);
+  for (int64_t step = first_step; step <= last_step; ++step) {
+    ASSERT_TRUE(resumed.count(step)) << "the resumed run logged no step " << step;
+    ASSERT_TRUE(full.count(step)) << "the uninterrupted run logged no step " << step;
+    for (const char* key : {"loss", "grad_norm", "lr"})
+      EXPECT_EQ(resumed.at(step).at(key).get<double>(), full.at(step).at(key).get<double>())
+          << key << " at step " << step;
+  }
 }
 
 void (*current_sigint_handler())(int) {
@@ -429,8 +469,12 @@ void expect_exact_resume(const ResumeCase& c) {
     o.resume_from_checkpoint = dir.sub("full/checkpoint-2");
     auto result = train(resumed, *opt, rows, o);
     EXPECT_EQ(result.steps, 6);
-    EXPECT_LE(max_abs_diff(snapshot(resumed.trainable), final_weights), 1e-6) << c.optimizer << " from checkpoint-2";
+    EXPECT_EQ(differing(snapshot(resumed.trainable), final_weights), std::vector<std::string>{})
+        << c.optimizer << " from checkpoint-2";
+    EXPECT_EQ(differing(opt->state(), full_opt->state()), std::vector<std::string>{}) << "optimizer state";
+    EXPECT_EQ(result.final_loss, full_result.final_loss);
     EXPECT_EQ(read_jsonl(dir.sub("resumed/metrics.jsonl")).front().at("step"), 3);
+    expect_same_steps(dir.sub("resumed/metrics.jsonl"), dir.sub("full/metrics.jsonl"), 3, 6);
   }
   // From checkpoint-4 as "latest" of a folder that holds only it.
   {
@@ -441,7 +485,9 @@ void expect_exact_resume(const ResumeCase& c) {
     auto o = opts(dir.sub("latest"));
     o.resume_from_checkpoint = "latest";
     train(resumed, *opt, rows, o);
-    EXPECT_LE(max_abs_diff(snapshot(resumed.trainable), final_weights), 1e-6) << c.optimizer << " from latest";
+    EXPECT_EQ(differing(snapshot(resumed.trainable), final_weights), std::vector<std::string>{})
+        << c.optimizer << " from latest";
+    expect_same_steps(dir.sub("latest/metrics.jsonl"), dir.sub("full/metrics.jsonl"), 5, 6);
   }
 }
 
@@ -453,6 +499,43 @@ TEST(Trainer, ResumeWithPagedAdamW8bitEndsWhereTheUninterruptedRunDoes) {
   auto lora = small_lora(0.2);
   lora.modules_to_save = {"lm_head"};  // 512 x 64 elements: above the 4096 floor of 8-bit state
   expect_exact_resume({"paged_adamw_8bit", lora});
+}
+
+// Checkpoints every 2 steps, a metrics line every 3: resuming from
+// checkpoint-2 or -4 starts inside a logging window, and the mean loss of
+// that window must still be the uninterrupted run's (the window's sum is
+// saved with the checkpoint).
+TEST(Trainer, ResumeInsideALoggingWindowLogsTheSameMeanLoss) {
+  const auto rows = tt::synthetic_rows(64, 8, vocab());
+  tt::ScratchDir dir;
+  auto opts = [&](const std::string& out) {
+    auto o = options(out, 2, 2, 6, 1e-2);
+    o.logging_steps = 3;
+    o.save_steps = 2;
+    return o;
+  };
+  auto full = lora_run(1, 5, small_lora(0.2));
+  auto full_opt = make_optimizer("adamw");
+  train(full, *full_opt, rows, opts(dir.sub("full")));
+  const auto full_steps = step_records(dir.sub("full/metrics.jsonl"));
+  ASSERT_EQ(full_steps.size(), 2u);  // steps 3 and 6
+  for (const int from : {2, 4}) {
+    const std::string out = dir.sub("from" + std::to_string(from));
+    auto resumed = lora_run(1, 6, small_lora(0.2));
+    auto opt = make_optimizer("adamw");
+    auto o = opts(out);
+    o.resume_from_checkpoint = dir.sub("full/checkpoint-" + std::to_string(from));
+    train(resumed, *opt, rows, o);
+    EXPECT_EQ(differing(snapshot(resumed.trainable), snapshot(full.trainable)), std::vector<std::string>{});
+    const auto steps = step_records(out + "/metrics.jsonl");
+    for (const auto& [step, line] : steps) {
+      ASSERT_TRUE(full_steps.count(step)) << "step " << step;
+      EXPECT_EQ(line.at("loss").get<double>(), full_steps.at(step).at("loss").get<double>())
+          << "mean loss of the window ending at step " << step << ", resumed from checkpoint-" << from;
+      EXPECT_EQ(line.at("tokens"), full_steps.at(step).at("tokens")) << "step " << step;
+    }
+    EXPECT_EQ(steps.size(), from == 2 ? 2u : 1u);
+  }
 }
 
 TEST(Trainer, ResumeRefusesACheckpointOfAnotherBatchShape) {
@@ -572,7 +655,7 @@ TEST(Trainer, DamagedOrHalfWrittenCheckpointsAreNeverPicked) {
   o.resume_from_checkpoint = "latest";
   auto result = train(resumed, *opt3, rows, o);
   EXPECT_EQ(result.steps, 4);
-  EXPECT_LE(max_abs_diff(snapshot(resumed.trainable), final_weights), 1e-6);
+  EXPECT_EQ(differing(snapshot(resumed.trainable), final_weights), std::vector<std::string>{});
   EXPECT_EQ(mftk::core::find_latest_checkpoint(out), ck(4).string());  // rewritten whole
 }
 
@@ -618,7 +701,8 @@ TEST(Trainer, InterruptWritesACheckpointAndTheResumedRunMatches) {
   auto finished = train(resumed, *opt3, rows, o);
   EXPECT_FALSE(finished.interrupted);
   EXPECT_EQ(finished.steps, 5);
-  EXPECT_LE(max_abs_diff(snapshot(resumed.trainable), final_weights), 1e-6);
+  EXPECT_EQ(differing(snapshot(resumed.trainable), final_weights), std::vector<std::string>{});
+  expect_same_steps(dir.sub("cut/metrics.jsonl"), dir.sub("full/metrics.jsonl"), 1, 5);
 }
 
 // ---------------------------------------------------------------------------
