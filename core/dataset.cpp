@@ -18,6 +18,7 @@
 #include "mftk/error.h"
 #include "mftk/log.h"
 #include "batching.h"
+#include "fs_util.h"
 #include "mftk/tokenizer.h"
 #include "recipe.h"
 #include "sha256.h"
@@ -525,10 +526,36 @@ void write_pod(std::ofstream& out, const T& value) {
   out.write(reinterpret_cast<const char*>(&value), sizeof(T));
 }
 
+// An existing cache file is replaced only when it starts with kMagic (mftk
+// wrote it; an old version or a damaged one is rebuilt); the cache folders
+// must be folders. Anything else at those paths is the user's: refused.
+void check_cache_path(const fs::path& file) {
+  auto refuse = [](const fs::path& p, const std::string& what) {
+    throw UsageError(fmt::format("the prepared-data cache {} {}: mftk never replaces what it did not write",
+                                 p.string(), what),
+                     "point [data] dataset_prepared_path at a new or empty folder, or move or remove it yourself");
+  };
+  std::error_code ec;
+  for (const fs::path& dir : {file.parent_path().parent_path(), file.parent_path()}) {
+    const auto st = fs::status(dir, ec);
+    if (fs::exists(st) && !fs::is_directory(st)) refuse(dir, "is a file, not a folder");
+  }
+  const auto st = fs::symlink_status(file, ec);
+  if (!fs::exists(st)) return;
+  if (!fs::is_regular_file(st)) refuse(file, "is not a regular file");
+  std::ifstream in(file, std::ios::binary);
+  char magic[sizeof(kMagic)] = {};
+  if (!in.read(magic, sizeof(magic)) || std::memcmp(magic, kMagic, sizeof(kMagic)) != 0)
+    refuse(file, "exists and is not an mftk data cache");
+}
+
 void write_cache(const fs::path& file, const std::string& key, const PreparedData& data) {
+  check_cache_path(file);
   fs::create_directories(file.parent_path());
-  // Written beside the target and renamed over it, so readers never see half a file.
-  const fs::path tmp = file.parent_path() / fmt::format("{}.tmp-{}", file.filename().string(), ::getpid());
+  // Written beside the target under a fresh name and renamed over it, so
+  // readers never see half a file.
+  AtomicFile atomic(file.string());
+  const fs::path tmp = atomic.temp_path();
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) throw Error(fmt::format("cannot write the data cache '{}'", tmp.string()),
@@ -551,13 +578,9 @@ void write_cache(const fs::path& file, const std::string& key, const PreparedDat
                                               std::streamsize(e.loss_mask.size()));
     out.write(kEndMarker, sizeof(kEndMarker));
     out.close();
-    if (!out) {
-      std::error_code ignored;
-      fs::remove(tmp, ignored);
-      throw Error(fmt::format("write error on the data cache '{}' (disk full?)", tmp.string()));
-    }
+    if (!out) throw Error(fmt::format("write error on the data cache '{}' (disk full?)", tmp.string()));
   }
-  fs::rename(tmp, file);
+  atomic.commit();
 }
 
 // nullopt (with the reason) when the file is missing or unusable.

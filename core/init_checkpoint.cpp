@@ -14,6 +14,8 @@
 #include "mftk/safetensors.h"
 #include "mftk/tokenizer.h"
 #include "model_presets.h"
+#include "mftk/output_path.h"
+#include "pipeline.h"
 #include "tokenizer_train.h"
 
 namespace mftk::core {
@@ -91,14 +93,17 @@ std::string chat_template(bool v3) {
 
 int64_t write_random_checkpoint(const InitOptions& o) {
   if (o.out.empty()) throw UsageError("mftk init: --out is required");
-  fs::create_directories(o.out);
-  const std::string tok_path = (fs::path(o.out) / "tokenizer.model").string();
+  // Everything is written privately and put in place at the end: --out may
+  // be new, empty, or a checkpoint mftk wrote; anything else is refused.
+  OutputGuard guard(o.out, kHfCheckpointKind, OutputShape::folder);
+  const std::string& out = guard.path();
+  const std::string tok_path = (fs::path(out) / "tokenizer.model").string();
 
   // 1. Tokenizer: given, or trained on the shipped corpus.
   const bool big = o.preset.rfind("mistral-7b", 0) == 0;
   if (!o.tokenizer.empty()) {
     if (!fs::exists(o.tokenizer)) throw UsageError(fmt::format("--tokenizer {}: no such file", o.tokenizer));
-    fs::copy_file(o.tokenizer, tok_path, fs::copy_options::overwrite_existing);
+    fs::copy_file(o.tokenizer, tok_path);
   } else {
     if (big)
       throw UsageError(fmt::format("preset '{}' needs Mistral's own tokenizer (vocab 32000/32768), which mftk "
@@ -132,7 +137,7 @@ int64_t write_random_checkpoint(const InitOptions& o) {
     throw UsageError("mftk init: hidden size must be a multiple of the number of heads (or pass --head-dim)");
   const at::ScalarType dtype = o.dtype.empty() ? parse_dtype(config["torch_dtype"].get<std::string>()) : parse_dtype(o.dtype);
   config["torch_dtype"] = hf_dtype_name(dtype);
-  write_file_atomic((fs::path(o.out) / "config.json").string(), config.dump(2) + "\n");
+  write_file_atomic((fs::path(out) / "config.json").string(), config.dump(2) + "\n");
 
   // 3. Tokenizer and generation configs as transformers writes them.
   const bool v3 = tokenizer->piece_to_id("[INST]").has_value() &&
@@ -148,11 +153,11 @@ int64_t write_random_checkpoint(const InitOptions& o) {
                        {"tokenizer_class", "LlamaTokenizer"},
                        {"clean_up_tokenization_spaces", false},
                        {"chat_template", chat_template(v3)}};
-  write_file_atomic((fs::path(o.out) / "tokenizer_config.json").string(), tc.dump(2) + "\n");
+  write_file_atomic((fs::path(out) / "tokenizer_config.json").string(), tc.dump(2) + "\n");
   nlohmann::json st = {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}};
-  write_file_atomic((fs::path(o.out) / "special_tokens_map.json").string(), st.dump(2) + "\n");
+  write_file_atomic((fs::path(out) / "special_tokens_map.json").string(), st.dump(2) + "\n");
   nlohmann::json gc = {{"_from_model_config", true}, {"bos_token_id", 1}, {"eos_token_id", 2}};
-  write_file_atomic((fs::path(o.out) / "generation_config.json").string(), gc.dump(2) + "\n");
+  write_file_atomic((fs::path(out) / "generation_config.json").string(), gc.dump(2) + "\n");
 
   // 4. Weights, streamed shard by shard (huggingface_hub's split rule).
   const auto plan = plan_tensors(config);
@@ -173,12 +178,6 @@ int64_t write_random_checkpoint(const InitOptions& o) {
     shards.back().push_back(&t);
     shard_bytes += bytes;
   }
-  // Remove weights of an earlier init in the same folder so nothing mixes.
-  for (const auto& e : fs::directory_iterator(o.out)) {
-    auto name = e.path().filename().string();
-    if (name.rfind("model", 0) == 0 && (name.size() > 12 && (name.find(".safetensors") != std::string::npos)))
-      fs::remove(e.path());
-  }
   const double stddev = config.value("initializer_range", 0.02);
   at::Generator gen = at::detail::createCPUGenerator(o.seed);
   nlohmann::json weight_map = nlohmann::json::object();
@@ -187,7 +186,7 @@ int64_t write_random_checkpoint(const InitOptions& o) {
                                                 : fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, shards.size());
     std::vector<SafetensorsWriter::Decl> decls;
     for (const auto* t : shards[s]) decls.push_back({t->name, dtype, t->shape});
-    SafetensorsWriter writer((fs::path(o.out) / file).string(), decls);
+    SafetensorsWriter writer((fs::path(out) / file).string(), decls);
     for (const auto* t : shards[s]) {
       at::Tensor w = t->is_norm ? at::ones(t->shape, at::kFloat)
                                 : at::empty(t->shape, at::kFloat).normal_(0.0, stddev, gen);
@@ -198,8 +197,9 @@ int64_t write_random_checkpoint(const InitOptions& o) {
   }
   if (shards.size() > 1) {
     nlohmann::json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
-    write_file_atomic((fs::path(o.out) / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+    write_file_atomic((fs::path(out) / "model.safetensors.index.json").string(), index.dump(2) + "\n");
   }
+  guard.commit();
   spdlog::info("mftk init: {} ({} parameters, {}, {} shard(s)) -> {}", o.preset, params, hf_dtype_name(dtype),
                shards.size(), o.out);
   return params;

@@ -25,6 +25,7 @@
 #include "mftk/linear_slot.h"
 #include "mftk/model.h"
 #include "mftk/optimizer.h"
+#include "mftk/output_path.h"
 #include "mftk/packer.h"
 #include "mftk/quantizer.h"
 #include "mftk/safetensors.h"
@@ -145,8 +146,11 @@ LoadedModel load_model(const Recipe& recipe, Registry& registry, bool bf16) {
   return lm;
 }
 
-void save_hf_checkpoint(Model& model, const std::string& source_dir, const std::string& dir) {
-  fs::create_directories(dir);
+void save_hf_checkpoint(Model& model, const std::string& source_dir, const std::string& target) {
+  // Written privately, then put in place of nothing, an empty folder or an
+  // earlier checkpoint mftk wrote (mftk/output_path.h).
+  OutputGuard out(target, kHfCheckpointKind, OutputShape::folder);
+  const std::string& dir = out.path();
   const auto& shape = model.shape();
   const at::ScalarType dtype = shape.checkpoint_dtype;
   NamedTensors tensors;
@@ -166,7 +170,7 @@ void save_hf_checkpoint(Model& model, const std::string& source_dir, const std::
   }
   if (untied_head)
     spdlog::info("save: lm_head no longer equals the embeddings it was tied to; {} stores it and sets "
-                 "tie_word_embeddings = false", dir);
+                 "tie_word_embeddings = false", target);
   save_checkpoint(dir, tensors);
   // Every weight written is dense, so a quantised source's
   // quantization_config must not follow it (loaders would expect 4-bit
@@ -181,8 +185,9 @@ void save_hf_checkpoint(Model& model, const std::string& source_dir, const std::
   for (const char* f : {"generation_config.json", "tokenizer.model", "tokenizer_config.json",
                         "special_tokens_map.json"}) {
     const auto src = fs::path(source_dir) / f;
-    if (fs::exists(src)) fs::copy_file(src, fs::path(dir) / f, fs::copy_options::overwrite_existing);
+    if (fs::exists(src)) fs::copy_file(src, fs::path(dir) / f);
   }
+  out.commit();
 }
 
 ExactMatch exact_match(Model& model, const Tokenizer& tok, const std::vector<Example>& examples, int64_t limit) {
@@ -225,7 +230,9 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
     if (!dist->is_main() && spdlog::get_level() == spdlog::level::info) spdlog::set_level(spdlog::level::warn);
   }
   if (dist->is_main()) {
-    fs::create_directories(output_dir);
+    // A new or empty folder, or one an earlier run wrote (re-runs, resume);
+    // never a folder of the user's, which a run would fill and rotate in.
+    claim_work_folder(output_dir, "run");
     setup_log_file(output_dir);
   }
   at::manual_seed(uint64_t(training.get_int("seed")));
@@ -313,7 +320,9 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
     Stage stage("saving the trained weights");
     if (adapter) {
       final_dir = (fs::path(output_dir) / "adapter").string();
-      adapter->save(final_dir, lm.path);
+      OutputGuard out(final_dir, "peft-adapter", OutputShape::folder);
+      adapter->save(out.path(), lm.path);
+      out.commit();
     } else {
       final_dir = (fs::path(output_dir) / "model").string();
       save_hf_checkpoint(model, lm.path, final_dir);

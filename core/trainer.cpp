@@ -6,6 +6,10 @@
 // in optimizer plugins; this file only orders the work.
 #include "trainer.h"
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <csignal>
 #include <atomic>
 #include <algorithm>
@@ -165,6 +169,41 @@ bool manifest_ok(const std::string& dir, std::string* why) {
   }
 }
 
+// A checkpoint folder mftk wrote: its manifest lists every file in it. The
+// cheap proof that replacing or rotating it away destroys nothing else
+// (the checksums are for resuming, manifest_ok).
+bool is_own_checkpoint(const fs::path& dir) {
+  try {
+    const auto m = nlohmann::json::parse(read_file(manifest_path(dir.string())));
+    const auto& listed = m.at("files");
+    for (const auto& e : fs::recursive_directory_iterator(dir)) {
+      if (e.is_directory() && !e.is_symlink()) continue;
+      const auto rel = fs::relative(e.path(), dir).string();
+      if (rel != "manifest.json" && !listed.contains(rel)) return false;
+    }
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+// Folders a killed save left in output_dir: named by ScratchFolder
+// (".checkpoint-<step>.mftk-tmp-<pid>-<n>") for a process that is gone.
+// Only mftk makes that name, in the output_dir the run claimed as its own.
+void remove_interrupted_saves(const std::string& output_dir) {
+  static const std::regex re(R"(\.checkpoint-[0-9]+\.mftk-(tmp|old)-([0-9]+)-[0-9]+)");
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(output_dir, ec)) {
+    std::smatch m;
+    const auto name = e.path().filename().string();
+    if (!e.is_directory() || e.is_symlink() || !std::regex_match(name, m, re)) continue;
+    const pid_t pid = pid_t(std::stoll(m[2]));
+    if (pid == ::getpid() || ::kill(pid, 0) == 0 || errno != ESRCH) continue;  // still running
+    spdlog::info("removing {}, left by an interrupted checkpoint save", e.path().string());
+    fs::remove_all(e.path(), ec);
+  }
+}
+
 }  // namespace
 
 std::string find_latest_checkpoint(const std::string& output_dir) {
@@ -239,9 +278,11 @@ double Trainer::clip_gradients() {
 void Trainer::save_checkpoint(int64_t step, const std::string& reason) {
   if (rank_ != 0) return;  // every rank holds the same state; rank 0 alone writes it
   const fs::path final_dir = fs::path(o_.output_dir) / fmt::format("checkpoint-{}", step);
-  const fs::path tmp = fs::path(o_.output_dir) / fmt::format(".checkpoint-{}.tmp", step);
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
+  // Written in a folder made fresh for this save (never a leftover or a
+  // file of the user's), renamed into place once its manifest is in.
+  remove_interrupted_saves(o_.output_dir);
+  ScratchFolder staging(final_dir.string(), "mftk-tmp");
+  const fs::path tmp = staging.path();
   NamedTensors weights;
   for (const auto& [name, p] : trainable_) weights.emplace_back(name, p.detach());
   save_safetensors((tmp / "trainable.safetensors").string(), weights);
@@ -268,8 +309,20 @@ void Trainer::save_checkpoint(int64_t step, const std::string& reason) {
     files[rel] = {{"bytes", int64_t(e.file_size())}, {"sha256", sha256_file_hex(e.path().string())}};
   }
   write_file_atomic(manifest_path(tmp.string()), nlohmann::json{{"format", kCheckpointFormat}, {"files", files}}.dump(2) + "\n");
-  fs::remove_all(final_dir);
-  fs::rename(tmp, final_dir);
+  std::error_code ec;
+  if (fs::exists(fs::symlink_status(final_dir, ec))) {
+    if (!is_own_checkpoint(final_dir))
+      throw UsageError(fmt::format("{} exists and is not a checkpoint mftk wrote (its manifest.json does not list "
+                                   "everything in it): mftk never replaces what it did not write",
+                                   final_dir.string()),
+                       fmt::format("move or remove {} yourself, or use another output_dir", final_dir.string()));
+    ScratchFolder old(final_dir.string(), "mftk-old");  // the earlier save: set aside, swapped, then deleted
+    fs::rename(final_dir, fs::path(old.path()) / "old");
+    fs::rename(tmp, final_dir);
+  } else {
+    fs::rename(tmp, final_dir);
+  }
+  staging.keep();  // it is final_dir now
   spdlog::info("checkpoint {} written ({})", final_dir.string(), reason);
 
   if (o_.save_total_limit > 0) {
@@ -278,7 +331,10 @@ void Trainer::save_checkpoint(int64_t step, const std::string& reason) {
     for (const auto& e : fs::directory_iterator(o_.output_dir)) {
       std::smatch m;
       const auto name = e.path().filename().string();
-      if (e.is_directory() && std::regex_match(name, m, re)) all.emplace_back(std::stoll(m[1]), e.path());
+      if (!e.is_directory() || !std::regex_match(name, m, re)) continue;
+      // Only checkpoints mftk wrote count and are rotated away; anything else is left alone.
+      if (is_own_checkpoint(e.path())) all.emplace_back(std::stoll(m[1]), e.path());
+      else spdlog::warn("save_total_limit: leaving {}: not a checkpoint mftk wrote", e.path().string());
     }
     std::sort(all.begin(), all.end());
     for (size_t i = 0; i + size_t(o_.save_total_limit) < all.size(); ++i) fs::remove_all(all[i].second);

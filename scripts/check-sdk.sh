@@ -19,4 +19,10 @@ grep -q "acme_tensor_stats .* ok .*exporter:acme.tensor_stats" "$work/plugins.tx
 "$mftk" validate examples/tensor_stats_exporter/recipe.toml --set model.path="$work/tiny"
 "$mftk" export --plugin acme.tensor_stats --model "$work/tiny" --out "$work/stats.json" --set match=layers.0.
 grep -q '"model.layers.0.self_attn.q_proj.weight": {"dtype": "' "$work/stats.json"
+python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$work/stats.json"
+# Through mftk::OutputGuard: its own file is replaced, a user's file is refused (exit 2) and kept.
+"$mftk" export --plugin acme.tensor_stats --model "$work/tiny" --out "$work/stats.json" --set match=layers.0.mlp
+echo "my notes" > "$work/notes.json"
+rc=0; "$mftk" export --plugin acme.tensor_stats --model "$work/tiny" --out "$work/notes.json" 2>/dev/null || rc=$?
+[[ $rc == 2 && "$(cat "$work/notes.json")" == "my notes" ]] || { echo "check-sdk: a user's file was not refused (exit $rc)"; exit 1; }
 echo "check-sdk: the out-of-tree plugin built, loaded by name and ran"

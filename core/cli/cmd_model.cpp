@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -15,11 +16,13 @@
 
 #include "generate.h"
 #include "fs_util.h"
+#include "fs_util.h"
 #include "init_checkpoint.h"
 #include "mftk/adapter.h"
 #include "mftk/quantizer.h"
 #include "mftk/exporter.h"
 #include "mftk/model.h"
+#include "mftk/output_path.h"
 #include "mftk/tokenizer.h"
 #include "model_tools.h"
 #include "pipeline.h"
@@ -128,9 +131,18 @@ std::string generated_text(const Tokenizer& tokenizer, std::vector<int32_t> toke
   return tokenizer.decode(tokens);
 }
 
+// A folder's own name: "runs/a/adapter/" -> "adapter", "." -> the current folder's.
+std::string folder_name(const std::string& dir) {
+  fs::path p = fs::absolute(dir).lexically_normal();
+  if (!p.has_filename()) p = p.parent_path();
+  return p.filename().string();
+}
+
 // Runs the exporter `plugin` on a checkpoint folder, `sets` validated as
 // the keys of an [[export]] table. With an adapter, the merged model is
-// written to a temporary folder next to `out` first and exported from there.
+// written to a private scratch folder next to `out` first and exported from
+// there; its folder is named "<model folder>+<adapter folder>", the name
+// exporters that record one (GGUF's general.name) take from the folder.
 void run_export(const char* command, const std::string& plugin, const std::string& model_dir,
                 const std::string& adapter_dir, const std::string& out, const std::vector<std::string>& sets) {
   // The command line becomes a one-table recipe, validated like a file.
@@ -146,27 +158,22 @@ void run_export(const char* command, const std::string& plugin, const std::strin
   ExportJob job;
   job.model_dir = model_dir;
   job.out = out;
-  std::string merged_dir;
+  std::optional<core::ScratchFolder> scratch;  // made fresh, so removing it removes only what mftk wrote
   if (!adapter_dir.empty()) {
     core::ModelBundleOptions o;
     o.model_dir = model_dir;
     o.adapter_dir = adapter_dir;
     auto bundle = core::load_model_bundle(registry, o);
     bundle.adapter->merge(*bundle.model);
-    merged_dir = (fs::path(out).parent_path() / (fs::path(out).filename().string() + ".merged-tmp")).string();
-    fs::remove_all(merged_dir);
+    scratch.emplace(out, "merged-tmp");
+    const std::string merged_dir =
+        (fs::path(scratch->path()) / (folder_name(model_dir) + "+" + folder_name(adapter_dir))).string();
     core::save_hf_checkpoint(*bundle.model, model_dir, merged_dir);
     spdlog::info("{}: merged {} into {} (temporary, removed after the export)", command, adapter_dir, merged_dir);
     job.model_dir = merged_dir;
   }
-  try {
-    auto report = exporter->run(job);
-    spdlog::info("{} {}: {} ({} bytes) {}", command, ref.plugin, report.path, report.bytes, report.summary);
-  } catch (...) {
-    if (!merged_dir.empty()) fs::remove_all(merged_dir);
-    throw;
-  }
-  if (!merged_dir.empty()) fs::remove_all(merged_dir);
+  auto report = exporter->run(job);
+  spdlog::info("{} {}: {} ({} bytes) {}", command, ref.plugin, report.path, report.bytes, report.summary);
 }
 
 }  // namespace
@@ -384,6 +391,7 @@ void add_model_commands(CLI::App& app) {
       if (fs::exists(*out, ec) && fs::exists(a->model_dir, ec) && fs::equivalent(*out, a->model_dir, ec))
         throw UsageError(fmt::format("merge: --out {} is the --model folder", *out),
                          "write the merged checkpoint to a new folder; the base is read while writing");
+      check_output_path(*out, core::kHfCheckpointKind, OutputShape::folder);  // refuse before the slow part
       core::Registry registry;
       auto bundle = core::load_model_bundle(registry, *a);
       if (bundle.quantizer)

@@ -15,6 +15,22 @@
 
 namespace mftk::cli {
 
+namespace {
+
+// A plan file `mftk plan --json` wrote: a JSON object with the plan's sections.
+bool is_plan_json(const std::string& path) {
+  try {
+    const auto j = nlohmann::json::parse(core::read_file(path));
+    for (const char* key : {"device", "memory", "steps", "data", "time", "lint"})
+      if (!j.is_object() || !j.contains(key)) return false;
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+}  // namespace
+
 void add_plan_commands(CLI::App& app) {
   struct Args {
     RecipeArgs recipe;
@@ -35,6 +51,8 @@ void add_plan_commands(CLI::App& app) {
   cmd->add_flag("--strict", a->strict, "lint warnings are errors (exit 2)");
   cmd->add_option("--json", a->json_out, "also write the plan as JSON to this file");
   cmd->callback([a] {
+    // --json FILE: new, or a plan file this command wrote; checked before the work.
+    if (!a->json_out.empty()) check_output_path(a->json_out, "plan-json", OutputShape::file, is_plan_json);
     auto recipe = core::Recipe::load(a->recipe.path, a->recipe.overrides);
     core::Registry registry(recipe.section("plugins").get_strings("search_paths"));
     recipe.resolve(registry);
@@ -47,7 +65,11 @@ void add_plan_commands(CLI::App& app) {
     core::measure_steps(recipe, registry, a->measure, plan);
     std::fputs(core::format_plan(plan).c_str(), stdout);
     std::fflush(stdout);
-    if (!a->json_out.empty()) core::write_file_atomic(a->json_out, core::plan_json(plan).dump(2) + "\n");
+    if (!a->json_out.empty()) {
+      OutputGuard out(a->json_out, "plan-json", OutputShape::file, is_plan_json);
+      write_file_atomic(out.path(), core::plan_json(plan).dump(2) + "\n");
+      out.commit();
+    }
     core::report_lint(warnings, a->strict, recipe.path());
   });
 }

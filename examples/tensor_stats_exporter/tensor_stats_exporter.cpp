@@ -10,10 +10,21 @@
 
 #include <mftk/exporter.h>
 #include <mftk/log.h>
+#include <mftk/output_path.h>
 #include <mftk/plugin.h>
 #include <mftk/safetensors.h>
 
 namespace {
+
+// How every file this exporter writes begins: the proof a later export
+// uses that an existing file is its own to replace (mftk/output_path.h).
+constexpr const char kFirstLine[] = "{\"_written_by\": \"acme.tensor_stats\"";
+
+bool is_our_stats_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string head(sizeof(kFirstLine) - 1, '\0');
+  return in.read(head.data(), std::streamsize(head.size())) && head == kFirstLine;
+}
 
 class TensorStatsExporter : public mftk::Exporter {
  public:
@@ -22,9 +33,12 @@ class TensorStatsExporter : public mftk::Exporter {
 
   mftk::ExportReport run(const mftk::ExportJob& job) override {
     auto checkpoint = mftk::CheckpointReader::open(job.model_dir);
-    std::ofstream out(job.out);
-    if (!out) throw mftk::Error("acme.tensor_stats: cannot write " + job.out);
-    out << "{\n";
+    // Never write over a file of the user's: the guard refuses one (exit 2)
+    // and hands out a private path, put in place by commit().
+    mftk::OutputGuard guard(job.out, "acme.tensor_stats", mftk::OutputShape::file, is_our_stats_file);
+    std::ofstream out(guard.path());
+    if (!out) throw mftk::Error("acme.tensor_stats: cannot write " + guard.path());
+    out << kFirstLine;
     int64_t written = 0;
     for (const auto& name : checkpoint.names()) {
       if (!pattern_.empty() && name.find(pattern_) == std::string::npos) continue;
@@ -40,16 +54,20 @@ class TensorStatsExporter : public mftk::Exporter {
       for (size_t i = 0; i < info.shape.size(); ++i) shape += (i ? "," : "") + std::to_string(info.shape[i]);
       char line[512];
       std::snprintf(line, sizeof line,
-                    "%s  \"%s\": {\"dtype\": \"%s\", \"shape\": [%s], \"mean\": %.*g, \"std\": %.*g, "
+                    ",\n  \"%s\": {\"dtype\": \"%s\", \"shape\": [%s], \"mean\": %.*g, \"std\": %.*g, "
                     "\"absmax\": %.*g, \"non_finite\": %lld}",
-                    written ? ",\n" : "", name.c_str(), info.dtype.c_str(), shape.c_str(), decimals_, mean,
+                    name.c_str(), info.dtype.c_str(), shape.c_str(), decimals_, mean,
                     decimals_, std, decimals_, absmax, static_cast<long long>(non_finite));
       out << line;
       ++written;
     }
     out << "\n}\n";
+    const int64_t bytes = int64_t(out.tellp());
+    out.close();
+    if (!out) throw mftk::Error("acme.tensor_stats: cannot write " + guard.path(), "is the disk full?");
+    guard.commit();
     mftk::log::info("acme.tensor_stats: {} tensors -> {}", written, job.out);
-    return {job.out, int64_t(out.tellp()), std::to_string(written) + " tensors described"};
+    return {job.out, bytes, std::to_string(written) + " tensors described"};
   }
 
  private:

@@ -16,6 +16,7 @@
 #include "awq_quant.h"
 #include "awq_search.h"
 #include "mftk/error.h"
+#include "mftk/output_path.h"
 #include "mftk/safetensors.h"
 #include "mftk/tokenizer.h"
 #include "mistral_config.h"
@@ -119,12 +120,6 @@ std::string read_text(const fs::path& path) {
   return ss.str();
 }
 
-void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  if (!out) throw Error(fmt::format("awq: cannot write {}", path.string()));
-}
-
 // calibration_file when the recipe names one, else the caller's documents
 // (the pipeline passes the training documents), else a UsageError.
 std::vector<std::vector<int32_t>> calibration_rows_for(const ExportJob& job, const AwqOptions& o) {
@@ -140,32 +135,8 @@ std::vector<std::vector<int32_t>> calibration_rows_for(const ExportJob& job, con
   return rows;
 }
 
-// The folder being built; removed unless kept, so a failed export leaves
-// neither a half-written OUT nor its temporary folder behind.
-class TemporaryFolder {
- public:
-  explicit TemporaryFolder(fs::path path) : path_(std::move(path)) {
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TemporaryFolder() {
-    std::error_code ec;
-    if (!kept_) fs::remove_all(path_, ec);
-  }
-  TemporaryFolder(const TemporaryFolder&) = delete;
-  TemporaryFolder& operator=(const TemporaryFolder&) = delete;
-  const fs::path& path() const { return path_; }
-  // Renames the folder to `target` (replacing it).
-  void keep_as(const fs::path& target) {
-    fs::remove_all(target);
-    fs::rename(path_, target);
-    kept_ = true;
-  }
-
- private:
-  fs::path path_;
-  bool kept_ = false;
-};
+// The OutputGuard kind of the folders written here: one may replace another.
+constexpr const char* kAwqCheckpointKind = "awq-checkpoint";
 
 // The per-linear output error relative to the output's mean square: lets
 // the report add errors of linears of very different scales.
@@ -183,9 +154,11 @@ ExportReport export_awq(const ExportJob& job, const AwqOptions& o) {
   check_awq_shapes(config, G);
   const fs::path out(job.out);
   std::error_code ec;
-  if (out.empty()) throw UsageError("awq: no output folder", "--out DIR (a folder; it is replaced)");
+  if (out.empty()) throw UsageError("awq: no output folder", "--out DIR (a new or empty folder, or an earlier AWQ export)");
   if (fs::exists(out, ec) && fs::equivalent(out, job.model_dir, ec))
     throw UsageError(fmt::format("awq: --out {} is the model folder", job.out), "write the AWQ folder somewhere new");
+  // Refused before the calibration pass: OUT must be new, empty or an AWQ folder mftk wrote.
+  check_output_path(job.out, kAwqCheckpointKind, OutputShape::folder);
   const auto checkpoint = CheckpointReader::open(job.model_dir);
 
   // 1. Calibration: the input of every group's first linear, recorded in one pass.
@@ -237,8 +210,9 @@ ExportReport export_awq(const ExportJob& job, const AwqOptions& o) {
       decls.push_back({name, dtype_from_safetensors(info.dtype), info.shape});
     }
   }
-  TemporaryFolder building(out.string() + ".awq-tmp");
-  const fs::path& tmp = building.path();
+  // Built in a private folder beside OUT and put in place only once it reads back.
+  OutputGuard building(job.out, kAwqCheckpointKind, OutputShape::folder);
+  const fs::path tmp = building.path();
   SafetensorsWriter writer((tmp / "model.safetensors").string(), decls);
 
   // 3. Layer by layer: scale, clip, round, write.
@@ -309,13 +283,13 @@ ExportReport export_awq(const ExportJob& job, const AwqOptions& o) {
   const fs::path source(job.model_dir);
   auto cfg = nlohmann::json::parse(read_text(source / "config.json"));
   cfg["quantization_config"] = awq_quantization_config(G);
-  write_text(tmp / "config.json", cfg.dump(2) + "\n");
+  write_file_atomic((tmp / "config.json").string(), cfg.dump(2) + "\n");
   for (const auto& entry : fs::directory_iterator(source)) {
     const std::string file = entry.path().filename().string();
     if (!entry.is_regular_file() || file == "config.json" || file == "model.safetensors.index.json" ||
         entry.path().extension() == ".safetensors")
       continue;
-    fs::copy_file(entry.path(), tmp / file, fs::copy_options::overwrite_existing);
+    fs::copy_file(entry.path(), tmp / file);
   }
 
   // 6. Read the file back: every declared tensor, with its dtype and shape.
@@ -327,7 +301,7 @@ ExportReport export_awq(const ExportJob& job, const AwqOptions& o) {
     MFTK_CHECK(info && info->dtype == dtype_to_safetensors(d.dtype) && info->shape == d.shape,
                "awq: {} does not read back '{}' as written", written_file->path(), d.name);
   }
-  building.keep_as(out);
+  building.commit();
 
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ExportReport report;

@@ -12,6 +12,7 @@
 #include "ggml_quants.h"
 #include "gguf_reader.h"
 #include "mftk/error.h"
+#include "mftk/output_path.h"
 #include "mftk/safetensors.h"
 #include "mistral_config.h"
 
@@ -68,6 +69,16 @@ void check_written_file(const std::string& path, const GgufWriter::Metadata& met
 
 }  // namespace
 
+bool is_gguf_written_by_mftk(const std::string& path) {
+  try {
+    const auto file = core::GgufFile::open(path);
+    const auto* mark = file.find(kWrittenByKey);
+    return mark && mark->type == core::GgufValueType::string && mark->text == "mftk";
+  } catch (const std::exception&) {
+    return false;  // not a GGUF file, or not one that parses: not ours
+  }
+}
+
 ExportReport export_gguf(const std::string& model_dir, const std::string& out, const GgufExportOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   const auto config = mistral::MistralConfig::load(model_dir);
@@ -76,13 +87,20 @@ ExportReport export_gguf(const std::string& model_dir, const std::string& out, c
   if (name.empty()) name = std::filesystem::path(model_dir).lexically_normal().filename().string();
   if (name.empty()) name = std::filesystem::absolute(model_dir).lexically_normal().parent_path().filename().string();
 
+  // `out` may be new or a GGUF file mftk wrote (its kWrittenByKey says so);
+  // anything else is refused before any work. The file is written in a
+  // private folder beside it and renamed over it once it reads back.
+  OutputGuard guard(out, "gguf", OutputShape::file, is_gguf_written_by_mftk);
+  const std::string& staged = guard.path();
+
   const auto tokenizer = load_tokenizer_facts(model_dir, config.vocab_size);
-  const auto metadata = llama_metadata(config, tokenizer, options.encoding, name);
+  auto metadata = llama_metadata(config, tokenizer, options.encoding, name);
+  metadata.emplace_back(kWrittenByKey, core::GgufValue::str("mftk"));
   const auto plan = plan_llama_tensors(config, checkpoint, options.encoding, model_dir);
 
   std::vector<GgufTensorDecl> decls;
   for (const auto& p : plan) decls.push_back(p.decl);
-  GgufWriter writer(out, metadata, decls);
+  GgufWriter writer(staged, metadata, decls);
 
   int fallbacks = 0;
   std::vector<uint8_t> encoded;
@@ -119,7 +137,8 @@ ExportReport export_gguf(const std::string& model_dir, const std::string& out, c
   }
   encoded = {};
   const uint64_t bytes = writer.finish();
-  check_written_file(out, metadata, plan);
+  check_written_file(staged, metadata, plan);
+  guard.commit();
 
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ExportReport report;

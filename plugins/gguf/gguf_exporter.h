@@ -10,7 +10,7 @@
 //
 // defines: mftk::gguf::GgufExportOptions, mftk::gguf::gguf_keys,
 //          mftk::gguf::gguf_options_from_config, mftk::gguf::export_gguf,
-//          mftk::gguf::GgufExporter
+//          mftk::gguf::GgufExporter, mftk::gguf::kWrittenByKey, mftk::gguf::is_gguf_written_by_mftk
 #pragma once
 
 #include <string>
@@ -30,6 +30,12 @@ struct GgufExportOptions {
 std::vector<KeySpec> gguf_keys();
 // Refuses encodings that are not built (q4_k, q6_k, q4_k_m ...) with the list of those that are.
 GgufExportOptions gguf_options_from_config(const Config& config);
+
+// The metadata key every GGUF mftk writes carries, with the value "mftk":
+// how a later export proves an existing `out` is its own to replace
+// (mftk/output_path.h). A file without it is never overwritten.
+inline constexpr const char* kWrittenByKey = "mftk.written_by";
+bool is_gguf_written_by_mftk(const std::string& path);
 
 // Writes model_dir as `out`; the report's summary counts tensors and fallbacks.
 ExportReport export_gguf(const std::string& model_dir, const std::string& out, const GgufExportOptions& options);

@@ -18,6 +18,7 @@
 #include "mftk/error.h"
 #include "mftk/log.h"
 #include "mftk/model.h"
+#include "mftk/output_path.h"
 #include "mftk/safetensors.h"
 #include "nf4_linear.h"
 
@@ -30,6 +31,8 @@ namespace {
 
 constexpr const char* kQuantStateSuffix = ".weight.quant_state.bitsandbytes__nf4";
 constexpr const char* kFp4StateSuffix = ".weight.quant_state.bitsandbytes__fp4";
+// The OutputGuard kind of the 4-bit folders written here.
+constexpr const char* kNf4CheckpointKind = "nf4-checkpoint";
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -60,16 +63,6 @@ std::string read_text(const fs::path& path) {
   std::ostringstream s;
   s << in.rdbuf();
   return s.str();
-}
-
-void write_text(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    if (!out) throw Error(fmt::format("nf4: cannot write {}", tmp.string()), "check free space and permissions");
-  }
-  fs::rename(tmp, path);
 }
 
 json bnb_quantization_config(const BnbConfigOptions& o) {
@@ -198,26 +191,31 @@ void save_nf4_checkpoint(const std::string& source_dir, const Nf4Weights& quanti
     }
     for (auto& t : bnb_state_tensors(module, *it->second)) tensors.push_back(std::move(t));
   }
-  fs::create_directories(out_dir);
-  save_checkpoint(out_dir, tensors, max_shard_bytes);
+  // Written privately and put in place at the end (mftk/output_path.h):
+  // out_dir may be new, empty or a 4-bit folder mftk wrote, nothing else.
+  OutputGuard guard(out_dir, kNf4CheckpointKind, OutputShape::folder);
+  const std::string& staged = guard.path();
+  save_checkpoint(staged, tensors, max_shard_bytes);
 
   // config.json gains quantization_config (sorted keys, indent 2, as transformers writes it).
   const fs::path source(source_dir);
   json cfg = json::parse(read_text(source / "config.json"));
   cfg["quantization_config"] = bnb_quantization_config(config);
-  write_text(fs::path(out_dir) / "config.json", cfg.dump(2) + "\n");
+  write_file_atomic((fs::path(staged) / "config.json").string(), cfg.dump(2) + "\n");
   // Tokenizer and generation files come along unchanged.
   for (const auto& entry : fs::directory_iterator(source)) {
     if (!entry.is_regular_file()) continue;
     const std::string file = entry.path().filename().string();
     if (file == "config.json" || ends_with(file, ".safetensors") || file == "model.safetensors.index.json")
       continue;
-    fs::copy_file(entry.path(), fs::path(out_dir) / file, fs::copy_options::overwrite_existing);
+    fs::copy_file(entry.path(), fs::path(staged) / file);
   }
+  guard.commit();
 }
 
 QuantizeReport quantize_checkpoint(const std::string& source_dir, const std::string& out_dir,
                                    const Nf4Options& options, const std::vector<std::string>* linear_modules) {
+  check_output_path(out_dir, kNf4CheckpointKind, OutputShape::folder);  // refuse before quantising
   const CheckpointReader reader = CheckpointReader::open(source_dir);
   std::vector<std::string> modules;
   if (linear_modules) {
