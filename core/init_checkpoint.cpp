@@ -66,9 +66,42 @@ const char* hf_dtype_name(at::ScalarType t) {
 }
 
 // A chat template for tokenizer_config.json, so transformers' apply_chat_template
-// renders what mftk's chat encoder builds (docs/formats.md §3.3, chat templates).
-std::string chat_template(bool v3) {
-  if (v3)
+// renders what mftk's chat encoder builds (docs/formats.md §3.3, chat templates). With `tools`
+// (a v3 tokenizer with the function-calling pieces) it renders tools, calls
+// and results as the v3 encoder does: each control piece is followed by " "
+// + the JSON, which a sentencepiece tokenizer turns into the same "▁"-prefixed
+// pieces as encoding the JSON alone; tojson is json.dumps(ensure_ascii=False)
+// there. Arguments given as a JSON string are inserted as written (Jinja
+// cannot parse JSON), so they match only when already in json.dumps form;
+// a tool result's content is a number when it reads back as the same text
+// (as mistral-common's json.loads would give), else a JSON string (where
+// mistral-common would parse an object or list).
+std::string chat_template(bool v3, bool tools = false) {
+  if (v3) {
+    const std::string tool_setup =
+        tools ? "{%- set ns = namespace(tools=[]) -%}{%- if tools is defined and tools -%}{%- for t in tools -%}"
+                "{%- set f = t['function'] -%}{%- set ns.tools = ns.tools + [{'type': 'function', 'function': "
+                "{'name': f['name'], 'description': f['description'] if f['description'] is defined and "
+                "f['description'] is not none else '', 'parameters': f['parameters'] if f['parameters'] is defined "
+                "and f['parameters'] is not none else {}}}] -%}{%- endfor -%}{%- endif -%}"
+              : "{%- if tools is defined and tools -%}{{ raise_exception('this tokenizer has no tool tokens') }}"
+                "{%- endif -%}{%- set ns = namespace(tools=[]) -%}";
+    const std::string tools_block =
+        "{%- if loop.index0 == last_user.i and ns.tools -%}"
+        "{{ '[AVAILABLE_TOOLS] ' + ns.tools | tojson + '[/AVAILABLE_TOOLS]' }}{%- endif -%}";
+    const std::string calls =
+        tools ? "{%- elif m['role'] == 'assistant' and m['tool_calls'] is defined and m['tool_calls'] -%}"
+                "{{ '[TOOL_CALLS] [' }}{%- for c in m['tool_calls'] -%}{%- set a = c['function']['arguments'] -%}"
+                "{{ '{\"name\": ' + c['function']['name'] | tojson + ', \"arguments\": ' + "
+                "(a if a is string else a | tojson) }}{%- if c['id'] is defined and c['id'] -%}"
+                "{{ ', \"id\": ' + c['id'] | tojson }}{%- endif -%}{{ '}' }}{%- if not loop.last -%}{{ ', ' }}"
+                "{%- endif -%}{%- endfor -%}{{ ']' + eos_token }}"
+                "{%- elif m['role'] == 'tool' -%}{%- set r = namespace(c=m['content']) -%}"
+                "{%- if r.c is string and (r.c | int) | string == r.c -%}{%- set r.c = r.c | int -%}"
+                "{%- elif r.c is string and (r.c | float) | string == r.c and r.c not in ['nan', 'inf', '-inf'] -%}"
+                "{%- set r.c = r.c | float -%}{%- endif -%}"
+                "{{ '[TOOL_RESULTS] ' + {'content': r.c, 'call_id': m['tool_call_id']} | tojson + '[/TOOL_RESULTS]' }}"
+              : "";
     return "{%- set msgs = messages -%}{%- set sys = none -%}"
            "{%- if msgs and msgs[0]['role'] == 'system' -%}{%- set sys = msgs[0]['content'] -%}"
            "{%- set msgs = msgs[1:] -%}{%- endif -%}"
@@ -114,7 +147,7 @@ int64_t write_random_checkpoint(const InitOptions& o) {
     if (o.corpus.empty() || !fs::exists(o.corpus))
       throw UsageError(fmt::format("tokenizer corpus '{}' not found", o.corpus),
                        "run from the mftk source folder, pass --corpus FILE, or --tokenizer FILE");
-    train_sentencepiece(o.corpus, tok_path, o.tokenizer_vocab, o.v3_controls);
+    train_sentencepiece(o.corpus, tok_path, o.tokenizer_vocab, o.v3_controls, o.tool_controls);
   }
   auto tokenizer = Tokenizer::load(tok_path);
 
@@ -152,7 +185,7 @@ int64_t write_random_checkpoint(const InitOptions& o) {
                        {"model_max_length", config["max_position_embeddings"]},
                        {"tokenizer_class", "LlamaTokenizer"},
                        {"clean_up_tokenization_spaces", false},
-                       {"chat_template", chat_template(v3)}};
+                       {"chat_template", chat_template(v3, v3 && tokenizer->piece_to_id("[TOOL_CALLS]").has_value())}};
   write_file_atomic((fs::path(out) / "tokenizer_config.json").string(), tc.dump(2) + "\n");
   nlohmann::json st = {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}};
   write_file_atomic((fs::path(out) / "special_tokens_map.json").string(), st.dump(2) + "\n");

@@ -21,6 +21,7 @@ struct InitOptions {
   std::string corpus;        // text to train on (data/tokenizer/corpus.txt)
   int tokenizer_vocab = 1024;
   bool v3_controls = true;   // trained tokenizers get [INST]/[/INST] control pieces
+  bool tool_controls = false;  // ...and the five function-calling ones after them (ids 5-9, as in v0.3)
   uint64_t max_shard_bytes = 5'000'000'000ULL;
 };
 

@@ -13,7 +13,7 @@ namespace mftk::core {
 namespace fs = std::filesystem;
 
 void train_sentencepiece(const std::string& text_file, const std::string& model_out_path, int vocab_size,
-                         bool mistral_v3_controls) {
+                         bool mistral_v3_controls, bool tool_controls) {
   std::error_code ec;
   if (!fs::is_regular_file(text_file, ec)) {
     throw UsageError(fmt::format("tokenizer training text '{}' does not exist", text_file),
@@ -25,7 +25,11 @@ void train_sentencepiece(const std::string& text_file, const std::string& model_
                                  text_file),
                      "rename the file or copy it to a path without commas");
   }
-  const int special_count = mistral_v3_controls ? 5 : 3;
+  if (tool_controls && !mistral_v3_controls) {
+    throw UsageError("tokenizer training: the function-calling control pieces need the [INST] ones too",
+                     "train a v3-style tokenizer (mistral_v3_controls) to add the tool pieces");
+  }
+  const int special_count = 3 + (mistral_v3_controls ? 2 : 0) + (tool_controls ? 5 : 0);
   const int byte_count = 256;
   if (vocab_size <= special_count + byte_count) {
     throw UsageError(fmt::format("tokenizer vocab_size {} is too small: {} special and {} byte pieces come first",
@@ -64,7 +68,12 @@ void train_sentencepiece(const std::string& text_file, const std::string& model_
       {"minloglevel", "1"},  // sentencepiece's INFO lines are hundreds per run
   };
   // Control symbols take the first free ids after unk/bos/eos, in order.
-  if (mistral_v3_controls) options.emplace_back("control_symbols", "[INST],[/INST]");
+  if (tool_controls) {
+    options.emplace_back("control_symbols",
+                         "[INST],[/INST],[TOOL_CALLS],[AVAILABLE_TOOLS],[/AVAILABLE_TOOLS],[TOOL_RESULTS],[/TOOL_RESULTS]");
+  } else if (mistral_v3_controls) {
+    options.emplace_back("control_symbols", "[INST],[/INST]");
+  }
 
   std::vector<const char*> keys, values;
   for (const auto& [key, value] : options) {

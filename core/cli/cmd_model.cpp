@@ -213,12 +213,19 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--sliding-window", *sliding, "sliding window; 0 for none (null)");
     auto tied = std::make_shared<bool>(false);
     cmd->add_flag("--tie-embeddings", *tied, "tie lm_head to the embeddings");
-    cmd->callback([o, ints, sliding, chat, tied] {
+    auto tool_tokens = std::make_shared<bool>(false);
+    cmd->add_flag("--tool-tokens", *tool_tokens,
+                  "trained v3 tokenizers also get [TOOL_CALLS], [AVAILABLE_TOOLS], [/AVAILABLE_TOOLS], "
+                  "[TOOL_RESULTS], [/TOOL_RESULTS] (ids 5-9, as in Mistral's v0.3 tokenizer): function calling");
+    cmd->callback([o, ints, sliding, chat, tied, tool_tokens] {
       auto opts = *o;
       opts.overrides = *ints;
       if (*sliding == 0) opts.sliding_window_null = true;
       else if (*sliding > 0) opts.overrides["sliding_window"] = *sliding;
       opts.v3_controls = *chat == "v3";
+      opts.tool_controls = *tool_tokens;
+      if (opts.tool_controls && !opts.v3_controls)
+        throw UsageError("mftk init: --tool-tokens needs --chat v3", "the v1 chat format cannot encode tools");
       opts.tie_word_embeddings = *tied;
       if (opts.corpus.empty() && opts.tokenizer.empty()) opts.corpus = default_corpus();
       core::write_random_checkpoint(opts);

@@ -23,6 +23,7 @@
 #include "mftk/error.h"
 #include "mftk/tokenizer.h"
 #include "python_json.h"
+#include "tokenizer_train.h"
 
 namespace fs = std::filesystem;
 using mftk::Tokenizer;
@@ -540,4 +541,54 @@ TEST_F(ToolCalls, TokenizeCommandPrintsIdsAndMaskAndExitsTwoForV1) {
   auto [v1_code, v1_text] = run(v1_tokenizer_path());
   EXPECT_EQ(v1_code, 2) << v1_text;
   EXPECT_NE(v1_text.find("cannot encode tools"), std::string::npos) << v1_text;
+}
+
+// ------------------------------------------- tiny tokenizers with tools ----
+
+TEST(ToolTokens, TinyTokenizerCarriesTheV3ToolControlsWhereMistralHasThem) {
+  const std::string corpus = (fs::path(MFTK_SOURCE_DIR) / "data/tokenizer/corpus.txt").string();
+  const fs::path dir = fs::temp_directory_path() / ("mftk_tool_tokens_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::string with_tools = (dir / "tools.model").string(), without = (dir / "plain.model").string();
+  mftk::core::train_sentencepiece(corpus, with_tools, 400, /*mistral_v3_controls=*/true, /*tool_controls=*/true);
+  mftk::core::train_sentencepiece(corpus, without, 400, true, false);
+  auto tok = Tokenizer::load(with_tools);
+  auto plain = Tokenizer::load(without);
+  fs::remove_all(dir);
+
+  // Mistral v0.3's layout: <unk> <s> </s>, then the seven controls, then the 256 bytes.
+  const char* pieces[] = {"<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]",
+                          "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"};
+  for (int id = 0; id < 10; ++id) {
+    EXPECT_EQ(tok->piece(id), pieces[id]) << id;
+    EXPECT_EQ(tok->type(id), id == 0 ? mftk::PieceType::unknown : mftk::PieceType::control) << id;
+  }
+  EXPECT_EQ(tok->piece(10), "<0x00>");
+  EXPECT_EQ(tok->vocab_size(), 400);
+  EXPECT_EQ(mftk::core::detect_chat_format(*tok), ChatFormat::v3);
+  EXPECT_NO_THROW(mftk::core::check_tools_supported(*tok, ChatFormat::v3));
+
+  // A call encodes with the control ids, the JSON as plain text.
+  std::vector<ChatMessage> chat = {{"user", "7 times 8"}, {"assistant", ""}};
+  chat[1].tool_calls = {ToolCall{"", "calculator", *python_json_loads(R"({"a": 7, "b": 8})")}};
+  auto encoded = mftk::core::encode_chat(*tok, ChatFormat::v3, chat, false);
+  Ids expected = {1, 3};
+  for (int32_t id : tok->encode("7 times 8")) expected.push_back(id);
+  expected.push_back(4);
+  expected.push_back(5);
+  for (int32_t id : tok->encode(R"([{"name": "calculator", "arguments": {"a": 7, "b": 8}}])")) expected.push_back(id);
+  expected.push_back(2);
+  EXPECT_EQ(encoded.ids, expected);
+
+  // Without the tool pieces a v3 tokenizer still chats, but refuses tools.
+  EXPECT_EQ(mftk::core::detect_chat_format(*plain), ChatFormat::v3);
+  try {
+    mftk::core::encode_chat(*plain, ChatFormat::v3, chat, false);
+    ADD_FAILURE() << "a tokenizer without [TOOL_CALLS] encoded a tool call";
+  } catch (const mftk::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("has no CONTROL piece [TOOL_CALLS]"), std::string::npos) << e.what();
+    EXPECT_NE(e.hint().find("--tool-tokens"), std::string::npos) << e.hint();
+  }
+  // The tool pieces without the [INST] ones make no sense.
+  EXPECT_THROW(mftk::core::train_sentencepiece(corpus, with_tools, 400, false, true), mftk::UsageError);
 }
