@@ -106,12 +106,15 @@ std::string chat_template(bool v3, bool tools = false) {
            "{%- if msgs and msgs[0]['role'] == 'system' -%}{%- set sys = msgs[0]['content'] -%}"
            "{%- set msgs = msgs[1:] -%}{%- endif -%}"
            "{%- set last_user = namespace(i=-1) -%}{%- for m in msgs -%}{%- if m['role'] == 'user' -%}"
-           "{%- set last_user.i = loop.index0 -%}{%- endif -%}{%- endfor -%}"
-           "{{ bos_token }}{%- for m in msgs -%}{%- if m['role'] == 'user' -%}"
+           "{%- set last_user.i = loop.index0 -%}{%- endif -%}{%- endfor -%}" +
+           tool_setup + "{{ bos_token }}{%- for m in msgs -%}{%- if m['role'] == 'user' -%}" + tools_block +
            "{%- if sys and loop.index0 == last_user.i -%}{{ '[INST] ' + sys + '\\n\\n' + m['content'] + '[/INST]' }}"
-           "{%- else -%}{{ '[INST] ' + m['content'] + '[/INST]' }}{%- endif -%}"
+           "{%- else -%}{{ '[INST] ' + m['content'] + '[/INST]' }}{%- endif -%}" +
+           calls +
            "{%- elif m['role'] == 'assistant' -%}{{ ' ' + m['content'] | trim + eos_token }}"
-           "{%- else -%}{{ raise_exception('roles must be system, user or assistant') }}{%- endif -%}{%- endfor -%}";
+           "{%- else -%}{{ raise_exception('roles must be system, user or assistant" +
+           (tools ? std::string(" (or tool)") : std::string()) + "') }}{%- endif -%}{%- endfor -%}";
+  }
   return "{%- set msgs = messages -%}{%- set sys = none -%}"
          "{%- if msgs and msgs[0]['role'] == 'system' -%}{%- set sys = msgs[0]['content'] -%}"
          "{%- set msgs = msgs[1:] -%}{%- endif -%}"
@@ -147,7 +150,7 @@ int64_t write_random_checkpoint(const InitOptions& o) {
     if (o.corpus.empty() || !fs::exists(o.corpus))
       throw UsageError(fmt::format("tokenizer corpus '{}' not found", o.corpus),
                        "run from the mftk source folder, pass --corpus FILE, or --tokenizer FILE");
-    train_sentencepiece(o.corpus, tok_path, o.tokenizer_vocab, o.v3_controls, o.tool_controls);
+    train_sentencepiece(o.corpus, tok_path, o.tokenizer_vocab, o.v3_controls);
   }
   auto tokenizer = Tokenizer::load(tok_path);
 
