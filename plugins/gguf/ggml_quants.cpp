@@ -1,6 +1,8 @@
 // ggml's scalar encodings (see ggml_quants.h). Written from the format
-// definitions; the tests pin them against torch's half conversion and
-// against Q8_0 blocks worked by hand.
+// definitions (ggml, MIT licensed: THIRD_PARTY_NOTICES.md); the unit tests
+// pin them against torch's half conversion and Q8_0 blocks worked by hand,
+// and the ctest ggml_quant_oracle against ggml's own ggml_quantize_chunk and
+// to_float (ties, subnormals, overflow, infinities, NaN payloads included).
 #include "ggml_quants.h"
 
 #include "kquants.h"

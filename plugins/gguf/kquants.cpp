@@ -2,8 +2,15 @@
 // in the same order as ggml's reference: every sum below runs in index
 // order, every product and quotient is grouped as ggml groups it, and no
 // expression may be contracted into an FMA (the plugin is built for plain
-// x86-64 / without -ffast-math, as libggml-base is). The interop script
-// compares these bytes with ggml's own functions.
+// x86-64 / without -ffast-math, as libggml-base is). Derived from ggml's
+// reference quantisers (ggml-quants.c: quantize_row_q4_K_ref with
+// make_qkx2_quants, quantize_row_q6_K_ref with make_qx_quants; ggml is MIT
+// licensed, see THIRD_PARTY_NOTICES.md), rewritten here, not copied. The
+// ctest ggml_quant_oracle compares these bytes with ggml's own
+// ggml_quantize_chunk on blocks crafted for the scale search (outliers,
+// mixed signs, sub-block ranges 1e-4..1e3, zero, constant and tiny groups,
+// rounding ties) and 2048 random mixed super-blocks; gguf_llamacpp does the
+// same on whole exported models.
 #include "kquants.h"
 
 #include <algorithm>

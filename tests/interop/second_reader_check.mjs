@@ -3,7 +3,8 @@
 // encoders (tests/interop/ggml_encode_oracle.c over node-llama-cpp's
 // libggml-base.so):
 //   - every file parses; the keys llama.cpp needs are there with the types
-//     and values config.json and the tokenizer imply;
+//     and values config.json and the tokenizer imply (added tokens typed
+//     as llama.cpp's converter types them);
 //   - tensor offsets are aligned, contiguous and inside the file;
 //   - each F16 / BF16 / Q8_0 / Q4_K / Q6_K tensor is byte for byte what ggml makes of the
 //     same tensor's F32 values (taken from the f32 export, so the Q/K row
@@ -22,6 +23,7 @@ const {values: args, positionals: files} = parseArgs({
     allowPositionals: true
 });
 const config = JSON.parse(readFileSync(`${args.model}/config.json`, "utf8"));
+const addedTokens = JSON.parse(readFileSync(`${args.model}/tokenizer_config.json`, "utf8")).added_tokens_decoder ?? {};
 const failures = [];
 const fail = (file, what) => failures.push(`${file}: ${what}`);
 if (files.length < 2) fail("arguments", "need the F32 reference and at least one other file to compare with ggml");
@@ -51,6 +53,7 @@ const expected = {
     "llama.attention.layer_norm_rms_epsilon": [F32, Math.fround(config.rms_norm_eps)],
     "llama.vocab_size": [U32, config.vocab_size],
     "tokenizer.ggml.model": [STRING, "llama"],
+    "tokenizer.ggml.pre": [STRING, "default"],
     "tokenizer.ggml.bos_token_id": [U32, config.bos_token_id],
     "tokenizer.ggml.eos_token_id": [U32, config.eos_token_id],
     "tokenizer.ggml.add_bos_token": [BOOL, true],
@@ -82,6 +85,15 @@ for (const file of files) {
     for (const [key, subType] of [["tokenizer.ggml.tokens", STRING], ["tokenizer.ggml.scores", F32], ["tokenizer.ggml.token_type", I32]]) {
         if (m[key]?.type !== ARRAY || m[key].subType !== subType || m[key].value.length !== config.vocab_size)
             fail(file, `${key} is not an array of ${config.vocab_size} items of type ${subType}`);
+    }
+    // Tokens tokenizer_config.json lists as added: control (3) when special,
+    // user-defined (4) otherwise, score -1000, as llama.cpp's converter writes.
+    for (const [id, entry] of Object.entries(addedTokens)) {
+        const type = m["tokenizer.ggml.token_type"]?.value?.[Number(id)];
+        const score = m["tokenizer.ggml.scores"]?.value?.[Number(id)];
+        if (type !== (entry.special ? 3 : 4) || score !== -1000)
+            fail(file, `added token ${id} (${entry.content}): type ${type}, score ${score}; expected ` +
+                `${entry.special ? 3 : 4}, -1000`);
     }
     const size = BigInt(statSync(file).size);
     if (g.tensorDataOffset % 32n !== 0n) fail(file, `tensor data at ${g.tensorDataOffset}, not aligned`);
