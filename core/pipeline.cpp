@@ -388,6 +388,7 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   const auto prompts = validate.get_strings("prompts");
   std::vector<ReportAnswer> answers;  // for report.html
   for (const auto& prompt : prompts) {
+    Stage stage(fmt::format("answering the [validate] prompt \"{}\"", prompt));
     auto enc = encode_chat(*tokenizer, resolve_chat_format(recipe.section("data").get_string("chat_template"), *tokenizer),
                            {{"user", prompt}}, false, true);
     GenerateOptions go;

@@ -18,7 +18,9 @@
 
 #include "init_checkpoint.h"
 #include "mftk/safetensors.h"
+#include "pipeline.h"
 #include "train_test_support.h"
+#include "trainer.h"
 
 namespace {
 
@@ -191,6 +193,51 @@ TEST_P(SavedModel, ReloadedFromDiskScoresTheEvalLossTheRunReported) {
   const json config = json::parse(text_of(saved + "/config.json"));
   EXPECT_EQ(config.value("tie_word_embeddings", false), c.saved_tied);
   EXPECT_EQ(mftk::CheckpointReader::open(saved).contains("lm_head.weight"), !c.saved_tied);
+}
+
+// Full fine-tuning of a tied model trains one tensor: the head's weight is
+// the embedding leaf itself, and its gradient is the sum of what the fused
+// head cross-entropy and the embedding lookup give it, as plain autograd
+// over logits = hidden E^T computes it.
+TEST(TiedFullFineTuning, TheHeadIsTheEmbeddingLeafAndGetsBothGradients) {
+  const std::string dir = checkpoint(/*tied=*/true);
+  mftk::mistral::MistralModel model;
+  model.load_config(dir);
+  mftk::LoadOptions lo;
+  lo.path = dir;
+  model.load(lo);
+  const mftk::NamedTensors trainable = mftk::core::make_all_trainable(model);
+  at::Tensor embed;
+  for (const auto& [name, t] : trainable) {
+    EXPECT_NE(name, "lm_head.weight") << "a private copy of the tied head";
+    if (name == "model.embed_tokens.weight") embed = t;
+  }
+  ASSERT_TRUE(embed.defined());
+  const mftk::LinearSlot* head = model.linear_slots().back();
+  ASSERT_EQ(head->name, "lm_head");
+  EXPECT_TRUE(head->op->parameters().at(0).second.is_same(embed));
+
+  const auto rows = tt::synthetic_rows(4, 3, model.shape().vocab_size);
+  const mftk::Batch batch = mftk::core::make_batch(rows);
+  mftk::core::supervised_loss_sum(model, batch, nullptr).backward();
+  const at::Tensor fused = embed.grad().clone();
+  embed.mutable_grad().zero_();
+
+  const at::Tensor hidden = model.forward(batch);
+  const at::Tensor targets = batch.targets.reshape({-1}).to(at::kLong);
+  const at::Tensor logits = at::matmul(hidden.reshape({-1, hidden.size(-1)}), embed.t());
+  at::cross_entropy_loss(logits, targets, {}, at::Reduction::Sum, mftk::kIgnoreIndex).backward();
+  const at::Tensor plain = embed.grad().clone();
+  EXPECT_TRUE(at::allclose(fused, plain, 1e-4, 1e-5)) << "max |d| = " << (fused - plain).abs().max().item<double>();
+
+  // The lookup's part is really in it: the head's part alone (hidden states
+  // detached) leaves a clear difference.
+  embed.mutable_grad().zero_();
+  const at::Tensor frozen_hidden = model.forward(batch).detach();
+  at::cross_entropy_loss(at::matmul(frozen_hidden.reshape({-1, frozen_hidden.size(-1)}), embed.t()), targets, {},
+                         at::Reduction::Sum, mftk::kIgnoreIndex)
+      .backward();
+  EXPECT_GT((plain - embed.grad()).abs().max().item<double>(), 1e-3);
 }
 
 INSTANTIATE_TEST_SUITE_P(
