@@ -18,6 +18,7 @@
 #include "chat_template.h"
 #include "dataset.h"
 #include "distributed.h"
+#include "export_parity.h"
 #include "fs_util.h"
 #include "generate.h"
 #include "mftk/adapter.h"
@@ -359,6 +360,12 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   }
   const bool want_merge = training.get_bool("merge_adapter") || !recipe.exports().empty();
   std::string merged_dir = adapter ? "" : final_dir;
+  // The export parity gate: the trained model's log-probabilities on
+  // held-out rows, taken now, before the merge changes the model.
+  if (adapter) adapter->set_training(false);
+  RunParityGate parity(recipe, registry, model, data.eval, data.train, output_dir,
+                       (adapter && want_merge) || !recipe.exports().empty());
+  if (!adapter) parity.check_checkpoint("saved model", final_dir);
   if (adapter && want_merge) {
     if (lm.quantizer)
       spdlog::info("merge: the base is quantised; the adapter is merged onto the dequantised base weights "
@@ -370,6 +377,7 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
     save_hf_checkpoint(model, lm.path, merged_dir);
     spdlog::info("merged checkpoint: {}", merged_dir);
     summary["merged"] = merged_dir;
+    parity.check_checkpoint("merge", merged_dir);
   }
   for (const auto& ex : recipe.exports()) {
     auto exporter = registry.create<Exporter>(Kind::exporter, ex.plugin, ex.config);
@@ -384,7 +392,9 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
     auto report = exporter->run(job);
     spdlog::info("export [{}] {}: {} ({} bytes) {}", ex.table, ex.plugin, report.path, report.bytes, report.summary);
     summary["exports"].push_back({{"plugin", ex.plugin}, {"path", report.path}, {"bytes", report.bytes}});
+    parity.check_export(ex, *exporter, job, report);
   }
+  if (parity.enabled()) summary["export_parity"] = parity_json(parity.checks());
   const auto prompts = validate.get_strings("prompts");
   std::vector<ReportAnswer> answers;  // for report.html
   for (const auto& prompt : prompts) {
@@ -421,11 +431,15 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   summary["peak_rss_bytes"] = peak_rss_bytes();
   summary["loss_curve"] = svg;
   write_file_atomic((fs::path(output_dir) / "summary.json").string(), summary.dump(2) + "\n");
+  std::string report_path;
   {
     ReportInputs report{fmt::format("mftk run: {}", fs::path(recipe.path()).filename().string()), recipe.path(),
                         read_file(recipe.path()), plan, summary, answers};
-    spdlog::info("report: {}", write_report(output_dir, report));
+    report_path = write_report(output_dir, report);
+    spdlog::info("report: {}", report_path);
   }
+  // After the report, so the figures of a failed gate are there to read.
+  enforce_parity(parity.checks(), report_path);
   spdlog::info("done: {} steps in {:.1f} s, {:.0f} tokens/s, final loss {:.4f}{}, peak RSS {:.2f} GB", result.steps,
                result.seconds, result.tokens_per_s, result.final_loss,
                result.eval_loss ? fmt::format(", eval loss {:.4f}", *result.eval_loss) : "",

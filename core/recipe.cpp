@@ -367,8 +367,12 @@ void Recipe::resolve(Registry& registry) {
     try {
       const auto& info = registry.find(kind, plugin);
       std::vector<KeySpec> keys = info.spec.keys;
-      // Every export table says where to write; the core hands it to the exporter as ExportJob::out.
-      if (base == "export") keys.insert(keys.begin(), export_out_key());
+      // Every export table says where to write (the core hands it to the exporter as ExportJob::out)
+      // and may bound the artefact's parity with the trained model (max_kl).
+      if (base == "export") {
+        const auto core_keys = export_core_keys();
+        keys.insert(keys.begin(), core_keys.begin(), core_keys.end());
+      }
       ComponentRef ref{tname, kind, plugin,
                        validate_table(raw, keys, errors,
                                       fmt::format("`mftk plugins --keys {}` lists the keys of '{}'", plugin, plugin))};

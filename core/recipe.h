@@ -32,6 +32,8 @@ struct ComponentRef {
 const std::map<std::string, std::vector<KeySpec>>& core_tables();
 // The `out` key the core adds to every [[export]] table.
 KeySpec export_out_key();
+// Every core key of an [[export]] table: out, and max_kl (the parity gate's threshold).
+std::vector<KeySpec> export_core_keys();
 // Component tables and their kinds: model, adapter, quantize, packer, optimizer, export.
 const std::map<std::string, Kind>& component_tables();
 

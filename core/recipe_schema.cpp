@@ -60,6 +60,20 @@ const std::map<std::string, std::vector<KeySpec>>& core_tables() {
            K::number("temperature", 0.0, "0 is greedy").range(0, 100),
            K::integer("exact_match", 0, "score greedy answers of N eval examples before and after training; 0: off")
                .range(0, 1 << 20),
+           // The export parity gate (core/export_parity.h): rows through the trained model and through each
+           // artefact read back from disk.
+           K::integer("parity_rows", 16,
+                      "export parity: held-out rows (the eval split; training rows when there is none) run through "
+                      "the trained model and each merged or exported artefact; 0: no parity check")
+               .range(0, 1 << 20),
+           K::integer("parity_tokens", 2048,
+                      "export parity: at most this many tokens in all (the trained model's log-probabilities are "
+                      "kept: tokens x vocab x 4 bytes)")
+               .range(2, 1 << 24),
+           K::number("merge_max_kl", -1.0,
+                     "export parity: fail the run when the merged checkpoint's mean KL(trained || merged) per token "
+                     "exceeds this (nats); -1: automatic (1e-6 when weights and compute are fp32, 5e-3 with bf16/f16)")
+               .range(-1, 1e9),
        }},
       {"plugins",
        {
@@ -78,6 +92,15 @@ const std::map<std::string, std::vector<KeySpec>>& core_tables() {
        }},
   };
   return tables;
+}
+
+std::vector<KeySpec> export_core_keys() {
+  return {export_out_key(),
+          // The export parity gate: the artefact read back and compared with the trained model.
+          KeySpec::number("max_kl", -1.0,
+                          "fail the run when this artefact's mean KL(trained || artefact) per token exceeds this "
+                          "(nats; README \"Export parity\"); -1: report the parity figures only")
+              .range(-1, 1e9)};
 }
 
 }  // namespace mftk::core

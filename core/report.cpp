@@ -108,6 +108,39 @@ std::string report_html(const ReportInputs& in, const std::vector<CurveSeries>& 
     h += "</ul>\n";
   }
 
+  // The export parity gate (export_parity.h): each artefact against the trained model.
+  if (s.contains("export_parity") && s["export_parity"].is_array()) {
+    h += "<h2 id=\"parity\">Export parity</h2>\n<p>Held-out rows through the trained model and through each "
+         "artefact read back from disk: mean KL(trained &#8214; artefact) per token over the vocabulary, greedy-token "
+         "agreement, and perplexity on the supervised tokens.</p>\n<table>\n<tr><th>artefact</th><th>path</th>"
+         "<th>mean KL (nats/token)</th><th>top-1 agreement</th><th>perplexity trained &rarr; artefact</th>"
+         "<th>rows / tokens</th><th>max_kl</th><th>verdict</th></tr>\n";
+    auto num = [](const nlohmann::json& c, const char* key, const char* format) {
+      return c.contains(key) && c[key].is_number() ? fmt::format(fmt::runtime(format), c[key].get<double>())
+                                                   : std::string("n/a");
+    };
+    for (const auto& c : s["export_parity"]) {
+      const bool checked = c.value("checked", false);
+      const std::string threshold = num(c, "threshold", "{:.3g}");
+      std::string verdict = !checked ? "not checked: " + c.value("note", std::string())
+                            : c.value("passed", false) ? (threshold == "n/a" ? "reported" : "passed")
+                                                       : "FAILED";
+      h += fmt::format("<tr><td>{}</td><td>{}</td>", xml_escape(c.value("kind", std::string())),
+                       xml_escape(c.value("path", std::string())));
+      if (checked)
+        h += fmt::format("<td>{}</td><td>{}</td><td>{} &rarr; {}</td><td>{} / {}</td>", num(c, "mean_kl", "{:.3e}"),
+                         c.contains("top1_agreement") && c["top1_agreement"].is_number()
+                             ? fmt::format("{:.2f}%", 100 * c["top1_agreement"].get<double>())
+                             : std::string("n/a"),
+                         num(c, "ppl_trained", "{:.4g}"), num(c, "ppl_artefact", "{:.4g}"), c.value("rows", int64_t(0)),
+                         c.value("tokens", int64_t(0)));
+      else
+        h += "<td>&ndash;</td><td>&ndash;</td><td>&ndash;</td><td>&ndash;</td>";
+      h += fmt::format("<td>{}</td><td>{}</td></tr>\n", threshold == "n/a" ? "none" : threshold, xml_escape(verdict));
+    }
+    h += "</table>\n";
+  }
+
   h += "<h2 id=\"answers\">Validation answers</h2>\n";
   if (in.answers.empty()) h += "<p>(no [validate] prompts in the recipe)</p>\n";
   else {

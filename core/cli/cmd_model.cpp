@@ -14,8 +14,8 @@
 #include "cli/commands.h"
 #include <nlohmann/json.hpp>
 
+#include "export_parity.h"
 #include "generate.h"
-#include "fs_util.h"
 #include "fs_util.h"
 #include "init_checkpoint.h"
 #include "mftk/adapter.h"
@@ -143,8 +143,11 @@ std::string folder_name(const std::string& dir) {
 // written to a private scratch folder next to `out` first and exported from
 // there; its folder is named "<model folder>+<adapter folder>", the name
 // exporters that record one (GGUF's general.name) take from the folder.
+// With an adapter, the export parity gate compares the artefact read back
+// with base + adapter unmerged (README "Export parity"); --set max_kl=X gates it.
 void run_export(const char* command, const std::string& plugin, const std::string& model_dir,
-                const std::string& adapter_dir, const std::string& out, const std::vector<std::string>& sets) {
+                const std::string& adapter_dir, const std::string& out, const std::vector<std::string>& sets,
+                const std::string& eval_data = {}, int64_t parity_rows = 0) {
   // The command line becomes a one-table recipe, validated like a file.
   std::vector<std::string> overrides;
   for (const auto& s : sets) overrides.push_back("export[0]." + s);
@@ -159,11 +162,13 @@ void run_export(const char* command, const std::string& plugin, const std::strin
   job.model_dir = model_dir;
   job.out = out;
   std::optional<core::ScratchFolder> scratch;  // made fresh, so removing it removes only what mftk wrote
+  core::ParityReference reference;             // base + adapter, before the merge
   if (!adapter_dir.empty()) {
     core::ModelBundleOptions o;
     o.model_dir = model_dir;
     o.adapter_dir = adapter_dir;
     auto bundle = core::load_model_bundle(registry, o);
+    reference = core::command_parity_reference(*bundle.model, *bundle.tokenizer, eval_data, parity_rows);
     bundle.adapter->merge(*bundle.model);
     scratch.emplace(out, "merged-tmp");
     const std::string merged_dir =
@@ -174,6 +179,13 @@ void run_export(const char* command, const std::string& plugin, const std::strin
   }
   auto report = exporter->run(job);
   spdlog::info("{} {}: {} ({} bytes) {}", command, ref.plugin, report.path, report.bytes, report.summary);
+  if (!reference.empty()) {  // while the merged folder still exists: exporters read names and tokenizer there
+    auto check = core::check_export(registry, core::ArtefactModelSource{}, *exporter, job, report, reference,
+                                    fs::path(out).lexically_normal().parent_path().string());
+    check.kind = ref.plugin;
+    if (const double max_kl = ref.config.get_number("max_kl"); max_kl >= 0) check.threshold = max_kl;
+    core::report_parity({check});
+  }
 }
 
 }  // namespace
@@ -233,8 +245,9 @@ void add_model_commands(CLI::App& app) {
   }
   {
     struct ExportArgs {
-      std::string plugin, model, adapter, out;
+      std::string plugin, model, adapter, out, eval_data;
       std::vector<std::string> sets;
+      int64_t parity_rows = 16;
     };
     auto a = std::make_shared<ExportArgs>();
     auto* cmd = app.add_subcommand("export", "run one exporter plugin on a checkpoint folder");
@@ -242,9 +255,16 @@ void add_model_commands(CLI::App& app) {
     cmd->add_option("--model", a->model, "checkpoint folder")->required();
     cmd->add_option("--adapter", a->adapter, "adapter folder to merge into --model before exporting");
     cmd->add_option("--out", a->out, "file or folder to write")->required();
-    cmd->add_option("--set", a->sets, "exporter key=value (repeatable)")->take_all();
+    cmd->add_option("--set", a->sets, "exporter key=value (repeatable); max_kl=X fails the export past that parity")
+        ->take_all();
+    cmd->add_option("--eval-data", a->eval_data,
+                    "with --adapter: JSONL rows (chat, instruction or text) for the parity check; default: a "
+                    "built-in sample of short texts");
+    cmd->add_option("--parity-rows", a->parity_rows, "with --adapter: rows for the parity check; 0: none")
+        ->check(CLI::Range(int64_t{0}, int64_t{1} << 20))
+        ->capture_default_str();
     cmd->callback([a] {
-      run_export("export", a->plugin, a->model, a->adapter, a->out, a->sets);
+      run_export("export", a->plugin, a->model, a->adapter, a->out, a->sets, a->eval_data, a->parity_rows);
     });
   }
   {
@@ -393,7 +413,21 @@ void add_model_commands(CLI::App& app) {
         "dequantised weights; a base folder saved quantised (`mftk quantize`) is dequantised and written dense.");
     add_model_source_options(cmd, *a, /*adapter_required=*/true);
     cmd->add_option("--out", *out, "folder to write (not the --model folder)")->required();
-    cmd->callback([a, out] {
+    struct ParityArgs {
+      std::string eval_data;
+      int64_t rows = 16;
+      double max_kl = -1;
+    };
+    auto parity = std::make_shared<ParityArgs>();
+    cmd->add_option("--eval-data", parity->eval_data,
+                    "JSONL rows (chat, instruction or text) the parity check runs; default: a built-in sample");
+    cmd->add_option("--parity-rows", parity->rows, "rows for the parity check; 0: none")
+        ->check(CLI::Range(int64_t{0}, int64_t{1} << 20))
+        ->capture_default_str();
+    cmd->add_option("--max-kl", parity->max_kl,
+                    "fail (exit 1) when mean KL(base + adapter || merged) per token exceeds this; default: 1e-6 "
+                    "for fp32 checkpoints, 5e-3 for bf16/f16 ones");
+    cmd->callback([a, out, parity] {
       std::error_code ec;
       if (fs::exists(*out, ec) && fs::exists(a->model_dir, ec) && fs::equivalent(*out, a->model_dir, ec))
         throw UsageError(fmt::format("merge: --out {} is the --model folder", *out),
@@ -407,9 +441,25 @@ void add_model_commands(CLI::App& app) {
                      a->adapter_dir, a->model_dir, c10::toString(bundle.model->shape().checkpoint_dtype));
       else
         spdlog::info("merge: folding {} into {} (dense weights as stored)", a->adapter_dir, a->model_dir);
+      const auto reference =
+          core::command_parity_reference(*bundle.model, *bundle.tokenizer, parity->eval_data, parity->rows);
       bundle.adapter->merge(*bundle.model);
       core::save_hf_checkpoint(*bundle.model, a->model_dir, *out);
       spdlog::info("merge: wrote {}", *out);
+      if (!reference.empty()) {
+        const double max_kl = parity->max_kl >= 0
+                                  ? parity->max_kl
+                                  : core::default_merge_max_kl(bundle.model->shape().checkpoint_dtype, at::kFloat);
+        // The in-memory model goes before the merged folder is loaded: one model in memory at a time.
+        bundle.adapter.reset();
+        bundle.model.reset();
+        core::ArtefactModelSource source;
+        source.plugin = a->model_plugin;
+        auto check = core::check_checkpoint_folder(registry, source, *out, reference);
+        check.kind = "merge";
+        check.threshold = max_kl;
+        core::report_parity({check});
+      }
     });
   }
 }

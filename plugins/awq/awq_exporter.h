@@ -81,6 +81,9 @@ class AwqExporter final : public Exporter {
  public:
   explicit AwqExporter(AwqOptions options) : options_(std::move(options)) {}
   ExportReport run(const ExportJob& job) override { return export_awq(job, options_); }
+  // The folder dequantised back into a dense checkpoint (awq_readback.h), for the parity gate.
+  std::optional<std::string> read_back(const ExportJob& job, const ExportReport& report,
+                                       const std::string& scratch_dir) override;
 
  private:
   AwqOptions options_;

@@ -44,6 +44,9 @@ class GgufExporter final : public Exporter {
  public:
   explicit GgufExporter(GgufExportOptions options) : options_(std::move(options)) {}
   ExportReport run(const ExportJob& job) override { return export_gguf(job.model_dir, job.out, options_); }
+  // The file decoded back into a checkpoint folder (gguf_readback.h), for the parity gate.
+  std::optional<std::string> read_back(const ExportJob& job, const ExportReport& report,
+                                       const std::string& scratch_dir) override;
 
  private:
   GgufExportOptions options_;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,21 @@ class Exporter {
  public:
   virtual ~Exporter() = default;
   virtual ExportReport run(const ExportJob& job) = 0;
+
+  // The export parity gate (README "Export parity"): the artefact `report`
+  // names, read back from disk and decoded the way a reader of the format
+  // decodes it, as a plain Hugging Face checkpoint folder the model plugin
+  // loads (config.json, dense *.safetensors, tokenizer files). The core runs
+  // held-out rows through it and through the trained model and compares.
+  // `scratch_dir` is an empty folder the caller made and removes afterwards;
+  // write the folder there (or return report.path when the artefact already
+  // is such a folder). nullopt: this exporter cannot read its format back,
+  // and the run says "parity: not checked" for it.
+  virtual std::optional<std::string> read_back(const ExportJob& job, const ExportReport& report,
+                                               const std::string& scratch_dir) {
+    (void)job, (void)report, (void)scratch_dir;
+    return std::nullopt;
+  }
 };
 
 }  // namespace mftk
