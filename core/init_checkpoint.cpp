@@ -189,6 +189,20 @@ int64_t write_random_checkpoint(const InitOptions& o) {
                        {"tokenizer_class", "LlamaTokenizer"},
                        {"clean_up_tokenization_spaces", false},
                        {"chat_template", chat_template(v3, v3 && tokenizer->piece_to_id("[TOOL_CALLS]").has_value())}};
+  // added_tokens_decoder as transformers writes it for a sentencepiece
+  // tokenizer (and Mistral's published configs have it): the unknown and
+  // every control piece "special": true, every user-defined piece false.
+  // llama.cpp's converter (and mftk's GGUF exporter) types tokens from it,
+  // so a checkpoint made here exports like a real one.
+  nlohmann::json added_tokens = nlohmann::json::object();
+  for (int32_t id = 0; id < tokenizer->vocab_size(); ++id) {
+    const PieceType type = tokenizer->type(id);
+    if (type != PieceType::unknown && type != PieceType::control && type != PieceType::user_defined) continue;
+    added_tokens[std::to_string(id)] = {{"content", tokenizer->piece(id)}, {"lstrip", false},
+                                        {"normalized", false},            {"rstrip", false},
+                                        {"single_word", false},           {"special", type != PieceType::user_defined}};
+  }
+  tc["added_tokens_decoder"] = added_tokens;
   write_file_atomic((fs::path(out) / "tokenizer_config.json").string(), tc.dump(2) + "\n");
   nlohmann::json st = {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}};
   write_file_atomic((fs::path(out) / "special_tokens_map.json").string(), st.dump(2) + "\n");

@@ -913,6 +913,46 @@ TEST(GgufVocabulary, MistralSpecialTokensAreControlWithScoreMinus1000AsTheConver
   }
 }
 
+TEST(GgufVocabulary, InitWritesHuggingFacesAddedTokensSoItsCheckpointsExportLikeRealOnes) {
+  // mftk init with Mistral's own tokenizer writes the added_tokens_decoder
+  // transformers writes (hf_added_tokens_decoder's rule), and the GGUF
+  // vocabulary of such a checkpoint types <unk>, <s>, </s> and v3's
+  // controls as the converter does for a real Mistral checkpoint.
+  for (const std::string version : {"v1", "v3"}) {
+    SCOPED_TRACE(version);
+    const std::string model = mistral_tokenizer(version);
+    if (model.empty()) GTEST_SKIP() << "no Mistral tokenizers under " << MFTK_SHARED_DIR << " (set MFTK_SHARED_DIR)";
+    tt::ScratchDir dir("gguf_init");
+    mftk::core::InitOptions o;
+    o.preset = "tiny";
+    o.overrides = {{"num_hidden_layers", 1}, {"hidden_size", 32}, {"intermediate_size", 64},
+                   {"num_attention_heads", 2}, {"num_key_value_heads", 1}};
+    o.dtype = "f32";
+    o.out = dir.sub("model");
+    o.tokenizer = model;
+    {
+      tt::QuietLog quiet;
+      mftk::core::write_random_checkpoint(o);
+    }
+    const auto config = read_json(fs::path(o.out) / "tokenizer_config.json");
+    ASSERT_TRUE(config.contains("added_tokens_decoder"));
+    const auto tok = mftk::Tokenizer::load(o.out);
+    EXPECT_EQ(config["added_tokens_decoder"], hf_added_tokens_decoder(*tok));
+    EXPECT_EQ(config["added_tokens_decoder"].size(), version == "v1" ? 3u : 771u);
+    EXPECT_EQ(config["added_tokens_decoder"]["0"], hf_added_token("<unk>", true));
+    const auto f = mftk::gguf::load_tokenizer_facts(o.out, tok->vocab_size());
+    for (size_t id : {0, 1, 2}) {
+      EXPECT_EQ(f.types[id], 3) << id;
+      EXPECT_EQ(f.scores[id], -1000.0f) << id;
+    }
+    if (version == "v3") {
+      EXPECT_EQ(f.types[3], 3);          // [INST]
+      EXPECT_EQ(f.types[770], 4);        // [REFERENCE_DOC_0]
+      EXPECT_EQ(f.scores[770], -1000.0f);
+    }
+  }
+}
+
 TEST(GgufVocabulary, RefusesMalformedAddedTokens) {
   const std::string model = mistral_tokenizer("v1");
   if (model.empty()) GTEST_SKIP() << "no Mistral tokenizers under " << MFTK_SHARED_DIR << " (set MFTK_SHARED_DIR)";
