@@ -104,6 +104,19 @@ Verdict inspect(const fs::path& path, const std::string& kind, OutputShape shape
     return {State::foreign, "is a file mftk did not write"};
   }
   if (!fs::is_directory(st)) return {State::foreign, "is a file, and a folder is to be written there"};
+  // The top level first: a folder without mftk's record (--out ~) is
+  // refused without walking everything below it.
+  std::string first;
+  for (const auto& e : fs::directory_iterator(path, ec)) {
+    first = e.path().filename().string();
+    if (first != kOutputRecordFile) break;
+  }
+  if (ec) return {State::foreign, fmt::format("cannot be listed ({})", ec.message())};
+  if (first.empty()) return {State::empty_folder, ""};
+  const auto record = read_record(path);
+  if (!record) return {State::foreign, fmt::format("holds files mftk did not write (e.g. '{}')", first)};
+  if (record->kind != kind || !record->has_files)
+    return {State::foreign, fmt::format("holds an mftk output of another kind ({}, not {})", record->kind, kind)};
   std::vector<std::string> folders;
   std::vector<std::string> files;
   try {
@@ -111,14 +124,6 @@ Verdict inspect(const fs::path& path, const std::string& kind, OutputShape shape
   } catch (const fs::filesystem_error& e) {
     return {State::foreign, fmt::format("cannot be listed ({})", e.code().message())};
   }
-  if (files.empty() && folders.empty()) return {State::empty_folder, ""};
-  const auto record = read_record(path);
-  if (!record) {
-    const std::string example = files.empty() ? folders.front() : files.front();
-    return {State::foreign, fmt::format("holds files mftk did not write (e.g. '{}')", example)};
-  }
-  if (record->kind != kind || !record->has_files)
-    return {State::foreign, fmt::format("holds an mftk output of another kind ({}, not {})", record->kind, kind)};
   std::set<std::string> implied_folders;
   for (const auto& f : record->files)
     for (fs::path p = fs::path(f).parent_path(); !p.empty(); p = p.parent_path()) implied_folders.insert(p.string());
