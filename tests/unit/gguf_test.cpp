@@ -241,6 +241,10 @@ TEST(GgufQ4_K, HandWorkedSuperBlock) {
   for (size_t i = 0; i < 256; ++i) EXPECT_EQ(back[i], 0.015869140625f * 63.0f * float(i % 16)) << i;
 }
 
+// The hand-worked blocks above fit exactly, so the scale search keeps its
+// first guess there; the search itself is compared with ggml's own encoder
+// (ggml_quantize_chunk) on blocks built to exercise it by the ctest
+// ggml_quant_oracle (tests/interop/ggml_quant_oracle.cpp).
 TEST(GgufKQuants, ZeroBlocksAndErrorOnRandomWeights) {
   std::vector<float> zeros(256, 0.0f);
   std::vector<uint8_t> q6(210, 0xAA), q4(144, 0xAA);
