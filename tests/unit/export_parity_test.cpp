@@ -381,12 +381,32 @@ type = "q8_0"
   EXPECT_NE(read_text(dir.sub("run/mftk.log")).find("parity [gguf]"), std::string::npos);
   EXPECT_NE(read_text(dir.sub("run/report.html")).find("id=\"parity\""), std::string::npos);
 
+  // The commands: `mftk merge` reports the merge against base + adapter
+  // unmerged and passes its fp32 default; `mftk export --adapter` past its
+  // --set max_kl fails with exit 1 (q8_0 rounds; the bound asks for less
+  // than the merge's own rounding).
+  ASSERT_EQ(run_mftk("merge --model " + base + " --adapter " + dir.sub("run/adapter") + " --out " +
+                         dir.sub("cli-merged") + " --eval-data " + data,
+                     log),
+            0)
+      << read_text(log);
+  EXPECT_NE(read_text(log).find("parity [merge]"), std::string::npos) << read_text(log);
+  EXPECT_NE(read_text(log).find("passed (max_kl 1e-06)"), std::string::npos) << read_text(log);
+  EXPECT_EQ(run_mftk("export --plugin gguf --model " + base + " --adapter " + dir.sub("run/adapter") + " --out " +
+                         dir.sub("cli.gguf") + " --set type=q8_0 --set max_kl=1e-14",
+                     log),
+            1)
+      << read_text(log);
+  EXPECT_NE(read_text(log).find("export parity gate"), std::string::npos) << read_text(log);
+  EXPECT_NE(read_text(log).find("built-in sample"), std::string::npos) << read_text(log);
+
   // The same run with an exporter whose artefact has a layer zeroed (a test
   // fixture plugin: it copies the merged folder, zeroes layer 1's down_proj
   // and reads that copy back) fails the gate: exit 1, the report written.
   const std::string plugins = dir.sub("plugins");
   fs::create_directories(plugins);
-  fs::copy_file(fs::path(MFTK_FIXTURE_DIR) / "libmftk-fixture_parity.so", fs::path(plugins) / "libmftk-fixture_parity.so");
+  for (const char* lib : {"libmftk-fixture_parity.so", "libmftk-fixture_good.so"})
+    fs::copy_file(fs::path(MFTK_FIXTURE_DIR) / lib, fs::path(plugins) / lib);
   fs::remove_all(dir.sub("run"));
   const std::string bad = dir.sub("bad.toml");
   std::ofstream(bad) << tiny_recipe(dir.str(), base, data, fmt::format(R"(
@@ -398,6 +418,11 @@ plugin = "fixture_damaged_copy"
 out = "{1}/run/damaged"
 zero = "model.layers.1.mlp.down_proj.weight"
 max_kl = 1e-6
+
+[[export]]
+plugin = "fixture_good_names"
+out = "{1}/run/names.txt"
+max_kl = 1e-6
 )",
                                                                          plugins, dir.str()));
   EXPECT_EQ(run_mftk("run " + bad, log), 1) << read_text(log);
@@ -405,8 +430,11 @@ max_kl = 1e-6
   EXPECT_NE(out.find("export parity gate"), std::string::npos) << out;
   EXPECT_NE(out.find("fixture_damaged_copy"), std::string::npos) << out;
   summary = nlohmann::json::parse(read_text(dir.sub("run/summary.json")));
-  ASSERT_EQ(summary.at("export_parity").size(), 2u);
+  ASSERT_EQ(summary.at("export_parity").size(), 3u);
   EXPECT_EQ(summary["export_parity"][0]["passed"], true);
+  // An exporter without a read-back is listed, not skipped quietly.
+  EXPECT_EQ(summary["export_parity"][2]["checked"], false);
+  EXPECT_EQ(summary["export_parity"][2]["note"], "exporter has no read-back");
   EXPECT_EQ(summary["export_parity"][1]["passed"], false);
   // A random tiny model's distributions are near uniform, so the damage
   // costs ~1e-4 nats here; still eight orders of magnitude above the merge's.
@@ -414,6 +442,7 @@ max_kl = 1e-6
   EXPECT_LT(summary["export_parity"][0]["mean_kl"].get<double>(), 1e-10);
   const std::string report = read_text(dir.sub("run/report.html"));
   EXPECT_NE(report.find("FAILED"), std::string::npos);
+  EXPECT_NE(report.find("not checked: exporter has no read-back"), std::string::npos);
 }
 
 }  // namespace
