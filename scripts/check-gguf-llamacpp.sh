@@ -25,7 +25,7 @@
 #
 #   bash scripts/check-gguf-llamacpp.sh [BUILD_DIR]     (default: build)
 #
-# Needs node >= 18 and npm (scripts/install-deps.sh), a C compiler, and the
+# Needs node >= 20 and npm (scripts/install-deps.sh), a C compiler, and the
 # npm registry the first time: scripts/gguf-interop-setup.sh (the ctest
 # fixture `gguf_interop`, run again here so the script also works alone)
 # installs the pinned packages, ~90 MB, into BUILD_DIR/gguf-interop. This

@@ -28,8 +28,10 @@ fail() {
 }
 command -v node >/dev/null || fail "node not found; run scripts/install-deps.sh (Debian: nodejs npm)"
 command -v npm >/dev/null || fail "npm not found; run scripts/install-deps.sh (Debian: nodejs npm)"
+# Both packages declare "engines": {"node": ">=20"}.
 node_major=$(node -p 'process.versions.node.split(".")[0]')
-[ "$node_major" -ge 18 ] || fail "node $(node --version) is too old; node-llama-cpp needs node >= 18"
+[ "$node_major" -ge 20 ] || fail "node $(node --version) is too old: node-llama-cpp $node_llama_cpp_version and" \
+  "@huggingface/gguf $hf_gguf_version need node >= 20 (Debian 12 ships 18; use NodeSource's nodejs 20 or Debian 13's)"
 
 mkdir -p "$interop"
 installed() { node -p "try { require('$interop/node_modules/$1/package.json').version } catch { '' }"; }
