@@ -141,9 +141,10 @@ struct ArtefactModelSource {
 //  - bf16 or f16 in the stored weights or the compute: bf16 keeps 8
 //    significant bits, so re-rounding W + s B A moves each weight by up to
 //    2^-9 relative, as a fresh bf16 cast does (the quickstart adapter merged
-//    into a bf16 base: 8.0e-5). The error grows with depth and width; 5e-3
-//    stays above what such rounding costs and well below a broken merge (a
-//    wrong scale, a dropped module, a zeroed layer: 1e-2 and up).
+//    into a bf16 base: 8.0e-5; a training.bf16 run's merge: 4.1e-6). The
+//    error grows with depth and width; 5e-3 stays above what such rounding
+//    costs and below a broken merge (a wrong scale, a dropped module, a
+//    zeroed layer: 1e-2 and up on a trained model).
 constexpr double kMergeMaxKlFp32 = 1e-6;
 constexpr double kMergeMaxKlHalf = 5e-3;
 double default_merge_max_kl(at::ScalarType checkpoint_dtype, at::ScalarType compute_dtype);

@@ -246,6 +246,26 @@ TEST(ExportParity, GgufReadBackDecodesTheFileAsWritten) {
       EXPECT_TRUE(at::equal(read.get(name), source.get(name).to(at::kFloat))) << name;
   }
   {
+    // Tied embeddings: the file has no output matrix, and the read-back says tied and holds no lm_head.
+    mftk::core::InitOptions o;
+    o.preset = "tiny";
+    o.overrides = {{"num_hidden_layers", 1}, {"hidden_size", 64}, {"intermediate_size", 128},
+                   {"num_attention_heads", 4}, {"num_key_value_heads", 2}};
+    o.dtype = "f32";
+    o.tokenizer = (fs::path(base) / "tokenizer.model").string();
+    o.tie_word_embeddings = true;
+    o.out = dir.sub("tied");
+    mftk::core::write_random_checkpoint(o);
+    mftk::gguf::GgufExportOptions options;
+    options.encoding = mftk::gguf::Encoding::f32;
+    mftk::gguf::export_gguf(o.out, dir.sub("tied.gguf"), options);
+    const auto read = mftk::CheckpointReader::open(mftk::gguf::read_back_gguf(dir.sub("tied.gguf"), o.out, dir.sub("tied-back")));
+    const auto tied = mftk::CheckpointReader::open(o.out);
+    EXPECT_FALSE(read.contains("lm_head.weight"));
+    for (const auto& name : tied.names()) EXPECT_TRUE(at::equal(read.get(name), tied.get(name).to(at::kFloat))) << name;
+    EXPECT_EQ(nlohmann::json::parse(std::ifstream(dir.sub("tied-back/config.json"))).at("tie_word_embeddings"), true);
+  }
+  {
     // q8_0: every value within its block's step, d = amax / 127 (plus d's fp16 rounding).
     mftk::gguf::GgufExportOptions options;
     options.encoding = mftk::gguf::Encoding::q8_0;
