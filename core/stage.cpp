@@ -2,6 +2,7 @@
 #include "stage.h"
 
 #include <exception>
+#include <sstream>
 #include <utility>
 
 namespace mftk::core {
@@ -24,5 +25,16 @@ Stage::~Stage() {
 }
 
 std::string failed_stages() { return failed; }
+
+std::string without_backtrace(const std::string& text) {
+  std::istringstream in(text);
+  std::string out;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("Exception raised from ", 0) == 0 || line.rfind("frame #", 0) == 0) continue;
+    out += out.empty() ? line : "\n" + line;
+  }
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out;
+}
 
 }  // namespace mftk::core

@@ -2,7 +2,7 @@
 // itself: a libtorch c10::Error ("addmm_impl_cpu_" not implemented for
 // 'Half') names an operator, never the command, file or step behind it.
 //
-// defines: mftk::core::Stage, mftk::core::failed_stages
+// defines: mftk::core::Stage, mftk::core::failed_stages, mftk::core::without_backtrace
 //
 // A Stage is a scoped description ("loading the model from ckpt/",
 // "training"). Stages nest. When an exception unwinds through one, its text
@@ -32,5 +32,11 @@ class Stage {
 // while no exception is in flight clears it: a failure handled earlier is
 // not this one's context.
 std::string failed_stages();
+
+// `text` without the C++ backtrace libtorch appends to a c10::Error's what()
+// (an "Exception raised from ..." line and "frame #N: ..." lines), which a
+// message quoting such an error (`fmt::format("...: {}", e.what())`) carries
+// along. The CLI shows these lines only with --verbose.
+std::string without_backtrace(const std::string& text);
 
 }  // namespace mftk::core

@@ -62,8 +62,10 @@ void log_to_files(const spdlog::sink_ptr& console, const std::string& text) {
   file_log.flush();
 }
 
-void print_error(const mftk::Error& e, const spdlog::sink_ptr& console) {
-  std::fprintf(stderr, "error: %s\n", e.what());
+// A message of mftk's may quote a libtorch error, backtrace included; that
+// part reaches the console only with --verbose.
+void print_error(const mftk::Error& e, bool verbose, const spdlog::sink_ptr& console) {
+  std::fprintf(stderr, "error: %s\n", verbose ? e.what() : mftk::core::without_backtrace(e.what()).c_str());
   if (!e.hint().empty()) std::fprintf(stderr, "hint: %s\n", e.hint().c_str());
   log_to_files(console, std::string(e.what()) + (e.hint().empty() ? "" : "\nhint: " + e.hint()));
 }
@@ -145,10 +147,10 @@ int main(int argc, char** argv) {
     int code = app.exit(e);
     return code == 0 ? 0 : 2;
   } catch (const mftk::UsageError& e) {
-    print_error(e, console_sink);
+    print_error(e, verbose, console_sink);
     return 2;
   } catch (const mftk::Error& e) {
-    print_error(e, console_sink);
+    print_error(e, verbose, console_sink);
     return 1;
   } catch (const c10::Error& e) {
     const std::string message = e.what_without_backtrace();
@@ -161,7 +163,7 @@ int main(int argc, char** argv) {
                                 verbose, console_sink);
   } catch (const std::exception& e) {
     const std::string message = e.what();
-    return report_library_error(app, first_line(message), message,
+    return report_library_error(app, first_line(mftk::core::without_backtrace(message)), message,
                                 "this error comes from a library mftk uses, not from a check of mftk's; run again "
                                 "with --verbose, and report it if the input is valid",
                                 verbose, console_sink);

@@ -12,6 +12,9 @@
 #include <sstream>
 #include <stdexcept>
 
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
 #include "init_checkpoint.h"
 #include "stage.h"
 #include "train_test_support.h"
@@ -90,6 +93,23 @@ TEST(ErrorContext, StagesRecordWhatAnEscapingExceptionUnwoundThrough) {
   }
   { Stage next("saving"); }
   EXPECT_EQ(failed_stages(), "");
+}
+
+// A message of mftk's that quotes a libtorch error (plugins and the data-
+// parallel layer wrap them: "...: {}", e.what()) keeps libtorch's words and
+// loses its backtrace, which only --verbose shows.
+TEST(ErrorContext, AQuotedLibtorchErrorKeepsItsWordsAndLosesItsBacktrace) {
+  std::string quoted, words;
+  try {
+    at::mm(at::ones({2, 3}), at::ones({2, 3}));
+  } catch (const c10::Error& e) {
+    quoted = fmt::format("rank 1 of 2: the gradient all-reduce failed: {}", e.what());
+    words = e.what_without_backtrace();
+  }
+  ASSERT_FALSE(words.empty()) << "libtorch multiplied a 2x3 by a 2x3 matrix";
+  ASSERT_NE(quoted.find("frame #"), std::string::npos) << "libtorch gave no backtrace to remove:\n" << quoted;
+  EXPECT_EQ(mftk::core::without_backtrace(quoted), "rank 1 of 2: the gradient all-reduce failed: " + words);
+  EXPECT_EQ(mftk::core::without_backtrace("two\nlines\n"), "two\nlines");  // mftk's own lines stay
 }
 
 }  // namespace
