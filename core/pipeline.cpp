@@ -233,7 +233,7 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   if (dist->is_main()) {
     // A new or empty folder, or one an earlier run wrote (re-runs, resume);
     // never a folder of the user's, which a run would fill and rotate in.
-    claim_work_folder(output_dir, "run");
+    claim_work_folder(output_dir, kRunOutputKind);
     setup_log_file(output_dir);
   }
   at::manual_seed(uint64_t(training.get_int("seed")));

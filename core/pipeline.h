@@ -1,6 +1,7 @@
 // `mftk run`: the whole flow, top to bottom, one named call per stage.
 //
-// defines: mftk::core::run_pipeline, mftk::core::save_hf_checkpoint, mftk::core::kHfCheckpointKind, mftk::core::make_all_trainable,
+// defines: mftk::core::run_pipeline, mftk::core::save_hf_checkpoint, mftk::core::kHfCheckpointKind,
+//          mftk::core::kRunOutputKind, mftk::core::make_all_trainable,
 //          mftk::core::exact_match, mftk::core::LoadedModel, mftk::core::load_model
 #pragma once
 
@@ -43,6 +44,8 @@ LoadedModel load_model(const Recipe& recipe, Registry& registry, bool bf16);
 // The OutputGuard kind of a plain HF checkpoint folder mftk writes (init,
 // merge, a run's model/ and merged/): one may replace another.
 inline constexpr const char* kHfCheckpointKind = "hf-checkpoint";
+// The claim_work_folder kind of a run's output_dir.
+inline constexpr const char* kRunOutputKind = "run";
 
 // Writes model's weights (slots folded to dense) as a plain HF checkpoint
 // into dir, with config.json and the tokenizer files copied from source_dir.

@@ -11,6 +11,7 @@
 #include "mftk/exporter.h"
 #include "mftk/model.h"
 #include "mftk/optimizer.h"
+#include "mftk/output_path.h"
 #include "mftk/packer.h"
 #include "mftk/quantizer.h"
 #include "distributed.h"
@@ -83,6 +84,8 @@ void add_recipe_commands(CLI::App& app) {
       // skip the plan's data pass and leave the lint to rank 0.
       std::shared_ptr<core::Plan> plan;
       if (core::DistributedEnv::from_env().rank == 0) {
+        // output_dir first: a folder of the user's is refused before any work.
+        claim_work_folder(recipe.section("training").get_string("output_dir"), core::kRunOutputKind);
         try {
           plan = std::make_shared<core::Plan>(core::make_plan(recipe, registry, {}));
         } catch (const UsageError&) {
