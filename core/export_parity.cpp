@@ -1,8 +1,6 @@
 // The export parity gate (export_parity.h).
 #include "export_parity.h"
 
-#include <stdlib.h>
-
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +14,7 @@
 #include "batching.h"
 #include "chat_template.h"
 #include "dataset.h"
+#include "fs_util.h"
 #include "mftk/error.h"
 #include "mftk/exporter.h"
 #include "mftk/model.h"
@@ -49,31 +48,6 @@ at::Tensor row_logprobs(Model& model, const Example& ex) {
   const int64_t n = hidden.size(0) - 1;
   return at::log_softmax(model.logits(hidden.narrow(0, 0, n)).to(at::kFloat), -1).contiguous();
 }
-
-// A folder this process made (mkdtemp) and therefore may remove.
-class ReadBackFolder {
- public:
-  explicit ReadBackFolder(const std::string& parent) {
-    const fs::path base = parent.empty() ? fs::path(".") : fs::path(parent);
-    std::error_code ec;
-    fs::create_directories(base, ec);
-    std::string pattern = (base / ".mftk-parity-XXXXXX").string();
-    if (!mkdtemp(pattern.data()))
-      throw Error(fmt::format("export parity: cannot make a scratch folder in {}", base.string()),
-                  "the read-back needs write access and space for the artefact's weights in fp32 there");
-    path_ = pattern;
-  }
-  ~ReadBackFolder() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  ReadBackFolder(const ReadBackFolder&) = delete;
-  ReadBackFolder& operator=(const ReadBackFolder&) = delete;
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
 
 std::string number(double x, const char* format = "{:.4g}") {
   return std::isfinite(x) ? fmt::format(fmt::runtime(format), x) : std::string(std::isnan(x) ? "n/a" : "inf");
@@ -243,10 +217,11 @@ ParityCheck check_checkpoint_folder(Registry& registry, const ArtefactModelSourc
 }
 
 ParityCheck check_export(Registry& registry, const ArtefactModelSource& source, Exporter& exporter,
-                         const ExportJob& job, const ExportReport& report, const ParityReference& reference,
-                         const std::string& scratch_parent) {
-  ReadBackFolder scratch(scratch_parent);
-  const auto folder = exporter.read_back(job, report, scratch.str());
+                         const ExportJob& job, const ExportReport& report, const ParityReference& reference) {
+  // Beside the artefact (a filesystem mftk already writes to), under a
+  // fresh name, so removing it removes only what the read-back wrote.
+  ScratchFolder scratch(report.path, "parity-readback");
+  const auto folder = exporter.read_back(job, report, scratch.path());
   if (!folder) {
     ParityCheck c;
     c.path = report.path;
@@ -352,8 +327,8 @@ void report_parity(const std::vector<ParityCheck>& checks) {
 }
 
 RunParityGate::RunParityGate(const Recipe& recipe, Registry& registry, Model& trained, const std::vector<Example>& eval,
-                             const std::vector<Example>& train, const std::string& output_dir, bool active)
-    : registry_(registry), output_dir_(output_dir) {
+                             const std::vector<Example>& train, bool active)
+    : registry_(registry) {
   const auto& validate = recipe.section("validate");
   const int64_t max_rows = validate.get_int("parity_rows");
   if (!active || max_rows == 0) return;
@@ -396,7 +371,7 @@ void RunParityGate::check_checkpoint(const std::string& kind, const std::string&
 void RunParityGate::check_export(const ComponentRef& table, Exporter& exporter, const ExportJob& job,
                                  const ExportReport& report) {
   if (!enabled()) return;
-  auto c = core::check_export(registry_, source_, exporter, job, report, reference_, output_dir_);
+  auto c = core::check_export(registry_, source_, exporter, job, report, reference_);
   c.kind = table.plugin;
   c.table = table.table;
   if (const double max_kl = table.config.get_number("max_kl"); max_kl >= 0) c.threshold = max_kl;

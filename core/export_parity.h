@@ -155,11 +155,10 @@ ParityCheck check_checkpoint_folder(Registry& registry, const ArtefactModelSourc
                                     const ParityReference& reference);
 
 // An export's artefact, read back by its exporter into a scratch folder made
-// (and removed) under scratch_parent; "not checked (exporter has no
-// read-back)" when the exporter returns nullopt.
+// beside it (and removed after); "not checked (exporter has no read-back)"
+// when the exporter returns nullopt.
 ParityCheck check_export(Registry& registry, const ArtefactModelSource& source, Exporter& exporter,
-                         const ExportJob& job, const ExportReport& report, const ParityReference& reference,
-                         const std::string& scratch_parent);
+                         const ExportJob& job, const ExportReport& report, const ParityReference& reference);
 
 // summary.json's "export_parity": one object per check.
 nlohmann::json parity_json(const std::vector<ParityCheck>& checks);
@@ -196,7 +195,7 @@ class RunParityGate {
   // there is none) when `active`; otherwise, or with parity_rows = 0, does
   // nothing at all.
   RunParityGate(const Recipe& recipe, Registry& registry, Model& trained, const std::vector<Example>& eval,
-                const std::vector<Example>& train, const std::string& output_dir, bool active);
+                const std::vector<Example>& train, bool active);
   bool enabled() const { return !reference_.empty(); }
 
   // The merged (or, after full fine-tuning, the saved) checkpoint folder,
@@ -212,7 +211,6 @@ class RunParityGate {
   Registry& registry_;
   ArtefactModelSource source_;
   ParityReference reference_;
-  std::string output_dir_;
   double merge_max_kl_ = 0;
   std::vector<ParityCheck> checks_;
 };

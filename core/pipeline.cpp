@@ -363,7 +363,7 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   // The export parity gate: the trained model's log-probabilities on
   // held-out rows, taken now, before the merge changes the model.
   if (adapter) adapter->set_training(false);
-  RunParityGate parity(recipe, registry, model, data.eval, data.train, output_dir,
+  RunParityGate parity(recipe, registry, model, data.eval, data.train,
                        (adapter && want_merge) || !recipe.exports().empty());
   if (!adapter) parity.check_checkpoint("saved model", final_dir);
   if (adapter && want_merge) {

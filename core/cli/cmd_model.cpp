@@ -180,8 +180,7 @@ void run_export(const char* command, const std::string& plugin, const std::strin
   auto report = exporter->run(job);
   spdlog::info("{} {}: {} ({} bytes) {}", command, ref.plugin, report.path, report.bytes, report.summary);
   if (!reference.empty()) {  // while the merged folder still exists: exporters read names and tokenizer there
-    auto check = core::check_export(registry, core::ArtefactModelSource{}, *exporter, job, report, reference,
-                                    fs::path(out).lexically_normal().parent_path().string());
+    auto check = core::check_export(registry, core::ArtefactModelSource{}, *exporter, job, report, reference);
     check.kind = ref.plugin;
     if (const double max_kl = ref.config.get_number("max_kl"); max_kl >= 0) check.threshold = max_kl;
     core::report_parity({check});

@@ -400,6 +400,8 @@ type = "q8_0"
   EXPECT_GT(gguf["tokens"].get<int64_t>(), 0);
   EXPECT_NE(read_text(dir.sub("run/mftk.log")).find("parity [gguf]"), std::string::npos);
   EXPECT_NE(read_text(dir.sub("run/report.html")).find("id=\"parity\""), std::string::npos);
+  for (const auto& e : fs::directory_iterator(dir.sub("run")))  // the read-back folders are gone
+    EXPECT_EQ(e.path().filename().string().find("parity-readback"), std::string::npos) << e.path();
 
   // The commands: `mftk merge` reports the merge against base + adapter
   // unmerged and passes its fp32 default; `mftk export --adapter` past its
