@@ -34,6 +34,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "fs_util.h"
 #include "mftk/error.h"
 #include "mftk/log.h"
 #include "safetensors_parse.h"
@@ -242,35 +243,6 @@ void fsync_parent_dir(const std::string& path) {
     log::warn("fsync of directory {} failed: {}", dir.string(), errno_text(errno));
   }
   ::close(fd);
-}
-
-std::string temp_path_for(const std::string& path) {
-  return fmt::format("{}.tmp-{}", path, static_cast<long>(::getpid()));
-}
-
-// Writes a small text file atomically (temp file, fsync, rename).
-void write_text_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = temp_path_for(path);
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    throw Error(fmt::format("cannot create {}: {}", tmp, errno_text(errno)),
-                "check that the folder exists and is writable");
-  }
-  try {
-    pwrite_all(fd, text.data(), text.size(), 0, tmp);
-    if (::fsync(fd) != 0) throw Error(fmt::format("{}: fsync failed: {}", tmp, errno_text(errno)));
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    throw Error(fmt::format("cannot rename {} to {}: {}", tmp, path, errno_text(err)));
-  }
-  fsync_parent_dir(path);
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
@@ -1191,12 +1163,13 @@ SafetensorsWriter::SafetensorsWriter(std::string path, std::vector<Decl> tensors
   }
   w.data_start = 8 + header.size();
 
-  w.tmp_path = temp_path_for(w.path);
-  w.fd = ::open(w.tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // A fresh temporary name, created with O_EXCL: never someone else's file
+  // (mftk/output_path.h); removed by the destructor unless finish() renames it.
+  w.tmp_path = core::create_fresh(w.path + ".tmp", /*folder=*/false);
+  w.fd = ::open(w.tmp_path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
   if (w.fd < 0) {
     const int err = errno;
-    w.tmp_path.clear();  // nothing to remove
-    throw Error(fmt::format("cannot create {}: {}", temp_path_for(w.path), errno_text(err)),
+    throw Error(fmt::format("cannot create {}: {}", w.tmp_path, errno_text(err)),
                 "check that the folder exists and is writable");
   }
   unsigned char length_bytes[8];
@@ -1368,7 +1341,7 @@ void save_checkpoint(const std::string& dir, const NamedTensors& tensors, uint64
     }
     // transformers' layout: sorted keys, 2-space indent, trailing newline.
     nlohmann::json index = {{"metadata", {{"total_size", total_size}}}, {"weight_map", weight_map}};
-    write_text_file_atomic((root / "model.safetensors.index.json").string(),
+    write_file_atomic((root / "model.safetensors.index.json").string(),
                            index.dump(2, ' ', true) + "\n");
     keep.insert("model.safetensors.index.json");
   }
