@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "fs_util.h"
 #include "mftk/error.h"
 
 namespace mftk::gguf {
@@ -111,7 +112,6 @@ GgufWriter::GgufWriter(std::string path, const Metadata& metadata, std::vector<G
     : impl_(std::make_unique<Impl>()) {
   auto& m = *impl_;
   m.path = std::move(path);
-  m.tmp_path = m.path + ".tmp";
   m.tensors = std::move(tensors);
   auto fail = [&](const std::string& what) { throw Error(fmt::format("{}: gguf writer: {}", m.path, what)); };
 
@@ -139,6 +139,9 @@ GgufWriter::GgufWriter(std::string path, const Metadata& metadata, std::vector<G
   std::error_code ec;
   const auto parent = std::filesystem::path(m.path).parent_path();
   if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  // A fresh temporary name created with O_EXCL (not path + ".tmp", which
+  // may be someone's file): the only file opened for writing is our own.
+  m.tmp_path = core::create_fresh(m.path + ".tmp", /*folder=*/false);
   m.out = std::make_unique<Output>(m.tmp_path);
   Output& out = *m.out;
   out.scalar<uint32_t>(core::kGgufMagic);
