@@ -142,6 +142,8 @@ std::vector<std::string> describe_data(const PreparedData& data);
 std::optional<size_t> find_invalid_utf8(std::string_view text);
 
 // Version of the prepared-data format and of the tokenization rules; part of the cache key.
-inline constexpr uint32_t kPreparedDataVersion = 1;
+// 2: chat rows with tools, tool calls and tool results are encoded (they were refused, so a
+// cache made with skip_bad_rows lacks them).
+inline constexpr uint32_t kPreparedDataVersion = 2;
 
 }  // namespace mftk::core

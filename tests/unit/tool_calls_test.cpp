@@ -20,6 +20,7 @@
 
 #include "chat_template.h"
 #include "dataset.h"
+#include "init_checkpoint.h"
 #include "mftk/error.h"
 #include "mftk/tokenizer.h"
 #include "python_json.h"
@@ -591,4 +592,67 @@ TEST(ToolTokens, TinyTokenizerCarriesTheV3ToolControlsWhereMistralHasThem) {
   }
   // The tool pieces without the [INST] ones make no sense.
   EXPECT_THROW(mftk::core::train_sentencepiece(corpus, with_tools, 400, false, true), mftk::UsageError);
+}
+
+// The chat template `mftk init` writes (GGUF exports copy it) must render
+// what the v3 encoder builds. Rendered here by jinja2 the way transformers
+// sets it up (tojson = json.dumps(ensure_ascii=False)); the expected text
+// is the rules at text level: each control piece, then " " + the JSON,
+// which a sentencepiece tokenizer encodes as the "▁"-prefixed JSON alone.
+TEST(ToolTokens, InitChatTemplateRendersToolsAsTheEncoderDoes) {
+  if (std::system("python3 -c 'import jinja2' > /dev/null 2>&1") != 0) GTEST_SKIP() << "no python3 jinja2";
+  const fs::path dir = fs::temp_directory_path() / ("mftk_tool_template_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  mftk::core::InitOptions o;
+  o.preset = "tiny";
+  o.out = (dir / "model").string();
+  o.corpus = (fs::path(MFTK_SOURCE_DIR) / "data/tokenizer/corpus.txt").string();
+  o.tokenizer_vocab = 400;
+  o.tool_controls = true;
+  o.overrides = {{"num_hidden_layers", 1}, {"hidden_size", 32}, {"intermediate_size", 64}};
+  mftk::core::write_random_checkpoint(o);
+  {
+    std::ofstream script(dir / "render.py");
+    script << R"PY(import json, sys, jinja2
+cfg = json.load(open(sys.argv[1]))
+env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(
+    x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+def fail(message): raise Exception(message)
+env.globals["raise_exception"] = fail
+tools = [{"type": "function", "function": {"name": "calculator", "description": "Math",
+          "parameters": {"type": "object", "properties": {"b": {"type": "number"}, "a": {"type": "number"}}}}},
+         {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+messages = [{"role": "system", "content": "Use tools."},
+            {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "6*7 and Zürich?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "a1B2c3D4e", "type": "function", "function": {"name": "calculator", "arguments": {"a": 6, "b": 7.0}}},
+                {"id": "Zz9Yy8Xx7", "type": "function", "function": {"name": "lookup", "arguments": {"city": "Zürich"}}}]},
+            {"role": "tool", "tool_call_id": "a1B2c3D4e", "content": "sunny, 20 °C"},
+            {"role": "tool", "tool_call_id": "Zz9Yy8Xx7", "content": "42"},
+            {"role": "assistant", "content": "Done."}]
+text = env.from_string(cfg["chat_template"]).render(messages=messages, tools=tools, bos_token="<s>", eos_token="</s>")
+open(sys.argv[2], "w", encoding="utf-8").write(text)
+)PY";
+  }
+  const std::string cmd = "python3 " + (dir / "render.py").string() + " " +
+                          (dir / "model" / "tokenizer_config.json").string() + " " + (dir / "out.txt").string();
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::ifstream in(dir / "out.txt");
+  const std::string rendered((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  fs::remove_all(dir);
+  const std::string expected =
+      "<s>[INST] Hi[/INST] Hello</s>"
+      R"([AVAILABLE_TOOLS] [{"type": "function", "function": {"name": "calculator", "description": "Math", )"
+      R"("parameters": {"type": "object", "properties": {"b": {"type": "number"}, "a": {"type": "number"}}}}}, )"
+      R"({"type": "function", "function": {"name": "lookup", "description": "", "parameters": {"type": "object"}}}])"
+      "[/AVAILABLE_TOOLS][INST] Use tools.\n\n6*7 and Zürich?[/INST]"
+      R"([TOOL_CALLS] [{"name": "calculator", "arguments": {"a": 6, "b": 7.0}, "id": "a1B2c3D4e"}, )"
+      R"({"name": "lookup", "arguments": {"city": "Zürich"}, "id": "Zz9Yy8Xx7"}]</s>)"
+      R"([TOOL_RESULTS] {"content": "sunny, 20 °C", "call_id": "a1B2c3D4e"}[/TOOL_RESULTS])"
+      R"([TOOL_RESULTS] {"content": 42, "call_id": "Zz9Yy8Xx7"}[/TOOL_RESULTS])"
+      " Done.</s>";
+  EXPECT_EQ(rendered, expected);
 }
