@@ -132,7 +132,7 @@ std::string report_html(const ReportInputs& in, const std::vector<CurveSeries>& 
                          c.contains("top1_agreement") && c["top1_agreement"].is_number()
                              ? fmt::format("{:.2f}%", 100 * c["top1_agreement"].get<double>())
                              : std::string("n/a"),
-                         num(c, "ppl_trained", "{:.4g}"), num(c, "ppl_artefact", "{:.4g}"), c.value("rows", int64_t(0)),
+                         num(c, "ppl_trained", "{:.4f}"), num(c, "ppl_artefact", "{:.4f}"), c.value("rows", int64_t(0)),
                          c.value("tokens", int64_t(0)));
       else
         h += "<td>&ndash;</td><td>&ndash;</td><td>&ndash;</td><td>&ndash;</td>";
