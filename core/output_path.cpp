@@ -252,7 +252,9 @@ void OutputGuard::commit() {
     // Filled in place: the folder (its permissions, a shell inside it) stays.
     // The record goes first, so an interrupted move is still recognised as mftk's.
     rename_or_throw(staged / kOutputRecordFile, path / kOutputRecordFile);
-    for (const auto& e : fs::directory_iterator(staged)) rename_or_throw(e.path(), path / e.path().filename());
+    std::vector<fs::path> entries;  // listed first: the folder is not changed while it is read
+    for (const auto& e : fs::directory_iterator(staged)) entries.push_back(e.path());
+    for (const auto& e : entries) rename_or_throw(e, path / e.filename());
     fs::remove(staged, ec);
   } else {
     // mftk's own earlier output: set aside under a fresh name, swap, delete.
