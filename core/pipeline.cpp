@@ -383,7 +383,10 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
     auto exporter = registry.create<Exporter>(Kind::exporter, ex.plugin, ex.config);
     ExportJob job;
     job.model_dir = merged_dir;
-    job.out = ex.config.get_string("out");
+    // A relative `out` lives in output_dir, with everything else the run
+    // writes, not wherever the command happened to be started.
+    const fs::path out = ex.config.get_string("out");
+    job.out = out.is_absolute() ? out.string() : (fs::path(output_dir) / out).string();
     job.model = &model;
     // Calibration documents for exporters that run the model (awq): the
     // training documents' token ids; exporters that need none ignore them.

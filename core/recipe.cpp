@@ -237,7 +237,9 @@ void apply_override(toml::table& doc, const std::string& text, std::vector<std::
 
 }  // namespace
 
-KeySpec export_out_key() { return KeySpec::string("out", std::nullopt, "file or folder to write"); }
+KeySpec export_out_key() {
+  return KeySpec::string("out", std::nullopt, "file or folder to write; a relative path is taken inside training.output_dir");
+}
 
 const std::map<std::string, Kind>& component_tables() {
   static const std::map<std::string, Kind> t = {{"model", Kind::model},         {"adapter", Kind::adapter},

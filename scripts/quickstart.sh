@@ -12,4 +12,4 @@ if [ ! -f out/quickstart/base/config.json ]; then
 fi
 build/bin/mftk run configs/quickstart.toml "$@"
 echo
-echo "summary: out/quickstart/run/summary.json   loss curve: out/quickstart/run/loss_curve.svg"
+echo "summary: out/quickstart/run/summary.json   loss curve: out/quickstart/run/loss_curve.svg   llama.cpp: out/quickstart/run/quickstart-q8_0.gguf"

@@ -307,6 +307,17 @@ TEST(QloraE2E, QuickstartQloraFromAQuantisedFolderTracksBf16LoraAndMerges) {
     return out;
   };
   const std::string lora = train(base, "lora"), qlora = train(base4, "qlora");
+  // The recipe's [[export]] (out relative: inside output_dir) and its parity line.
+  for (const std::string& run : {lora, qlora}) {
+    EXPECT_TRUE(fs::is_regular_file(run + "/quickstart-q8_0.gguf")) << run;
+    const json summary = json::parse(mftk::core::read_file(run + "/summary.json"));
+    ASSERT_TRUE(summary.contains("export_parity")) << summary.dump();
+    bool gguf_checked = false;
+    for (const json& check : summary["export_parity"])
+      if (check.value("path", "").find("quickstart-q8_0.gguf") != std::string::npos)
+        gguf_checked = check.value("passed", false);
+    EXPECT_TRUE(gguf_checked) << summary["export_parity"].dump();
+  }
   const std::string qlog = text_of(dir.sub("qlora.out"));
   EXPECT_NE(qlog.find("loaded as stored quantised"), std::string::npos) << qlog;
   EXPECT_NE(qlog.find("merged onto the dequantised base"), std::string::npos) << qlog;
