@@ -150,7 +150,7 @@ int64_t write_random_checkpoint(const InitOptions& o) {
     if (o.corpus.empty() || !fs::exists(o.corpus))
       throw UsageError(fmt::format("tokenizer corpus '{}' not found", o.corpus),
                        "run from the mftk source folder, pass --corpus FILE, or --tokenizer FILE");
-    train_sentencepiece(o.corpus, tok_path, o.tokenizer_vocab, o.v3_controls);
+    train_sentencepiece(o.corpus, tok_path, o.tokenizer_vocab, o.v3_controls, o.tool_controls);
   }
   auto tokenizer = Tokenizer::load(tok_path);
 
