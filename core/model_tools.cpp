@@ -141,28 +141,6 @@ std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, const std::string
       .ids;
 }
 
-std::vector<ChatMessage> parse_chat_messages(const std::string& json_text, const std::string& source) {
-  const auto doc = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  const std::string shape_hint = R"(write {"messages": [{"role": "user", "content": "..."}, ...]} or just the list)";
-  if (doc.is_discarded()) throw UsageError(fmt::format("{}: not valid JSON", source), shape_hint);
-  const nlohmann::json* list = &doc;
-  if (doc.is_object()) {
-    if (!doc.contains("messages")) throw UsageError(fmt::format("{}: no \"messages\" key", source), shape_hint);
-    list = &doc["messages"];
-  }
-  if (!list->is_array()) throw UsageError(fmt::format("{}: the messages are not a JSON list", source), shape_hint);
-  std::vector<ChatMessage> messages;
-  for (size_t i = 0; i < list->size(); ++i) {
-    const auto& m = (*list)[i];
-    if (!m.is_object() || !m.contains("role") || !m.contains("content") || !m["role"].is_string() ||
-        !m["content"].is_string())
-      throw UsageError(fmt::format("{}: message {} needs string fields \"role\" and \"content\"", source, i),
-                       shape_hint);
-    messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
-  }
-  return messages;
-}
-
 std::string tokenization_json(const Tokenizer& tokenizer, const std::vector<int32_t>& ids,
                               const std::vector<uint8_t>& label_mask) {
   MFTK_CHECK(ids.size() == label_mask.size(), "tokenization_json: {} ids but {} mask entries", ids.size(),

@@ -7,7 +7,7 @@
 // defines: mftk::core::component_config, mftk::core::ModelBundleOptions, mftk::core::ModelBundle,
 //          mftk::core::load_model_bundle, mftk::core::stored_quantizer_plugin,
 //          mftk::core::quantizer_for_checkpoint, mftk::core::load_adapter, mftk::core::encode_text,
-//          mftk::core::encode_prompt, mftk::core::parse_chat_messages,
+//          mftk::core::encode_prompt,
 //          mftk::core::tokenization_json, mftk::core::TopToken, mftk::core::TokenLogprobs,
 //          mftk::core::compute_logprobs, mftk::core::logprobs_json, mftk::core::make_recipe_packer,
 //          mftk::core::DocumentCheck, mftk::core::relative_difference, mftk::core::RowVerdict,
@@ -88,10 +88,6 @@ std::vector<int32_t> encode_text(const Tokenizer& tokenizer, const std::string& 
 // A generation prompt: encode_text, or with `chat` one user turn in the
 // tokenizer's chat format, ending where the assistant reply starts.
 std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, const std::string& prompt, bool chat);
-
-// Messages of a chat JSON document: {"messages": [...]} or a bare list of
-// {"role", "content"} objects. Problems are a UsageError naming `source`.
-std::vector<ChatMessage> parse_chat_messages(const std::string& json_text, const std::string& source);
 
 // {"ids":[...], "pieces":[...], "label_mask":[...]} (`mftk tokenize`).
 std::string tokenization_json(const Tokenizer& tokenizer, const std::vector<int32_t>& ids,
