@@ -18,6 +18,7 @@ void add_data_commands(CLI::App& app);     // tokenize, preprocess, eval, verify
 void add_inspect_commands(CLI::App& app);  // inspect (GGUF files)                           (cmd_inspect.cpp)
 void add_plan_commands(CLI::App& app);     // plan (memory, steps, time, data fit; no training) (cmd_plan.cpp)
 void add_launch_commands(CLI::App& app);   // launch (data-parallel ranks on this machine)   (cmd_launch.cpp)
+void add_plugin_commands(CLI::App& app);   // plugin check (the conformance kit)             (cmd_plugin.cpp)
 
 // The positional recipe file and its --set overrides, shared by every
 // recipe-taking command (cmd_recipe.cpp).

@@ -140,6 +140,7 @@ int main(int argc, char** argv) {
   mftk::cli::add_inspect_commands(app);
   mftk::cli::add_plan_commands(app);
   mftk::cli::add_launch_commands(app);
+  mftk::cli::add_plugin_commands(app);
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,103 @@
+// Model checks: the attention rule of batch.h and the decode contract of
+// model.h, on the tiny random checkpoint.
+//   forward shapes        hidden [B, T, hidden], logits [B, T, vocab], finite
+//   causal                changing token k never moves a logit at a position < k
+//   documents separate    a document packed after another scores as it does alone
+//   kv cache              decode() token by token equals one full forward pass
+#include <fmt/format.h>
+
+#include "mftk/model.h"
+#include "plugin_check/check_support.h"
+#include "registry.h"
+
+namespace mftk::core::check {
+namespace {
+
+// fp32 on a tiny model: what differs only by summation order stays far below this.
+constexpr double kSameLogits = 1e-4;
+constexpr int64_t kLen = 12;  // longer than the checkpoint's sliding window (4)
+
+}  // namespace
+
+void check_model(Registry& registry, const ComponentInfo& component, TinyModelSource& source, Checker& checker) {
+  (void)registry;
+  std::unique_ptr<Model> model;
+  const bool made = checker.run("defaults valid", [&] { model = source.load(component.spec.name); });
+  if (!made) {
+    for (const char* c : {"forward shapes", "causal", "documents separate", "kv cache"})
+      checker.report(c, CheckOutcome::skip, "the model could not be created from default keys");
+    return;
+  }
+  const ModelShape shape = model->shape();
+  checker.run("forward shapes", [&] {
+    const auto batch = single_document_batch(random_ids(2, kLen, shape.vocab_size, 1));
+    at::NoGradGuard no_grad;
+    const auto hidden = model->forward(batch);
+    if (hidden.sizes() != at::IntArrayRef({2, kLen, shape.hidden_size}))
+      throw CheckFailed(fmt::format("forward() gave {}, expected [2, {}, {}] (hidden_size from shape())",
+                                    sizes_text(hidden), kLen, shape.hidden_size));
+    const auto logits = model->logits(hidden);
+    if (logits.sizes() != at::IntArrayRef({2, kLen, shape.vocab_size}))
+      throw CheckFailed(fmt::format("logits() gave {}, expected [2, {}, {}]", sizes_text(logits),
+                                    kLen, shape.vocab_size));
+    if (!logits.isfinite().all().item<bool>()) throw CheckFailed("logits hold non-finite values");
+    checker.note(fmt::format("logits {}", sizes_text(logits)));
+  });
+  checker.run("causal", [&] {
+    const auto ids = random_ids(1, kLen, shape.vocab_size, 2);
+    const auto base = logits_of(*model, single_document_batch(ids));
+    double worst = 0;
+    for (int64_t k : {int64_t(1), kLen / 2, kLen - 1}) {
+      auto changed = ids.clone();
+      changed[0][k] = 3 + (changed[0][k].item<int64_t>() - 3 + 1) % (shape.vocab_size - 3);
+      const auto other = logits_of(*model, single_document_batch(changed));
+      const double d = max_relative_difference(other.narrow(1, 0, k), base.narrow(1, 0, k), "logits before k");
+      worst = std::max(worst, d);
+      if (d > kSameLogits)
+        throw CheckFailed(fmt::format("changing token {} moved the logits of earlier positions by {:.3g} (relative); "
+                                      "a query may see only keys at or before it",
+                                      k, d));
+    }
+    checker.note(fmt::format("max relative change before k {:.2g}", worst));
+  });
+  checker.run("documents separate", [&] {
+    // Row: document A (5 tokens) then document B (7), positions restarting.
+    const int64_t la = 5, lb = kLen - 5;
+    const auto ids = random_ids(1, kLen, shape.vocab_size, 3);
+    Batch packed = single_document_batch(ids);
+    for (int64_t t = la; t < kLen; ++t) {
+      packed.position_ids[0][t] = t - la;
+      packed.doc_ids[0][t] = 1;
+    }
+    const auto together = logits_of(*model, packed).narrow(1, la, lb);
+    const auto alone = logits_of(*model, single_document_batch(ids.narrow(1, la, lb).contiguous()));
+    const double d = max_relative_difference(together, alone, "second document's logits");
+    checker.note(fmt::format("max relative difference {:.2g}", d));
+    if (d > kSameLogits)
+      throw CheckFailed(fmt::format("a document packed after another scores differently from the same document "
+                                    "alone (max relative difference {:.3g}); attention must follow doc_ids and "
+                                    "position_ids (batch.h)",
+                                    d));
+  });
+  checker.run("kv cache", [&] {
+    const auto ids = random_ids(1, kLen, shape.vocab_size, 4);
+    const auto full = logits_of(*model, single_document_batch(ids));
+    at::NoGradGuard no_grad;
+    auto state = model->start_decode(kLen);
+    std::vector<at::Tensor> steps;
+    // A prompt of 3 tokens at once, then one token per call.
+    steps.push_back(model->decode(*state, ids[0].narrow(0, 0, 3).contiguous()));
+    for (int64_t t = 3; t < kLen; ++t) steps.push_back(model->decode(*state, ids[0].narrow(0, t, 1).contiguous()));
+    if (state->position() != kLen)
+      throw CheckFailed(fmt::format("DecodeState::position() is {} after {} tokens", state->position(), kLen));
+    const auto decoded = model->logits(at::cat(steps, 0)).to(at::kFloat).unsqueeze(0);
+    const double d = max_relative_difference(decoded, full, "decoded logits");
+    checker.note(fmt::format("max relative difference {:.2g} over {} tokens", d, kLen));
+    if (d > kSameLogits)
+      throw CheckFailed(fmt::format("decoding with the KV cache differs from a full forward pass by {:.3g} "
+                                    "(relative; {} tokens, the checkpoint's sliding window is 4)",
+                                    d, kLen));
+  });
+}
+
+}  // namespace mftk::core::check
