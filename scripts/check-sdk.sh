@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The SDK as a third party meets it: install mftk, build
 # examples/tensor_stats_exporter out of tree with find_package(mftk), and run
-# it by name from a recipe and from `mftk export`.
+# it by name from a recipe and from `mftk export`, after `mftk plugin check`.
 set -euo pipefail
 # Usage: check-sdk.sh [BUILD_DIR]   (run by ctest as the test sdk_out_of_tree)
 cd "$(dirname "$0")/.."
@@ -15,6 +15,9 @@ mftk="$work/prefix/bin/mftk"
 export MFTK_PLUGIN_PATH="$work/example"
 "$mftk" plugins | tee "$work/plugins.txt"
 grep -q "acme_tensor_stats .* ok .*exporter:acme.tensor_stats" "$work/plugins.txt"
+# The conformance kit, as a third party runs it on its plugin (exit 1 on any failed check).
+"$mftk" plugin check "$work/example/libmftk-acme_tensor_stats.so" | tee "$work/check.txt"
+grep -q "^PASS .*exporter:acme.tensor_stats .*refuses foreign path" "$work/check.txt"
 "$mftk" init --preset tiny --layers 1 --seed 1 --out "$work/tiny" >/dev/null
 "$mftk" validate examples/tensor_stats_exporter/recipe.toml --set model.path="$work/tiny"
 "$mftk" export --plugin acme.tensor_stats --model "$work/tiny" --out "$work/stats.json" --set match=layers.0.
