@@ -3,6 +3,7 @@
 //                          doc id, in position order) are exactly the examples,
 //                          each once: the multiset of (document, position, id)
 //                          is preserved
+//                          (rows built with and without pad_to_sequence_len)
 //   documents separate     the Batch contract (batch.h): vectors of one length
 //                          <= sequence_len, each document contiguous with
 //                          position_ids 0, 1, ..., doc ids 0, 1, ... in row order
@@ -66,7 +67,7 @@ std::vector<Found> documents_in(const std::vector<PackedRow>& rows) {
 }  // namespace
 
 void check_packer(Registry& registry, const ComponentInfo& component, Checker& checker) {
-  std::vector<PackedRow> rows;
+  std::vector<PackedRow> rows, padded_rows;
   const auto examples = synthetic_examples();
   bool packed = false;
   checker.run("no token lost", [&] {
@@ -77,13 +78,24 @@ void check_packer(Registry& registry, const ComponentInfo& component, Checker& c
     options.seed = 1;
     PackStats stats;
     rows = packer->pack(examples, options, stats);
+    PackStats padded_stats;
+    options.pad_to_sequence_len = true;
+    padded_rows = packer->pack(examples, options, padded_stats);
     packed = true;
-    std::vector<std::vector<int32_t>> want, got;
+    for (const auto& row : padded_rows)
+      if (int64_t(row.ids.size()) != kSequenceLen)
+        throw CheckFailed(fmt::format("with pad_to_sequence_len a row is {} long, not sequence_len {}",
+                                      row.ids.size(), kSequenceLen));
+    std::vector<std::vector<int32_t>> want, got, got_padded;
     for (const auto& e : examples) want.push_back(e.ids);
     for (auto& f : documents_in(rows)) got.push_back(std::move(f.ids));
+    for (auto& f : documents_in(padded_rows)) got_padded.push_back(std::move(f.ids));
     std::sort(want.begin(), want.end());
     std::sort(got.begin(), got.end());
+    std::sort(got_padded.begin(), got_padded.end());
     checker.note(fmt::format("{} documents in {} rows", got.size(), rows.size()));
+    if (got == want && got_padded != want)
+      throw CheckFailed("with pad_to_sequence_len the documents in the rows are not the inputs, each once");
     if (got == want) return;
     size_t lost = 0, extra = 0;
     for (const auto& w : want) lost += std::count(got.begin(), got.end(), w) == 0;
@@ -99,8 +111,10 @@ void check_packer(Registry& registry, const ComponentInfo& component, Checker& c
   checker.run("documents separate", [&] {
     std::map<std::vector<int32_t>, const Example*> by_ids;
     for (const auto& e : examples) by_ids[e.ids] = &e;
-    for (size_t r = 0; r < rows.size(); ++r) {
-      const auto& row = rows[r];
+    std::vector<PackedRow> all = rows;
+    all.insert(all.end(), padded_rows.begin(), padded_rows.end());  // row numbers past rows.size(): padded run
+    for (size_t r = 0; r < all.size(); ++r) {
+      const auto& row = all[r];
       const size_t n = row.ids.size();
       if (row.targets.size() != n || row.position_ids.size() != n || row.doc_ids.size() != n)
         throw CheckFailed(fmt::format("row {}: ids, targets, position_ids and doc_ids differ in length", r));

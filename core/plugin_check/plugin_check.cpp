@@ -49,6 +49,9 @@ bool Checker::run(const std::string& check, const std::function<void()>& body) {
   } catch (const std::exception& e) {
     report(check, CheckOutcome::fail, fmt::format("threw: {}", without_first_backtrace(e.what())));
     return false;
+  } catch (...) {
+    report(check, CheckOutcome::fail, "threw something that is not a std::exception (throw mftk::Error)");
+    return false;
   }
   report(check, CheckOutcome::pass, note_);
   return true;
