@@ -3,7 +3,8 @@
 //   writes only under out   a run into a missing path changes nothing in the
 //                           scratch folder or the checkpoint outside job.out
 //   refuses foreign path    a run onto a folder holding a file mftk did not write,
-//                           and onto a foreign file, throws and changes neither
+//                           and onto a foreign file, throws mftk::UsageError (exit 2,
+//                           as OutputGuard does) and changes neither
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -11,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "mftk/error.h"
 #include "mftk/exporter.h"
 #include "mftk/model.h"
 #include "plugin_check/check_support.h"
@@ -114,8 +116,14 @@ void check_exporter(Registry& registry, const ComponentInfo& component, TinyMode
       try {
         auto exporter = make();
         exporter->run(job_for(target.string()));
-      } catch (const std::exception&) {
+      } catch (const UsageError&) {
         threw = true;
+      } catch (const std::exception& e) {
+        // A refusal is the user's to fix (another path), so it is a UsageError: exit 2, as OutputGuard throws.
+        threw = true;
+        const std::string what = e.what();
+        problems.push_back(fmt::format("run() onto {} threw, but not mftk::UsageError: {}", shown,
+                                       what.substr(0, what.find('\n'))));
       }
       if (!threw) problems.push_back(fmt::format("run() onto {} did not refuse", shown));
       if (snapshot(area) != before || read_file(area / "folder" / "notes.txt") != kForeignText ||
