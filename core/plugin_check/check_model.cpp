@@ -22,10 +22,15 @@ constexpr int64_t kLen = 12;  // longer than the checkpoint's sliding window (4)
 void check_model(Registry& registry, const ComponentInfo& component, TinyModelSource& source, Checker& checker) {
   (void)registry;
   std::unique_ptr<Model> model;
-  const bool made = checker.run("defaults valid", [&] { model = source.load(component.spec.name); });
+  const bool made = checker.run("defaults valid", [&] {
+    for (const auto& key : component.spec.keys)
+      if (!key.default_value && key.name != "path")
+        throw CheckSkipped(fmt::format("key '{}' is required (no default), so the check cannot make one", key.name));
+    model = source.load(component.spec.name);
+  });
   if (!made) {
     for (const char* c : {"forward shapes", "causal", "documents separate", "kv cache"})
-      checker.report(c, CheckOutcome::skip, "the model could not be created from default keys");
+      checker.report(c, CheckOutcome::skip, "the model could not be created from default keys and the checkpoint path");
     return;
   }
   const ModelShape shape = model->shape();
