@@ -2,7 +2,7 @@
 // with fork + exec, its output appended to a log file, waited for with a
 // deadline so a hung run fails the test instead of the whole ctest run.
 //
-// defines: mftk::child_process::SpawnOptions, spawn, wait_status, exit_code
+// defines: mftk::child_process::mftk_binary, shell_quote, SpawnOptions, spawn, wait_status, exit_code
 #pragma once
 
 #include <fcntl.h>
@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <thread>
@@ -20,6 +21,16 @@
 extern char** environ;
 
 namespace mftk::child_process {
+
+// The mftk binary of this build.
+inline std::string mftk_binary() { return (std::filesystem::path(MFTK_BINARY_DIR) / "bin" / "mftk").string(); }
+
+// 'text' for the shell, whatever it holds.
+inline std::string shell_quote(const std::string& text) {
+  std::string out = "'";
+  for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
 
 struct SpawnOptions {
   std::map<std::string, std::string> env;  // added to (or replacing in) this process's environment

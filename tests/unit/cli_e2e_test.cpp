@@ -29,6 +29,7 @@
 #include "mftk/model.h"
 #include "mftk/tokenizer.h"
 #include "mistral/mistral_model.h"
+#include "child_process.h"
 #include "model_tools.h"
 
 namespace fs = std::filesystem;
@@ -36,14 +37,8 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string mftk_binary() { return (fs::path(MFTK_BINARY_DIR) / "bin" / "mftk").string(); }
-
-// 'text' for the shell, whatever it holds.
-std::string shell_quote(const std::string& text) {
-  std::string out = "'";
-  for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
+using mftk::child_process::mftk_binary;
+using mftk::child_process::shell_quote;
 
 struct CommandResult {
   int exit_code = -1;

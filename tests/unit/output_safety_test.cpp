@@ -25,6 +25,7 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include "child_process.h"
 #include "gguf_reader.h"
 #include "lora/lora_adapter.h"
 #include "mftk/error.h"
@@ -37,13 +38,8 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string mftk_binary() { return (fs::path(MFTK_BINARY_DIR) / "bin" / "mftk").string(); }
-
-std::string quote(const std::string& text) {
-  std::string out = "'";
-  for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
+using mftk::child_process::mftk_binary;
+using mftk::child_process::shell_quote;
 
 std::string read_bytes(const fs::path& path) {
   std::ifstream f(path, std::ios::binary);
@@ -81,7 +77,7 @@ class OutputSafety : public testing::Test {
     dir_ = pattern;
     base_ = (dir_ / "base").string();
     const auto init = run("init --preset tiny --layers 1 --hidden 64 --intermediate 128 --heads 4 --kv-heads 2 "
-                          "--vocab 512 --seed 1 --out " + quote(base_));
+                          "--vocab 512 --seed 1 --out " + shell_quote(base_));
     ASSERT_EQ(init.exit_code, 0) << init.err;
     std::string rows;
     for (int i = 0; i < 16; ++i)
@@ -126,8 +122,8 @@ threads = 1
   static Result run(const std::string& args, const std::string& cwd = "") {
     static int counter = 0;
     const fs::path log = dir_ / fmt::format("mftk-{}.log", ++counter);
-    const std::string cd = cwd.empty() ? "" : "cd " + quote(cwd) + " && ";
-    const int status = std::system((cd + mftk_binary() + " " + args + " > " + quote(log.string()) + " 2>&1").c_str());
+    const std::string cd = cwd.empty() ? "" : "cd " + shell_quote(cwd) + " && ";
+    const int status = std::system((cd + mftk_binary() + " " + args + " > " + shell_quote(log.string()) + " 2>&1").c_str());
     Result r;
     r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     r.err = read_bytes(log);
@@ -176,7 +172,7 @@ threads = 1
     EXPECT_EQ(tree(watched), before) << "mftk " << args << " changed " << watched;
   }
 
-  std::string model_args() const { return " --model " + quote(base_); }
+  std::string model_args() const { return " --model " + shell_quote(base_); }
 
   static inline fs::path dir_;
   static inline std::string base_, adapter_, data_, recipe_;
@@ -186,7 +182,7 @@ threads = 1
 
 TEST_F(OutputSafety, EveryWritingCommandRefusesAFolderHoldingAUsersFile) {
   const fs::path user = user_folder("user");
-  const std::string out = " --out " + quote(user.string());
+  const std::string out = " --out " + shell_quote(user.string());
   const auto refused = [&](const std::string& args) { expect_refused(args, user, dir_ / "user"); };
   const auto names_beside = [] {
     std::set<std::string> names;
@@ -195,12 +191,12 @@ TEST_F(OutputSafety, EveryWritingCommandRefusesAFolderHoldingAUsersFile) {
   };
   const auto before = names_beside();
   refused("init --preset tiny --layers 1 --hidden 64 --intermediate 128 --heads 4 --kv-heads 2 --vocab 512" + out);
-  refused("merge" + model_args() + " --adapter " + quote(adapter_) + out);
+  refused("merge" + model_args() + " --adapter " + shell_quote(adapter_) + out);
   refused("quantize --plugin nf4" + model_args() + out);
-  refused("export --plugin awq" + model_args() + out + " --set group_size=32 --set calibration_file=" + quote(data_));
+  refused("export --plugin awq" + model_args() + out + " --set group_size=32 --set calibration_file=" + shell_quote(data_));
   refused("export --plugin gguf" + model_args() + out);  // a folder where a file is to go
-  refused("export --plugin gguf" + model_args() + " --adapter " + quote(adapter_) + out);
-  refused("run " + quote(recipe_) + " --set " + quote("training.output_dir=\"" + user.string() + "\""));
+  refused("export --plugin gguf" + model_args() + " --adapter " + shell_quote(adapter_) + out);
+  refused("run " + shell_quote(recipe_) + " --set " + shell_quote("training.output_dir=\"" + user.string() + "\""));
   // Nothing was left beside it either (no staging or scratch folders).
   EXPECT_EQ(names_beside(), before);
 }
@@ -210,20 +206,20 @@ TEST_F(OutputSafety, EveryFileWriterRefusesAUsersFile) {
   const fs::path gguf = folder / "model.gguf";
   write_bytes(gguf, kUserBytes);
   const auto refused = [&](const std::string& args, const fs::path& named) { expect_refused(args, named, folder); };
-  refused("export --plugin gguf" + model_args() + " --out " + quote(gguf.string()), gguf);
-  refused("export --plugin gguf" + model_args() + " --adapter " + quote(adapter_) + " --out " + quote(gguf.string()),
+  refused("export --plugin gguf" + model_args() + " --out " + shell_quote(gguf.string()), gguf);
+  refused("export --plugin gguf" + model_args() + " --adapter " + shell_quote(adapter_) + " --out " + shell_quote(gguf.string()),
           gguf);
   // A file where a folder is to go.
-  refused("quantize --plugin nf4" + model_args() + " --out " + quote(gguf.string()), gguf);
-  refused("export --plugin awq" + model_args() + " --out " + quote(gguf.string()) +
-              " --set group_size=32 --set calibration_file=" + quote(data_),
+  refused("quantize --plugin nf4" + model_args() + " --out " + shell_quote(gguf.string()), gguf);
+  refused("export --plugin awq" + model_args() + " --out " + shell_quote(gguf.string()) +
+              " --set group_size=32 --set calibration_file=" + shell_quote(data_),
           gguf);
-  refused("merge" + model_args() + " --adapter " + quote(adapter_) + " --out " + quote(gguf.string()), gguf);
-  refused("init --preset tiny --layers 1 --out " + quote(gguf.string()), gguf);
+  refused("merge" + model_args() + " --adapter " + shell_quote(adapter_) + " --out " + shell_quote(gguf.string()), gguf);
+  refused("init --preset tiny --layers 1 --out " + shell_quote(gguf.string()), gguf);
   // mftk plan --json.
   const fs::path plan = folder / "plan.json";
   write_bytes(plan, "{\"mine\": true}\n");
-  refused("plan " + quote(recipe_) + " --json " + quote(plan.string()), plan);
+  refused("plan " + shell_quote(recipe_) + " --json " + shell_quote(plan.string()), plan);
 }
 
 TEST_F(OutputSafety, ThePreparedDataCacheNeverReplacesAUsersFile) {
@@ -231,29 +227,29 @@ TEST_F(OutputSafety, ThePreparedDataCacheNeverReplacesAUsersFile) {
   const fs::path folder = dir_ / "user-cache";
   const fs::path file = folder / "prepared";
   write_bytes(file, kUserBytes);
-  expect_refused("preprocess " + quote(recipe_) + " --set " +
-                     quote("data.dataset_prepared_path=\"" + file.string() + "\""),
+  expect_refused("preprocess " + shell_quote(recipe_) + " --set " +
+                     shell_quote("data.dataset_prepared_path=\"" + file.string() + "\""),
                  file, folder);
   // The cache file itself replaced by the user's bytes: neither a rebuild
   // nor --force writes over it.
   const fs::path cache = dir_ / "cache-own";
-  const std::string set = " --set " + quote("data.dataset_prepared_path=\"" + cache.string() + "\"");
-  ASSERT_EQ(run("preprocess " + quote(recipe_) + set).exit_code, 0);
+  const std::string set = " --set " + shell_quote("data.dataset_prepared_path=\"" + cache.string() + "\"");
+  ASSERT_EQ(run("preprocess " + shell_quote(recipe_) + set).exit_code, 0);
   fs::path examples;
   for (const auto& e : fs::recursive_directory_iterator(cache))
     if (e.path().filename() == "examples.bin") examples = e.path();
   ASSERT_FALSE(examples.empty());
-  EXPECT_EQ(run("preprocess " + quote(recipe_) + set + " --force").exit_code, 0);  // its own cache: rebuilt
+  EXPECT_EQ(run("preprocess " + shell_quote(recipe_) + set + " --force").exit_code, 0);  // its own cache: rebuilt
   write_bytes(examples, kUserBytes);
-  expect_refused("preprocess " + quote(recipe_) + set, examples, cache);
-  expect_refused("preprocess " + quote(recipe_) + set + " --force", examples, cache);
+  expect_refused("preprocess " + shell_quote(recipe_) + set, examples, cache);
+  expect_refused("preprocess " + shell_quote(recipe_) + set + " --force", examples, cache);
 }
 
 TEST_F(OutputSafety, OutDotInAFolderWithAUsersFileIsRefused) {
   const fs::path user = user_folder("dot");
   const auto refused = [&](const std::string& args) { expect_refused(args, user, user, user.string()); };
-  refused("export --plugin awq" + model_args() + " --out . --set group_size=32 --set calibration_file=" + quote(data_));
-  refused("merge" + model_args() + " --adapter " + quote(adapter_) + " --out .");
+  refused("export --plugin awq" + model_args() + " --out . --set group_size=32 --set calibration_file=" + shell_quote(data_));
+  refused("merge" + model_args() + " --adapter " + shell_quote(adapter_) + " --out .");
   refused("quantize --plugin nf4" + model_args() + " --out .");
   refused("init --preset tiny --layers 1 --out .");
   refused("export --plugin gguf" + model_args() + " --out .");
@@ -261,13 +257,13 @@ TEST_F(OutputSafety, OutDotInAFolderWithAUsersFileIsRefused) {
 
 TEST_F(OutputSafety, RerunningIntoItsOwnOutputReplacesIt) {
   const fs::path own = dir_ / "own";
-  const std::string tok = " --tokenizer " + quote((fs::path(base_) / "tokenizer.model").string());
+  const std::string tok = " --tokenizer " + shell_quote((fs::path(base_) / "tokenizer.model").string());
   const std::string init = "init --preset tiny --layers 1 --hidden 64 --intermediate 128 --heads 4 --kv-heads 2" + tok;
   // init: twice into one folder; the second seed's weights replace the first's.
   const fs::path ckpt = own / "ckpt";
-  ASSERT_EQ(run(init + " --seed 1 --out " + quote(ckpt.string())).exit_code, 0);
+  ASSERT_EQ(run(init + " --seed 1 --out " + shell_quote(ckpt.string())).exit_code, 0);
   const std::string first = read_bytes(ckpt / "model.safetensors");
-  const auto again = run(init + " --seed 2 --out " + quote(ckpt.string()));
+  const auto again = run(init + " --seed 2 --out " + shell_quote(ckpt.string()));
   ASSERT_EQ(again.exit_code, 0) << again.err;
   EXPECT_NE(read_bytes(ckpt / "model.safetensors"), first);
   const auto record = json::parse(read_bytes(ckpt / mftk::kOutputRecordFile));
@@ -279,12 +275,12 @@ TEST_F(OutputSafety, RerunningIntoItsOwnOutputReplacesIt) {
   EXPECT_EQ(listed, present);
 
   // merge, quantize, awq and gguf exports: twice each.
-  const std::string merge = "merge" + model_args() + " --adapter " + quote(adapter_) + " --out " + quote((own / "merged").string());
-  const std::string quantize = "quantize --plugin nf4" + model_args() + " --out " + quote((own / "nf4").string());
-  const std::string awq = "export --plugin awq" + model_args() + " --out " + quote((own / "awq").string()) +
+  const std::string merge = "merge" + model_args() + " --adapter " + shell_quote(adapter_) + " --out " + shell_quote((own / "merged").string());
+  const std::string quantize = "quantize --plugin nf4" + model_args() + " --out " + shell_quote((own / "nf4").string());
+  const std::string awq = "export --plugin awq" + model_args() + " --out " + shell_quote((own / "awq").string()) +
                           " --set group_size=32 --set calibration_rows=2 --set calibration_len=16 --set calibration_file=" +
-                          quote(data_);
-  const std::string gguf = "export --plugin gguf" + model_args() + " --out " + quote((own / "m.gguf").string());
+                          shell_quote(data_);
+  const std::string gguf = "export --plugin gguf" + model_args() + " --out " + shell_quote((own / "m.gguf").string());
   for (const auto& cmd : {merge, quantize, awq, gguf})
     for (int k = 0; k < 2; ++k) {
       const auto r = run(cmd);
@@ -299,8 +295,8 @@ TEST_F(OutputSafety, RerunningIntoItsOwnOutputReplacesIt) {
   write_bytes(own / "m.gguf.merged-tmp" / "notes.txt", kUserBytes);
   EXPECT_EQ(run(gguf).exit_code, 0);
   EXPECT_EQ(run(awq).exit_code, 0);
-  EXPECT_EQ(run("export --plugin gguf" + model_args() + " --adapter " + quote(adapter_) + " --out " +
-                quote((own / "m.gguf").string())).exit_code, 0);
+  EXPECT_EQ(run("export --plugin gguf" + model_args() + " --adapter " + shell_quote(adapter_) + " --out " +
+                shell_quote((own / "m.gguf").string())).exit_code, 0);
   EXPECT_EQ(read_bytes(own / "m.gguf.tmp"), kUserBytes);
   EXPECT_EQ(read_bytes(own / "awq.awq-tmp" / "notes.txt"), kUserBytes);
   EXPECT_EQ(read_bytes(own / "m.gguf.merged-tmp" / "notes.txt"), kUserBytes);
@@ -312,22 +308,22 @@ TEST_F(OutputSafety, RerunningIntoItsOwnOutputReplacesIt) {
   // An empty folder is used, and stays the same folder.
   const fs::path empty = own / "empty";
   fs::create_directories(empty);
-  ASSERT_EQ(run(init + " --seed 3 --out " + quote(empty.string())).exit_code, 0);
+  ASSERT_EQ(run(init + " --seed 3 --out " + shell_quote(empty.string())).exit_code, 0);
   EXPECT_TRUE(fs::exists(empty / "model.safetensors"));
 
   // run: into a new output_dir, again into it, then resumed from its latest checkpoint.
-  const auto first_run = run("run " + quote(recipe_));
+  const auto first_run = run("run " + shell_quote(recipe_));
   ASSERT_EQ(first_run.exit_code, 0) << first_run.err;
   EXPECT_EQ(json::parse(read_bytes(dir_ / "run" / mftk::kOutputRecordFile)).at("kind"), "run");
-  const auto rerun = run("run " + quote(recipe_));
+  const auto rerun = run("run " + shell_quote(recipe_));
   EXPECT_EQ(rerun.exit_code, 0) << rerun.err;
-  const auto resumed = run("run " + quote(recipe_) + " --set training.resume_from_checkpoint=latest");
+  const auto resumed = run("run " + shell_quote(recipe_) + " --set training.resume_from_checkpoint=latest");
   EXPECT_EQ(resumed.exit_code, 0) << resumed.err;
   EXPECT_NE(resumed.err.find("resumed from"), std::string::npos) << resumed.err;
   // A user's file inside one of its checkpoints: that checkpoint is no longer
   // mftk's to replace, so the run stops there and the file survives.
   write_bytes(dir_ / "run" / "checkpoint-1" / "notes.txt", kUserBytes);
-  const auto blocked = run("run " + quote(recipe_));
+  const auto blocked = run("run " + shell_quote(recipe_));
   EXPECT_EQ(blocked.exit_code, 2) << blocked.err;
   EXPECT_NE(blocked.err.find((dir_ / "run" / "checkpoint-1").string()), std::string::npos) << blocked.err;
   EXPECT_EQ(read_bytes(dir_ / "run" / "checkpoint-1" / "notes.txt"), kUserBytes);
@@ -335,15 +331,15 @@ TEST_F(OutputSafety, RerunningIntoItsOwnOutputReplacesIt) {
 
 TEST_F(OutputSafety, GgufFromAnAdapterIsNamedAfterTheModelAndTheAdapter) {
   const fs::path out = dir_ / "named" / "tuned.gguf";
-  const auto r = run("export --plugin gguf" + model_args() + " --adapter " + quote(adapter_) + " --out " +
-                     quote(out.string()) + " --set type=f32");
+  const auto r = run("export --plugin gguf" + model_args() + " --adapter " + shell_quote(adapter_) + " --out " +
+                     shell_quote(out.string()) + " --set type=f32");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto file = mftk::core::GgufFile::open(out.string());
   // base_ is ".../base", adapter_ ".../adapter".
   EXPECT_EQ(file.get("general.name", mftk::core::GgufValueType::string).text, "base+adapter");
   // Without an adapter: the model folder's name, as before.
   const fs::path plain = dir_ / "named" / "plain.gguf";
-  ASSERT_EQ(run("export --plugin gguf" + model_args() + " --out " + quote(plain.string()) + " --set type=f32").exit_code, 0);
+  ASSERT_EQ(run("export --plugin gguf" + model_args() + " --out " + shell_quote(plain.string()) + " --set type=f32").exit_code, 0);
   EXPECT_EQ(mftk::core::GgufFile::open(plain.string()).get("general.name", mftk::core::GgufValueType::string).text,
             "base");
   // The temporary merge left nothing beside the output.

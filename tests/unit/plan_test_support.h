@@ -20,11 +20,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "child_process.h"
+
 namespace mftk::plan_test {
 
 namespace fs = std::filesystem;
 
-inline std::string mftk_binary() { return (fs::path(MFTK_BINARY_DIR) / "bin" / "mftk").string(); }
+using mftk::child_process::mftk_binary;
 
 inline std::string read_text(const fs::path& path) {
   std::ifstream f(path, std::ios::binary);
