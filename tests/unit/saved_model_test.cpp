@@ -85,6 +85,8 @@ struct Case {
   std::string adapter;  // the [adapter] table; empty: full fine-tuning
   bool saved_tied;      // tie_word_embeddings in the saved (or merged) config.json
 };
+// ctest lists a case by its name, not by the struct's bytes.
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 class SavedModel : public testing::TestWithParam<Case> {
  protected:
