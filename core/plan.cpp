@@ -250,7 +250,9 @@ MemoryEstimate estimate_memory(const ModelFacts& m, const TrainingFacts& t, cons
   } else {
     base = L * m.layer_linear_parameters() * wd + (m.tie_word_embeddings ? 0 : V * H * wd) + embed_rows * H * wd +
            (2 * L + 1) * H * wd;
-    base_detail = fmt::format("{} params in {}{}", m.parameters(), wd == 2 ? "bf16" : "fp32",
+    // bf16 compute keeps bf16 weights; otherwise they stay as the checkpoint stores them (f16 included).
+    const std::string stored = t.bf16 ? "bf16" : m.checkpoint_dtype == "float16" ? "f16" : wd == 2 ? "bf16" : "fp32";
+    base_detail = fmt::format("{} params in {}{}", m.parameters(), stored,
                               cpu ? " (memory-mapped; embeddings: the rows the data touches)" : "");
   }
   add("base weights", base, base_detail);
