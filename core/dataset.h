@@ -5,7 +5,7 @@
 //          mftk::core::CacheMode, mftk::core::DatasetFileStats, mftk::core::DataStats,
 //          mftk::core::PreparedData, mftk::core::data_options_from_recipe,
 //          mftk::core::load_dataset, mftk::core::split_eval, mftk::core::prepare_data,
-//          mftk::core::prepared_cache_key, mftk::core::describe_data, mftk::core::find_invalid_utf8
+//          mftk::core::prepared_cache_key, mftk::core::describe_data
 //
 // Row formats (one JSON object per line; [[datasets]] keys rename fields):
 //   instruction {"instruction", "input"?, "output", "system"?}
@@ -136,10 +136,6 @@ PreparedData prepare_data(const Recipe& recipe, const Tokenizer& tokenizer,
 
 // Human-readable summary, one line per entry (for `mftk preprocess` and the run log).
 std::vector<std::string> describe_data(const PreparedData& data);
-
-// Byte offset of the first byte that is not well-formed UTF-8 (overlong
-// forms, surrogates and code points above U+10FFFF are rejected), or nullopt.
-std::optional<size_t> find_invalid_utf8(std::string_view text);
 
 // Version of the prepared-data format and of the tokenization rules; part of the cache key.
 // 2: chat rows with tools, tool calls and tool results are encoded (they were refused, so a

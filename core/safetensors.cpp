@@ -38,6 +38,7 @@
 #include "mftk/error.h"
 #include "mftk/log.h"
 #include "safetensors_parse.h"
+#include "utf8.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "mftk's safetensors I/O maps little-endian data as-is; big-endian hosts are not supported"
@@ -127,44 +128,6 @@ std::string errno_text(int err) { return std::strerror(err); }
 
 std::string shape_text(const std::vector<int64_t>& shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));
-}
-
-// Strict UTF-8 (RFC 3629: no overlongs, no surrogates, <= U+10FFFF), the
-// same set Rust's str::from_utf8 accepts. Returns the offset of the first
-// bad byte, or npos.
-size_t find_invalid_utf8(const std::string& s) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const size_t n = s.size();
-  size_t i = 0;
-  while (i < n) {
-    const unsigned char c = p[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t len = 0;
-    unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;       // overlong
-      if (c == 0xED) hi = 0x9F;       // surrogates
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;       // overlong
-      if (c == 0xF4) hi = 0x8F;       // > U+10FFFF
-    } else {
-      return i;
-    }
-    if (i + len > n) return i;
-    if (p[i + 1] < lo || p[i + 1] > hi) return i;
-    for (size_t k = 2; k < len; ++k) {
-      if (p[i + k] < 0x80 || p[i + k] > 0xBF) return i;
-    }
-    i += len;
-  }
-  return std::string::npos;
 }
 
 // JSON string literal exactly as serde_json writes it: '"' and '\\'
@@ -718,7 +681,7 @@ struct WriteSlot {
 };
 
 void check_utf8_text(const std::string& what, const std::string& s) {
-  if (find_invalid_utf8(s) != std::string::npos) {
+  if (core::find_invalid_utf8(s)) {
     throw UsageError(fmt::format("{} is not valid UTF-8; safetensors headers are UTF-8 JSON", what));
   }
 }
@@ -776,8 +739,8 @@ uint64_t safetensors_header_length(const std::string& path, uint64_t file_size,
 
 SafetensorsHeader parse_safetensors_header(const std::string& path, const std::string& header,
                                            uint64_t data_size) {
-  if (const size_t bad = find_invalid_utf8(header); bad != std::string::npos) {
-    throw Error(fmt::format("{}: header is not valid UTF-8 (bad byte at header offset {})", path, bad),
+  if (const auto bad = core::find_invalid_utf8(header)) {
+    throw Error(fmt::format("{}: header is not valid UTF-8 (bad byte at header offset {})", path, *bad),
                 kBadFileHint);
   }
   // nlohmann skips a leading byte-order mark; serde_json (the reference) does not.

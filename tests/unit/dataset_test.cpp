@@ -20,6 +20,7 @@
 #include "batching.h"
 #include "chat_template.h"
 #include "dataset.h"
+#include "utf8.h"
 #include "mftk/error.h"
 #include "mftk/tokenizer.h"
 #include "recipe.h"
