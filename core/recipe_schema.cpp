@@ -21,6 +21,9 @@ const std::map<std::string, std::vector<KeySpec>>& core_tables() {
            K::boolean("gradient_checkpointing", false, "recompute each decoder layer in backward to save memory"),
            K::number("max_grad_norm", 1.0, "clip the global gradient norm; 0 disables").range(0, 1e9),
            K::integer("logging_steps", 10, "log a metrics line every N optimizer steps").range(1, 1e12),
+           K::boolean("tensorboard", true,
+                      "also write each metrics line as TensorBoard scalars in output_dir/tensorboard/ "
+                      "(tensorboard --logdir output_dir)"),
            K::integer("eval_steps", 0, "evaluate every N steps; 0: only at the end").range(0, 1e12),
            K::integer("save_steps", 0, "checkpoint every N steps; 0: only at the end").range(0, 1e12),
            K::integer("save_total_limit", 0, "keep only the newest N checkpoints; 0 keeps all").range(0, 1e9),

@@ -37,6 +37,7 @@
 #include "recipe.h"
 #include "run_log.h"
 #include "sha256.h"
+#include "tensorboard_writer.h"
 
 namespace mftk::core {
 
@@ -82,6 +83,7 @@ TrainOptions TrainOptions::from_recipe(const Recipe& r) {
   o.seed = uint64_t(t.get_int("seed"));
   o.output_dir = t.get_string("output_dir");
   o.resume_from_checkpoint = t.get_string("resume_from_checkpoint");
+  o.tensorboard = t.get_bool("tensorboard");
   o.schedule.kind = s.get_string("lr_scheduler");
   o.schedule.peak_lr = s.get_number("learning_rate");
   o.schedule.min_lr_ratio = s.get_number("min_lr_ratio");
@@ -441,7 +443,14 @@ TrainResult Trainer::train() {
                   "explicitly in resume_from_checkpoint");
   }
   std::optional<MetricsWriter> metrics;
+  std::optional<TensorBoardWriter> tensorboard;
   if (main_rank) metrics.emplace((fs::path(o_.output_dir) / "metrics.jsonl").string());
+  if (main_rank && o_.tensorboard) tensorboard.emplace(o_.output_dir, step_);
+  // Every metrics line goes to both, so TensorBoard shows exactly what metrics.jsonl holds.
+  auto log_metrics = [&](const nlohmann::json& record) {
+    if (metrics) metrics->write(record);
+    if (tensorboard) tensorboard->write_metrics(record);
+  };
   ProgressBar bar(total_steps_, step_, o_.progress_bar && main_rank);
   SigintScope sigint;
   auto training_mode = [&](bool on) {
@@ -530,14 +539,14 @@ TrainResult Trainer::train() {
     bar.update(step_, step_loss, lr, tps);
     if (step_ % o_.logging_steps == 0 || step_ == total_steps_) {
       const double mean_loss = window_steps ? window_loss / double(window_steps) : NAN;
-      if (metrics) metrics->write({{"step", step_},
-                     {"epoch", double(step_ * per_step) / double(micro_per_epoch_)},
-                     {"loss", mean_loss},
-                     {"lr", lr},
-                     {"grad_norm", grad_norm},
-                     {"tokens", window_tokens},
-                     {"tokens_per_s", tps},
-                     {"elapsed_s", std::chrono::duration<double>(now - t0).count()}});
+      log_metrics({{"step", step_},
+                   {"epoch", double(step_ * per_step) / double(micro_per_epoch_)},
+                   {"loss", mean_loss},
+                   {"lr", lr},
+                   {"grad_norm", grad_norm},
+                   {"tokens", window_tokens},
+                   {"tokens_per_s", tps},
+                   {"elapsed_s", std::chrono::duration<double>(now - t0).count()}});
       if (!::isatty(STDERR_FILENO) || !o_.progress_bar)
         spdlog::info("step {}/{} loss {:.4f} lr {:.3e} grad_norm {:.3f} {:.0f} tok/s", step_, total_steps_, mean_loss, lr,
                      grad_norm, tps);
@@ -547,7 +556,7 @@ TrainResult Trainer::train() {
     if (!eval_rows_.empty() && ((o_.eval_steps > 0 && step_ % o_.eval_steps == 0) || last)) {
       training_mode(false);
       auto ev = evaluate_sharded();
-      if (metrics) metrics->write({{"step", step_}, {"eval_loss", ev.loss}, {"eval_ppl", ev.perplexity}, {"eval_tokens", ev.tokens}});
+      log_metrics({{"step", step_}, {"eval_loss", ev.loss}, {"eval_ppl", ev.perplexity}, {"eval_tokens", ev.tokens}});
       bar.finish();
       spdlog::info("step {}: eval loss {:.4f} (perplexity {:.3f}, {} tokens)", step_, ev.loss, ev.perplexity, ev.tokens);
       result.eval_loss = ev.loss;

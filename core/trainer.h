@@ -42,6 +42,9 @@ struct TrainOptions {
   std::string output_dir = "out";
   std::string resume_from_checkpoint;  // "", a folder, or "latest"
   bool progress_bar = true;            // when stderr is a terminal
+  // Also write the metrics to output_dir/tensorboard/ (rank 0). The recipe
+  // key defaults to true; options built in code (tests, tools) opt in.
+  bool tensorboard = false;
   Schedule schedule;                   // total_steps filled by the trainer
   double warmup_ratio_ = 0.0;          // used when schedule.warmup_steps is 0
   // Data parallelism: null or one rank trains alone. With W ranks each
