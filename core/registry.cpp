@@ -28,6 +28,7 @@ const char* to_string(Kind k) {
     case Kind::packer: return "packer";
     case Kind::optimizer: return "optimizer";
     case Kind::exporter: return "exporter";
+    case Kind::objective: return "objective";
   }
   return "?";
 }
@@ -218,6 +219,7 @@ void Registry::add_quantizer(ComponentSpec s, Factory<Quantizer> f) { s.kind = K
 void Registry::add_packer(ComponentSpec s, Factory<Packer> f) { s.kind = Kind::packer; add(std::move(s), std::make_shared<Factory<Packer>>(std::move(f))); }
 void Registry::add_optimizer(ComponentSpec s, Factory<Optimizer> f) { s.kind = Kind::optimizer; add(std::move(s), std::make_shared<Factory<Optimizer>>(std::move(f))); }
 void Registry::add_exporter(ComponentSpec s, Factory<Exporter> f) { s.kind = Kind::exporter; add(std::move(s), std::make_shared<Factory<Exporter>>(std::move(f))); }
+void Registry::add_objective(ComponentSpec s, Factory<Objective> f) { s.kind = Kind::objective; add(std::move(s), std::make_shared<Factory<Objective>>(std::move(f))); }
 
 std::vector<PluginLibraryStatus> Registry::scan() {
   std::vector<PluginLibraryStatus> out;

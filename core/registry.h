@@ -61,6 +61,7 @@ class Registry : public Registrar {
   void add_packer(ComponentSpec spec, Factory<Packer> make) override;
   void add_optimizer(ComponentSpec spec, Factory<Optimizer> make) override;
   void add_exporter(ComponentSpec spec, Factory<Exporter> make) override;
+  void add_objective(ComponentSpec spec, Factory<Objective> make) override;
 
  private:
   struct Impl;

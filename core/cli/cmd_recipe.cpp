@@ -10,6 +10,7 @@
 #include "mftk/adapter.h"
 #include "mftk/exporter.h"
 #include "mftk/model.h"
+#include "mftk/objective.h"
 #include "mftk/optimizer.h"
 #include "mftk/output_path.h"
 #include "mftk/packer.h"
@@ -45,6 +46,7 @@ void validate_recipe(core::Recipe& recipe, core::Registry& registry) {
       case Kind::packer: registry.create<Packer>(c.kind, c.plugin, c.config); break;
       case Kind::optimizer: registry.create<Optimizer>(c.kind, c.plugin, c.config); break;
       case Kind::exporter: registry.create<Exporter>(c.kind, c.plugin, c.config); break;
+      case Kind::objective: registry.create<Objective>(c.kind, c.plugin, c.config); break;
     }
     lines.push_back(fmt::format("  [{}] {} ({})", c.table, c.plugin, registry.find(c.kind, c.plugin).library_path));
   };

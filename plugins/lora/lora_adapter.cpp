@@ -411,6 +411,10 @@ void LoRAAdapter::set_training(bool on) {
   for (auto& w : wrapped_) w.op->set_training(on);
 }
 
+void LoRAAdapter::set_enabled(bool on) {
+  for (auto& w : wrapped_) w.op->set_enabled(on);
+}
+
 // ---------------------------------------------------------------------------
 // save
 

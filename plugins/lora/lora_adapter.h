@@ -49,6 +49,7 @@ class LoRAAdapter final : public Adapter {
   void inject(Model& model) override;
   NamedTensors trainable_parameters() override;
   void set_training(bool on) override;
+  void set_enabled(bool on) override;
   void save(const std::string& dir, const std::string& base_model) const override;
   void load(const std::string& dir, Model& model) override;
   void merge(Model& model) override;

@@ -45,6 +45,7 @@ LoRALinear::LoRALinear(std::shared_ptr<LinearOp> inner, int64_t in_features, int
 
 at::Tensor LoRALinear::forward(const at::Tensor& x) {
   at::Tensor y = inner_->forward(x);
+  if (!enabled_) return y;
   const at::ScalarType dt = x.scalar_type();
   const at::Tensor a = lora_A_.scalar_type() == dt ? lora_A_ : lora_A_.to(dt);
   const at::Tensor b = lora_B_.scalar_type() == dt ? lora_B_ : lora_B_.to(dt);

@@ -54,6 +54,9 @@ class LoRALinear final : public LinearOp {
 
   void set_training(bool on) { training_ = on; }
   bool training() const { return training_; }
+  // Off: forward() is the inner op alone (the adapter's tensors take no part).
+  void set_enabled(bool on) { enabled_ = on; }
+  bool enabled() const { return enabled_; }
 
   const std::shared_ptr<LinearOp>& inner() const { return inner_; }
   const at::Tensor& lora_A() const { return lora_A_; }
@@ -71,6 +74,7 @@ class LoRALinear final : public LinearOp {
   double scaling_;
   double dropout_;
   bool training_ = false;
+  bool enabled_ = true;
   at::Tensor lora_A_;  // [r, in] fp32, requires grad
   at::Tensor lora_B_;  // [out, r] fp32, requires grad
 };

@@ -21,6 +21,11 @@ class Adapter {
   virtual NamedTensors trainable_parameters() = 0;
   // Dropout on/off.
   virtual void set_training(bool on) = 0;
+  // Off: every wrapped slot computes its base op alone, as if the adapter
+  // were absent (a preference objective's reference model is the base with
+  // its adapter switched off, not a second copy of the weights). On after
+  // inject() and load().
+  virtual void set_enabled(bool on) = 0;
   // Writes the adapter folder (e.g. PEFT's adapter_config.json +
   // adapter_model.safetensors) with the base checkpoint's name.
   virtual void save(const std::string& dir, const std::string& base_model) const = 0;

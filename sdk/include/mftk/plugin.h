@@ -32,8 +32,9 @@ class Quantizer;
 class Packer;
 class Optimizer;
 class Exporter;
+class Objective;
 
-enum class Kind { model, adapter, quantizer, packer, optimizer, exporter };
+enum class Kind { model, adapter, quantizer, packer, optimizer, exporter, objective };
 const char* to_string(Kind k);
 
 struct ComponentSpec {
@@ -55,6 +56,7 @@ class Registrar {
   virtual void add_packer(ComponentSpec spec, Factory<Packer> make) = 0;
   virtual void add_optimizer(ComponentSpec spec, Factory<Optimizer> make) = 0;
   virtual void add_exporter(ComponentSpec spec, Factory<Exporter> make) = 0;
+  virtual void add_objective(ComponentSpec spec, Factory<Objective> make) = 0;
 };
 
 }  // namespace mftk
