@@ -1,6 +1,9 @@
 // Adapter checks, on a tiny model of the default model plugin:
 //   identity at init        inject() leaves the logits as they were
 //   gradients own tensors   backward reaches trainable_parameters() and nothing else
+//   disabled equals base    with its tensors perturbed, set_enabled(false) gives the
+//                           base model's logits and set_enabled(true) brings the
+//                           adapter's back (a preference objective's reference model)
 //   merged equals unmerged  after its tensors are perturbed (so the check is not
 //                           vacuous), merge() changes no logit
 //   save/load round trip    a fresh model + adapter loading save()'s folder gives
@@ -57,7 +60,8 @@ void check_adapter(Registry& registry, const ComponentInfo& component, TinyModel
                                     d));
   });
   if (!injected) {
-    for (const char* c : {"gradients own tensors", "merged equals unmerged", "save/load round trip"})
+    for (const char* c :
+         {"gradients own tensors", "disabled equals base", "merged equals unmerged", "save/load round trip"})
       checker.report(c, CheckOutcome::skip, "inject() did not complete");
     return;
   }
@@ -84,18 +88,55 @@ void check_adapter(Registry& registry, const ComponentInfo& component, TinyModel
     }
     for (const auto& [name, t] : own) t.mutable_grad() = at::Tensor();
   });
-  const std::string saved = (fs::path(scratch_dir) / "adapter-saved").string();
-  checker.run("merged equals unmerged", [&] {
-    {
+  // Trained-like weights for the checks below (once, whichever runs first):
+  // an adapter at its identity init would pass them without doing anything.
+  bool perturbed = false;
+  double moved = 0;  // how far the perturbation moved the logits (relative)
+  const auto perturb = [&] {
+    if (!perturbed) {
       at::NoGradGuard no_grad;
       auto gen = at::make_generator<at::CPUGeneratorImpl>(23);
       for (const auto& [name, t] : own)
         t.add_(at::randn(t.sizes(), gen, at::TensorOptions().dtype(at::kFloat)).to(t.dtype()) * 0.05);
+      perturbed = true;
     }
     unmerged = logits_of(*model, batch());
-    const double moved = max_relative_difference(unmerged, base, "perturbed logits");
+    moved = max_relative_difference(unmerged, base, "perturbed logits");
     if (moved < 1e-3)
       throw CheckFailed("perturbing every trainable tensor did not change the logits: the adapter has no effect");
+  };
+  checker.run("disabled equals base", [&] {
+    perturb();
+    // Switched back on whatever happens, so the checks after this one see the adapter.
+    struct Reenable {
+      Adapter& adapter;
+      ~Reenable() {
+        try {
+          adapter.set_enabled(true);
+        } catch (...) {
+        }
+      }
+    } reenable{*adapter};
+    adapter->set_enabled(false);
+    const at::Tensor off = logits_of(*model, batch());
+    adapter->set_enabled(true);
+    const at::Tensor on = logits_of(*model, batch());
+    const double d_off = max_relative_difference(off, base, "logits with the adapter disabled");
+    const double d_on = max_relative_difference(on, unmerged, "logits with the adapter enabled again");
+    checker.note(fmt::format("relative: disabled vs base {:.2g}{}, re-enabled vs adapter {:.2g}", d_off,
+                             at::equal(off, base) ? " (bitwise equal)" : "", d_on));
+    if (d_off > kIdentical)
+      throw CheckFailed(fmt::format("with set_enabled(false) the logits differ from the base model's by {:.3g} "
+                                    "(relative; the adapter moved them {:.3g}); a disabled adapter must leave every "
+                                    "slot computing its base op alone",
+                                    d_off, moved));
+    if (d_on > kIdentical)
+      throw CheckFailed(fmt::format("set_enabled(true) after set_enabled(false) left the logits {:.3g} (relative) "
+                                    "away from the adapter's", d_on));
+  });
+  const std::string saved = (fs::path(scratch_dir) / "adapter-saved").string();
+  checker.run("merged equals unmerged", [&] {
+    perturb();
     adapter->save(saved, source.checkpoint_dir());
     saved_ok = true;
     adapter->merge(*model);

@@ -59,8 +59,8 @@ std::map<std::pair<std::string, std::string>, std::string> outcomes(const std::s
 const std::map<std::string, std::vector<std::string>> kChecksOfKind = {
     {"model", {"keys documented", "defaults valid", "forward shapes", "causal", "documents separate", "kv cache"}},
     {"adapter",
-     {"keys documented", "defaults valid", "identity at init", "gradients own tensors", "merged equals unmerged",
-      "save/load round trip"}},
+     {"keys documented", "defaults valid", "identity at init", "gradients own tensors", "disabled equals base",
+      "merged equals unmerged", "save/load round trip"}},
     {"quantizer", {"keys documented", "defaults valid", "dequantised close", "forward matches weight",
                    "save/load bit-exact"}},
     {"packer", {"keys documented", "defaults valid", "no token lost", "documents separate"}},
@@ -101,6 +101,7 @@ TEST(PluginCheck, EachFlawFailsTheCheckItBreaks) {
       {"adapter:conf.adapter_trains_base", {"gradients own tensors"}},
       {"adapter:conf.adapter_merges_without_scale", {"merged equals unmerged"}},
       {"adapter:conf.adapter_saves_only_a", {"save/load round trip"}},
+      {"adapter:conf.adapter_ignores_disable", {"disabled equals base"}},
       {"quantizer:conf.int8", {}},
       {"quantizer:conf.int8_one_bit", {"dequantised close"}},
       {"quantizer:conf.int8_forward_uses_original", {"forward matches weight"}},
