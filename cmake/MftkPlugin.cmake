@@ -19,6 +19,11 @@ function(mftk_add_plugin name)
     if(COMMAND mftk_use_pch)
       mftk_use_pch(${target})
     endif()
+    # Installed plugins sit in <libdir>/mftk/plugins, two levels below
+    # libmftk_core.so: they find it there wherever the tree is unpacked.
+    set_target_properties(${target} PROPERTIES INSTALL_RPATH "$ORIGIN/../..")
     install(TARGETS ${target} LIBRARY DESTINATION ${MFTK_INSTALL_PLUGIN_DIR})
+    # The first-party plugins, for the mftk_runtime target (CMakeLists.txt).
+    set_property(GLOBAL APPEND PROPERTY MFTK_FIRST_PARTY_PLUGINS ${target})
   endif()
 endfunction()

@@ -5,6 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   g++ cmake ninja-build pkg-config
+  dpkg-dev                # dpkg-shlibdeps: the .deb's Depends (cpack -G DEB; ctest deb_package)
   libtorch-dev            # libtorch 1.13 (CPU)
   libboost-dev            # Boost.DLL (header-only, used with std::filesystem)
   libsentencepiece-dev    # tokenizer; loaded into its own link namespace, see docs/architecture.md
