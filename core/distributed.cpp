@@ -235,7 +235,8 @@ static std::shared_ptr<::gloo::transport::Device> gloo_device(const DistributedE
   return c10d::ProcessGroupGloo::createDefaultDevice();
 }
 
-std::shared_ptr<Distributed> Distributed::connect(const DistributedEnv& env, std::chrono::milliseconds timeout) {
+std::shared_ptr<Distributed> Distributed::connect(const DistributedEnv& env, std::chrono::milliseconds timeout,
+                                                  bool cuda) {
   auto group = std::make_unique<Group>();
   group->env = env;
   group->timeout = timeout;
@@ -266,7 +267,7 @@ std::shared_ptr<Distributed> Distributed::connect(const DistributedEnv& env, std
   auto store = c10::make_intrusive<c10d::PrefixStore>(fmt::format("mftk/{}/pg", env.restart), group->store);
   try {
 #if defined(USE_C10D_NCCL)
-    if (at::cuda::is_available()) {
+    if (cuda && at::cuda::is_available()) {
       group->device = at::Device(at::kCUDA, c10::DeviceIndex(env.local_rank));
       c10::cuda::set_device(c10::DeviceIndex(env.local_rank));
       auto o = c10d::ProcessGroupNCCL::Options::create();
@@ -274,6 +275,10 @@ std::shared_ptr<Distributed> Distributed::connect(const DistributedEnv& env, std
       group->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world_size, o);
     }
     if (!group->nccl)
+#else
+    if (cuda && env.rank == 0)
+      spdlog::warn("distributed: this libtorch has no NCCL; the GPU ranks reduce their gradients through Gloo "
+                   "(host copies, slower)");
 #endif
     {
       auto o = c10d::ProcessGroupGloo::Options::create(timeout);
@@ -362,7 +367,7 @@ void Distributed::allreduce_gradients(const NamedTensors& params, const std::str
       if (flat[b.numel + int64_t(j)].item<double>() > 0) {
         at::Tensor g = flat.narrow(0, offset, p.numel()).view(p.sizes());
         if (p.grad().defined()) p.mutable_grad().copy_(g);
-        else p.mutable_grad() = g.clone();
+        else p.mutable_grad() = g.clone().to(p.device());  // Gloo reduces on the host; a GPU parameter's grad stays on its GPU
       }
       offset += p.numel();
     }
@@ -410,7 +415,7 @@ void Distributed::barrier(const std::string& during) {
 
 struct Distributed::Group {};
 
-std::shared_ptr<Distributed> Distributed::connect(const DistributedEnv& env, std::chrono::milliseconds) {
+std::shared_ptr<Distributed> Distributed::connect(const DistributedEnv& env, std::chrono::milliseconds, bool) {
   throw Error(fmt::format("WORLD_SIZE={}: this mftk was built against a libtorch without c10d Gloo headers "
                           "(torch/csrc/distributed/c10d/ProcessGroupGloo.hpp, gloo/), so it cannot train on several "
                           "ranks",
@@ -435,9 +440,9 @@ std::shared_ptr<Distributed> Distributed::single() {
   return std::shared_ptr<Distributed>(new Distributed(DistributedEnv{}, std::chrono::milliseconds(0), nullptr));
 }
 
-std::shared_ptr<Distributed> Distributed::from_env(std::chrono::milliseconds timeout) {
+std::shared_ptr<Distributed> Distributed::from_env(std::chrono::milliseconds timeout, bool cuda) {
   const auto env = DistributedEnv::from_env();
-  return env.enabled() ? connect(env, timeout) : single();
+  return env.enabled() ? connect(env, timeout, cuda) : single();
 }
 
 }  // namespace mftk::core

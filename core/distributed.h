@@ -1,5 +1,6 @@
-// Data parallelism over a torch.distributed (c10d) process group: Gloo on
-// CPU, NCCL when the libtorch was built with it and CUDA is present. The
+// Data parallelism over a torch.distributed (c10d) process group: Gloo when
+// the ranks compute on the CPU, NCCL when they compute on GPUs (and the
+// libtorch was built with it; Gloo otherwise). The
 // c10d headers are heavy and differ between libtorch versions, so they stay
 // in distributed.cpp; this header only speaks tensors and plain types.
 //
@@ -52,9 +53,12 @@ class Distributed {
   static std::shared_ptr<Distributed> single();
   // Rendezvous at master_addr:master_port (rank 0 hosts the store) and build
   // the process group; waits at most `timeout` for every rank to arrive.
-  static std::shared_ptr<Distributed> connect(const DistributedEnv& env, std::chrono::milliseconds timeout);
+  // `cuda`: the ranks train on GPUs (cuda:local_rank), so NCCL where compiled
+  // in; false: Gloo, whatever GPUs the machine has.
+  static std::shared_ptr<Distributed> connect(const DistributedEnv& env, std::chrono::milliseconds timeout,
+                                              bool cuda = false);
   // single() or connect() as the environment says.
-  static std::shared_ptr<Distributed> from_env(std::chrono::milliseconds timeout);
+  static std::shared_ptr<Distributed> from_env(std::chrono::milliseconds timeout, bool cuda = false);
   // Whether this build has a c10d backend at all (false: connect() throws).
   static bool available();
 

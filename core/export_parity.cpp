@@ -46,7 +46,9 @@ at::Tensor row_logprobs(Model& model, const Example& ex) {
   append_document(row, Example{ex.ids, std::vector<uint8_t>(ex.ids.size(), 0)}, ex.ids.size());
   const at::Tensor hidden = model.forward(make_batch(&row, 1)).select(0, 0);  // [n, H]
   const int64_t n = hidden.size(0) - 1;
-  return at::log_softmax(model.logits(hidden.narrow(0, 0, n)).to(at::kFloat), -1).contiguous();
+  // On the host: the tally compares with CPU targets, and a GPU run keeps
+  // these rows (tokens x vocab) out of device memory.
+  return at::log_softmax(model.logits(hidden.narrow(0, 0, n)).to(at::kFloat), -1).to(at::kCPU).contiguous();
 }
 
 std::string number(double x, const char* format = "{:.4g}") {

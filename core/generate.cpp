@@ -14,7 +14,9 @@ namespace mftk::core {
 namespace {
 
 int32_t pick(const at::Tensor& logits_row, const GenerateOptions& o, at::Generator& gen) {
-  at::Tensor logits = logits_row.to(at::kFloat);
+  // Picked on the host with a CPU generator: a seed samples the same tokens
+  // whatever device computed the logits (one row of the vocabulary per token).
+  at::Tensor logits = logits_row.to(at::kCPU, at::kFloat);
   if (o.temperature <= 0) return int32_t(logits.argmax().item<int64_t>());
   at::Tensor probs = at::softmax(logits / o.temperature, -1);
   if (o.top_p < 1.0) {

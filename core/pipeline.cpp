@@ -17,6 +17,7 @@
 #include "batching.h"
 #include "chat_template.h"
 #include "dataset.h"
+#include "device.h"
 #include "distributed.h"
 #include "export_parity.h"
 #include "fs_util.h"
@@ -121,8 +122,9 @@ NamedTensors make_all_trainable(Model& model) {
   return out;
 }
 
-LoadedModel load_model(const Recipe& recipe, Registry& registry, bool bf16) {
-  if (bf16 && !cpu_has_native_bf16())
+LoadedModel load_model(const Recipe& recipe, Registry& registry, bool bf16, c10::Device device) {
+  // A GPU multiplies bf16 natively (DenseLinear takes that path off the CPU).
+  if (bf16 && device.is_cpu() && !cpu_has_native_bf16())
     spdlog::warn("training.bf16: this CPU has no native bf16 matmul (avx512_bf16), so bf16 compute runs about "
                  "25x slower than fp32 here; set training.bf16 = false (bf16 weights are still kept in bf16 and "
                  "widened per matmul)");
@@ -142,6 +144,7 @@ LoadedModel load_model(const Recipe& recipe, Registry& registry, bool bf16) {
   lo.compute_dtype = bf16 ? at::kBFloat16 : at::kFloat;
   if (bf16) lo.weight_dtype = at::kBFloat16;
   lo.quantizer = lm.quantizer.get();
+  lo.device = device;
   lm.model->load_config(lm.path);
   lm.model->load(lo);
   return lm;
@@ -221,10 +224,19 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   const auto& validate = recipe.section("validate");
   if (int64_t t = training.get_int("threads"); t > 0) at::set_num_threads(int(t));
   const std::string output_dir = training.get_string("output_dir");
+  // Where the run computes, settled before anything is loaded or written: a
+  // recipe asking for a GPU this machine or libtorch cannot give stops here
+  // (exit 2). Under mftk launch / torchrun each rank takes cuda:LOCAL_RANK.
+  const DistributedEnv dist_env = DistributedEnv::from_env();
+  const auto device_setting = parse_device_setting(training.get_string("device"));
+  if (!device_setting) training.fail("device", "not one of auto, cpu, cuda, cuda:N");
+  const c10::Device device =
+      resolve_device(*device_setting, cuda_support(), dist_env.world_size, dist_env.local_rank);
   // Data parallelism when started by mftk launch or torchrun (WORLD_SIZE > 1):
   // every rank loads, packs and trains; rank 0 alone writes into output_dir.
+  // NCCL when the ranks compute on GPUs, Gloo on the CPU.
   auto dist = Distributed::from_env(std::chrono::milliseconds(
-      int64_t(std::llround(1000 * training.get_number("distributed_timeout_s")))));
+      int64_t(std::llround(1000 * training.get_number("distributed_timeout_s")))), device.is_cuda());
   if (dist->world_size() > 1) {
     spdlog::set_pattern(fmt::format("[%H:%M:%S] [rank {}] %^%l%$ %v", dist->rank()));
     // The other ranks repeat rank 0's story; they only speak up with warnings and errors.
@@ -242,13 +254,13 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   // 1. Model (quantised while it streams in, when the recipe says so).
   auto lm = [&] {
     Stage stage("loading the model");
-    return load_model(recipe, registry, bf16);
+    return load_model(recipe, registry, bf16, device);
   }();
   Model& model = *lm.model;
   model.set_gradient_checkpointing(training.get_bool("gradient_checkpointing"));
   const int64_t total_params = count_parameters(model);
-  spdlog::info("model: {} ({} layers, hidden {}, {} parameters)", lm.path, model.shape().num_layers,
-               model.shape().hidden_size, total_params);
+  spdlog::info("model: {} ({} layers, hidden {}, {} parameters) on {}", lm.path, model.shape().num_layers,
+               model.shape().hidden_size, total_params, device.str());
 
   // 2. Adapter, or full fine-tuning.
   std::string adapter_name;

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <c10/core/Device.h>
+
 #include "mftk/batch.h"
 #include "mftk/tensor.h"
 
@@ -39,7 +41,8 @@ struct LoadedModel {
   std::unique_ptr<Model> model;
   std::string path;
 };
-LoadedModel load_model(const Recipe& recipe, Registry& registry, bool bf16);
+// `device`: where the weights go, tensor by tensor as they are read.
+LoadedModel load_model(const Recipe& recipe, Registry& registry, bool bf16, c10::Device device = c10::kCPU);
 
 // The OutputGuard kind of a plain HF checkpoint folder mftk writes (init,
 // merge, a run's model/ and merged/): one may replace another.

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include "device.h"
 #include "registry.h"
 
 namespace mftk::core {
@@ -326,6 +327,7 @@ Recipe Recipe::parse(const std::string& text, const std::string& name, const std
     collect_table(*v.as_table(), key, name, raw, errors);
     if (cores.count(key) && key != "datasets") {
       r.sections_[key] = validate_table(raw, cores.at(key), errors);
+      if (key == "training") check_device_setting(r.sections_[key], errors);  // auto, cpu, cuda or cuda:N
     } else if (comps.count(key)) {
       r.raw_components_[key] = raw;
     } else {

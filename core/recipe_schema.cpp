@@ -32,6 +32,11 @@ const std::map<std::string, std::vector<KeySpec>>& core_tables() {
            K::string("resume_from_checkpoint", "", "a checkpoint folder, or \"latest\" in output_dir"),
            K::boolean("group_by_length", false, "batch rows of similar length (padding packer)"),
            K::integer("threads", 0, "CPU threads for libtorch; 0: all cores").range(0, 4096),
+           // Checked beyond one_of by check_device_setting (core/device.h): cuda:N takes any index.
+           K::string("device", "auto",
+                     "where weights, adapter, optimizer state and batches live: auto (a GPU when the libtorch has "
+                     "CUDA and one is visible, else cpu), cpu, cuda, or cuda:N; under mftk launch / torchrun each "
+                     "rank takes cuda:LOCAL_RANK"),
            K::boolean("merge_adapter", false, "after training, write output_dir/merged as a plain HF checkpoint"),
            K::integer("nan_patience", 3, "stop after this many non-finite losses in a row").range(1, 1e9),
            K::number("distributed_timeout_s", 300.0,

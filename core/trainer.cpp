@@ -27,6 +27,7 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include "batching.h"
+#include "device.h"
 #include "distributed.h"
 #include "fs_util.h"
 #include "linear_cross_entropy.h"
@@ -113,9 +114,12 @@ std::optional<std::vector<at::Tensor>> head_trainable_tensors(Model& model) {
 
 }  // namespace
 
-at::Tensor supervised_loss_sum(Model& model, const Batch& batch, int64_t* token_count) {
+at::Tensor supervised_loss_sum(Model& model, const Batch& host_batch, int64_t* token_count) {
+  // Rows are built on the host; the batch goes where the weights are (on the
+  // CPU these are the same tensors).
+  const Batch batch = batch_to_device(host_batch, model_device(model));
   at::Tensor hidden = model.forward(batch);  // [B, T, H]
-  at::Tensor flat_targets = batch.targets.reshape({-1});
+  at::Tensor flat_targets = batch.targets.to(hidden.device()).reshape({-1});
   at::Tensor idx = (flat_targets != kIgnoreIndex).nonzero().squeeze(1);
   const int64_t n = idx.numel();
   if (token_count) *token_count = n;
@@ -289,8 +293,11 @@ void Trainer::save_checkpoint(int64_t step, const std::string& reason) {
   for (const auto& [name, p] : trainable_) weights.emplace_back(name, p.detach());
   save_safetensors((tmp / "trainable.safetensors").string(), weights);
   save_safetensors((tmp / "optimizer.safetensors").string(), optimizer_.state());
-  save_safetensors((tmp / "rng.safetensors").string(),
-                   {{"cpu_generator", at::detail::getDefaultCPUGenerator().get_state()}});
+  NamedTensors rng = {{"cpu_generator", at::detail::getDefaultCPUGenerator().get_state()}};
+  // A GPU run's generator too (dropout draws from it); a CPU run's file is unchanged.
+  if (const c10::Device device = model_device(model_); device.is_cuda())
+    rng.emplace_back("cuda_generator", at::globalContext().defaultGenerator(device).get_state());
+  save_safetensors((tmp / "rng.safetensors").string(), rng);
   nlohmann::json state = {{"format", kCheckpointFormat},       {"step", step},
                           {"total_steps", total_steps_},        {"seed", o_.seed},
                           {"micro_batch_size", o_.micro_batch_size},
@@ -386,6 +393,10 @@ void Trainer::load_checkpoint(const std::string& dir) {
   auto rng = CheckpointReader::open((fs::path(dir) / "rng.safetensors").string());
   at::Generator gen = at::detail::getDefaultCPUGenerator();
   gen.set_state(rng.get("cpu_generator").clone());
+  if (const c10::Device device = model_device(model_); device.is_cuda() && rng.contains("cuda_generator")) {
+    at::Generator cuda_gen = at::globalContext().defaultGenerator(device);
+    cuda_gen.set_state(rng.get("cuda_generator").clone());
+  }
   step_ = state.at("step").get<int64_t>();
   nan_in_a_row_ = state.value("nan_in_a_row", int64_t(0));
   nan_total_ = state.value("nan_total", int64_t(0));

@@ -191,9 +191,14 @@ void MistralModel::load(const LoadOptions& options) {
               unexpected.size() > 8 ? ", ..." : "");
 
   // Zero-copy view when the dtype already fits; a converted copy otherwise.
-  auto place = [&](at::Tensor t) {
-    if (weight_dtype && t.scalar_type() != *weight_dtype) t = t.to(*weight_dtype);
+  // On another device (a GPU) each tensor goes over as it is read, then is
+  // converted there, and its mapped pages are dropped: the host never holds
+  // more than one tensor of the model at a time.
+  auto place = [&](const at::Tensor& mapped) {
+    at::Tensor t = mapped;
     if (t.device() != device_) t = t.to(device_);
+    if (weight_dtype && t.scalar_type() != *weight_dtype) t = t.to(*weight_dtype);
+    if (!mapped.is_same(t) && mapped.is_cpu() && !device_.is_cpu()) release_mapped_pages(mapped);
     return t;
   };
   auto make_slot = [&](TensorRole role, int64_t layer) {
@@ -212,7 +217,7 @@ void MistralModel::load(const LoadOptions& options) {
       slot.op = options.quantizer->quantize(slot.name, on_device, compute_dtype_);
       // The quantised op keeps what it made; the source pages need not stay
       // resident (a 7B bf16 source would otherwise end up wholly in RSS).
-      if (on_device.is_same(raw)) release_mapped_pages(raw);
+      release_mapped_pages(raw);  // also after a copy to the GPU: the host needs the source no more
     } else {
       slot.op = make_dense_linear(place(raw));
     }
