@@ -36,6 +36,7 @@
 #include "recipe.h"
 #include "registry.h"
 #include "report.h"
+#include "run_folder.h"
 #include "run_log.h"
 #include "stage.h"
 #include "trainer.h"
@@ -247,6 +248,8 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
     // never a folder of the user's, which a run would fill and rotate in.
     claim_work_folder(output_dir, kRunOutputKind);
     setup_log_file(output_dir);
+    // Every key with its default, for `mftk compare` to tell runs apart by.
+    write_resolved_recipe(output_dir, recipe);
   }
   at::manual_seed(uint64_t(training.get_int("seed")));
   const bool bf16 = training.get_bool("bf16");
@@ -427,20 +430,10 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   }
 
   // 8. What a person reads at the end.
-  std::vector<CurveSeries> curves = {{"train loss", "#1f77b4", {}, false},
-                                     {"eval loss", "#d62728", {}, false},
-                                     {"learning rate", "#2ca02c", {}, true}};
-  std::ifstream metrics((fs::path(output_dir) / "metrics.jsonl").string());
-  for (std::string line; std::getline(metrics, line);) {
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.contains("step")) continue;
-    const double step = j["step"].get<double>();
-    // A window of skipped (non-finite) steps logs its loss as null.
-    auto value = [&](const char* key) { return j[key].is_number() ? j[key].get<double>() : NAN; };
-    if (j.contains("loss")) curves[0].points.emplace_back(step, value("loss"));
-    if (j.contains("eval_loss")) curves[1].points.emplace_back(step, value("eval_loss"));
-    if (j.contains("lr")) curves[2].points.emplace_back(step, value("lr"));
-  }
+  MetricPoints metrics = read_metrics((fs::path(output_dir) / "metrics.jsonl").string());
+  const std::vector<CurveSeries> curves = {{"train loss", "#1f77b4", metrics["loss"], false},
+                                           {"eval loss", "#d62728", metrics["eval_loss"], false},
+                                           {"learning rate", "#2ca02c", metrics["lr"], true}};
   const auto svg = (fs::path(output_dir) / "loss_curve.svg").string();
   write_curves_svg(svg, "mftk: loss and learning rate", curves);
   summary["peak_rss_bytes"] = peak_rss_bytes();

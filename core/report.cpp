@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "chart_html.h"
 #include "fs_util.h"
 #include "plan.h"
 #include "run_log.h"
@@ -33,32 +34,15 @@ double number_or_nan(const nlohmann::json& j, const char* key) {
 }  // namespace
 
 std::vector<CurveSeries> report_curves(const std::string& metrics_jsonl_path) {
-  std::vector<CurveSeries> curves = {{"train loss", "#1f77b4", {}, false},
-                                     {"eval loss", "#d62728", {}, false},
-                                     {"learning rate", "#2ca02c", {}, false},
-                                     {"tokens/s", "#9467bd", {}, false}};
-  std::ifstream in(metrics_jsonl_path);
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.contains("step")) continue;
-    const double step = j["step"].get<double>();
-    // A window of skipped (non-finite) steps logs its loss as null: a gap, not a zero.
-    if (j.contains("loss")) curves[0].points.emplace_back(step, number_or_nan(j, "loss"));
-    if (j.contains("eval_loss")) curves[1].points.emplace_back(step, number_or_nan(j, "eval_loss"));
-    if (j.contains("lr")) curves[2].points.emplace_back(step, number_or_nan(j, "lr"));
-    if (j.contains("tokens_per_s")) curves[3].points.emplace_back(step, number_or_nan(j, "tokens_per_s"));
-  }
-  return curves;
+  MetricPoints metrics = read_metrics(metrics_jsonl_path);
+  return {{"train loss", "#1f77b4", metrics["loss"], false},
+          {"eval loss", "#d62728", metrics["eval_loss"], false},
+          {"learning rate", "#2ca02c", metrics["lr"], false},
+          {"tokens/s", "#9467bd", metrics["tokens_per_s"], false}};
 }
 
 std::string report_html(const ReportInputs& in, const std::vector<CurveSeries>& curves) {
-  std::string h;
-  h += "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n";
-  h += fmt::format("<title>{}</title>\n", xml_escape(in.title));
-  h += "<style>body{font-family:sans-serif;margin:24px;max-width:1100px;color:#222}"
-       "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
-       "th{background:#f2f2f2}pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}"
-       "section.curve{display:inline-block;margin:0 12px 12px 0;vertical-align:top}</style>\n</head><body>\n";
+  std::string h = html_page_start(in.title);
   h += fmt::format("<h1 id=\"title\">{}</h1>\n", xml_escape(in.title));
   const auto& s = in.summary;
   h += fmt::format("<p>{} steps, final loss {}, {} in {:.1f} s</p>\n", s.value("steps", int64_t(0)),
@@ -70,10 +54,7 @@ std::string report_html(const ReportInputs& in, const std::vector<CurveSeries>& 
   static const char* titles[] = {"Training loss", "Eval loss", "Learning rate", "Tokens per second"};
   h += "<h2>Curves</h2>\n";
   for (size_t i = 0; i < curves.size() && i < 4; ++i) {
-    h += fmt::format("<section class=\"curve\" id=\"{}\"><h3>{}</h3>\n", ids[i], titles[i]);
-    if (curves[i].points.empty()) h += "<p>(no points logged)</p>\n";
-    h += curves_svg(titles[i], {curves[i]});
-    h += "</section>\n";
+    h += chart_section(ids[i], titles[i], {curves[i]});
   }
 
   h += "<h2 id=\"plan\">Predicted and measured</h2>\n<table>\n<tr><th>quantity</th><th>plan</th><th>run</th><th>note</th></tr>\n";
@@ -151,7 +132,7 @@ std::string report_html(const ReportInputs& in, const std::vector<CurveSeries>& 
   }
   h += fmt::format("<h2 id=\"recipe\">Recipe</h2>\n<p>{}</p>\n<pre>{}</pre>\n", xml_escape(in.recipe_path),
                    xml_escape(in.recipe_text));
-  h += "</body></html>\n";
+  h += html_page_end();
   return h;
 }
 

@@ -24,6 +24,22 @@ void MetricsWriter::write(const nlohmann::json& record) {
   out_.flush();
 }
 
+MetricPoints read_metrics(const std::string& metrics_jsonl_path) {
+  MetricPoints points;
+  std::ifstream in(metrics_jsonl_path);
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_object() || !j.contains("step") || !j["step"].is_number()) continue;
+    const double step = j["step"].get<double>();
+    for (const auto& [key, value] : j.items()) {
+      if (key == "step") continue;
+      if (value.is_number()) points[key].emplace_back(step, value.get<double>());
+      else if (value.is_null()) points[key].emplace_back(step, NAN);
+    }
+  }
+  return points;
+}
+
 ProgressBar::ProgressBar(int64_t total, int64_t start, bool enabled)
     : total_(total), start_(start), enabled_(enabled && ::isatty(STDERR_FILENO)), t0_(std::chrono::steady_clock::now()) {}
 

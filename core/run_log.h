@@ -1,14 +1,15 @@
 // What a person sees of a run: a progress bar, metrics.jsonl, and the
 // loss / learning-rate picture at the end.
 //
-// defines: mftk::core::MetricsWriter, mftk::core::ProgressBar,
-//          mftk::core::CurveSeries, mftk::core::write_curves_svg, mftk::core::xml_escape,
+// defines: mftk::core::MetricsWriter, mftk::core::MetricPoints, mftk::core::read_metrics,
+//          mftk::core::ProgressBar, mftk::core::CurveSeries, mftk::core::write_curves_svg, mftk::core::xml_escape,
 //          mftk::core::peak_rss_bytes
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <fstream>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,6 +30,14 @@ class MetricsWriter {
   std::string path_;
   std::ofstream out_;
 };
+
+// metrics.jsonl read back: each key's (step, value) points in file order.
+// Lines that are not JSON or have no "step" are skipped, and so are values
+// that are neither numbers nor null; a null (a logging window of skipped
+// non-finite steps) is kept as NaN, which the plotter draws as a gap. A
+// missing file reads as no metrics.
+using MetricPoints = std::map<std::string, std::vector<std::pair<double, double>>>;
+MetricPoints read_metrics(const std::string& metrics_jsonl_path);
 
 // One line redrawn in place on a terminal:
 //   [=========>          ] 120/300  40% | loss 1.234 | lr 1.2e-04 | 1234 tok/s | ETA 02:13

@@ -19,6 +19,7 @@ void add_inspect_commands(CLI::App& app);  // inspect (GGUF files)              
 void add_plan_commands(CLI::App& app);     // plan (memory, steps, time, data fit; no training) (cmd_plan.cpp)
 void add_launch_commands(CLI::App& app);   // launch (data-parallel ranks on this machine)   (cmd_launch.cpp)
 void add_plugin_commands(CLI::App& app);   // plugin check (the conformance kit)             (cmd_plugin.cpp)
+void add_compare_commands(CLI::App& app);  // compare (runs side by side: compare.html)       (cmd_compare.cpp)
 
 // The positional recipe file and its --set overrides, shared by every
 // recipe-taking command (cmd_recipe.cpp).

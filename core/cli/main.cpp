@@ -141,6 +141,7 @@ int main(int argc, char** argv) {
   mftk::cli::add_plan_commands(app);
   mftk::cli::add_launch_commands(app);
   mftk::cli::add_plugin_commands(app);
+  mftk::cli::add_compare_commands(app);
 
   try {
     app.parse(argc, argv);
