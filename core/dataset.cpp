@@ -36,6 +36,7 @@ const char* to_string(DatasetType type) {
     case DatasetType::instruction: return "instruction";
     case DatasetType::chat: return "chat";
     case DatasetType::completion: return "completion";
+    case DatasetType::preference: return "preference";
   }
   return "?";
 }
@@ -45,6 +46,7 @@ namespace {
 DatasetType parse_dataset_type(const std::string& name) {
   if (name == "instruction") return DatasetType::instruction;
   if (name == "completion") return DatasetType::completion;
+  if (name == "preference") return DatasetType::preference;
   return DatasetType::chat;  // the recipe schema allows only these three
 }
 
@@ -80,6 +82,9 @@ DataOptions data_options_from_recipe(const Recipe& recipe) {
     if (!field.empty()) {
       if (spec.type == DatasetType::chat) spec.field_messages = field;
       else if (spec.type == DatasetType::completion) spec.field_text = field;
+      else if (spec.type == DatasetType::preference)
+        table.fail("field", "preference rows do not use 'field'",
+                   "their fields are prompt, chosen, rejected and (optional) system, as TRL names them");
       else
         table.fail("field", "instruction rows do not use 'field'",
                    "name their fields with field_instruction, field_input, field_output and field_system");
@@ -139,6 +144,7 @@ constexpr const char* kInvalidUtf8 = "invalid UTF-8";
 constexpr const char* kUnknownRole = "unknown role";
 constexpr const char* kBadConversation = "bad conversation";
 constexpr const char* kBadToolCall = "bad tool call";
+constexpr const char* kIdenticalSides = "identical sides";
 
 struct BadRow {
   const char* reason;
@@ -154,6 +160,54 @@ class RowReader {
       : spec_(spec), tokenizer_(tokenizer), format_(format), train_on_inputs_(train_on_inputs) {}
 
   Example read(const std::string& line) const {
+    const json row = parse_row(line);
+    switch (spec_.type) {
+      case DatasetType::instruction: return read_instruction(row);
+      case DatasetType::chat: return read_chat(row, line);
+      case DatasetType::completion: return read_completion(row);
+      case DatasetType::preference: break;
+    }
+    throw Error("internal: RowReader::read on a preference row (read_pair reads those)");
+  }
+
+  // A preference row: its chosen example, then its rejected one.
+  std::pair<Example, Example> read_pair(const std::string& line) const {
+    const json row = parse_row(line);
+    std::string error;
+    std::optional<JsonValue> ordered = python_json_loads(line, &error);
+    if (!ordered || !ordered->is_object()) {
+      throw BadRow{kMalformedJson, fmt::format("malformed JSON: {}", error),
+                   "each line must be one complete JSON object (JSON Lines)"};
+    }
+    for (const char* name : {"prompt", "chosen", "rejected"}) {
+      if (!row.contains(name))
+        throw BadRow{kMissingField, fmt::format("missing field '{}' (preference rows need prompt, chosen and rejected)", name),
+                     "fix the row, or set [data] skip_bad_rows = true"};
+    }
+    const std::string system = optional_string(row, spec_.field_system, "field_system");
+    std::vector<ChatMessage> prompt;
+    if (!system.empty()) prompt.push_back({"system", system});
+    const std::vector<ChatMessage> turns = messages_of(*ordered->find("prompt"), "prompt", "user");
+    if (!system.empty() && !turns.empty() && turns.front().role == "system")
+      throw BadRow{kBadConversation, fmt::format("the row has both a '{}' field and a system message in its prompt", spec_.field_system),
+                   "keep one of them"};
+    prompt.insert(prompt.end(), turns.begin(), turns.end());
+    if (prompt.empty() || prompt.back().role != "user")
+      throw BadRow{kBadConversation, "the prompt must end with a user turn (the sides answer it)",
+                   "end the prompt's messages with the user's question"};
+    // The prompt alone, as the model sees it before the reply: every token
+    // up to here is context, whatever role it had (multi-turn prompts).
+    const Example context = encode(prompt, /*generation_prompt=*/true);
+    Example chosen = side(*ordered, "chosen", prompt, context.ids.size());
+    Example rejected = side(*ordered, "rejected", prompt, context.ids.size());
+    if (chosen.ids == rejected.ids)
+      throw BadRow{kIdenticalSides, "chosen and rejected are the same reply: the pair states no preference",
+                   "drop the row, or set [data] skip_bad_rows = true"};
+    return {std::move(chosen), std::move(rejected)};
+  }
+
+ private:
+  json parse_row(const std::string& line) const {
     if (auto bad = find_invalid_utf8(line)) {
       throw BadRow{kInvalidUtf8, fmt::format("invalid UTF-8 at byte {} of the line", *bad + 1),
                    "re-encode the file as UTF-8"};
@@ -171,15 +225,52 @@ class RowReader {
       throw BadRow{kNotAnObject, fmt::format("row is a JSON {}, not an object", row.type_name()),
                    "each line must be one JSON object"};
     }
-    switch (spec_.type) {
-      case DatasetType::instruction: return read_instruction(row);
-      case DatasetType::chat: return read_chat(row, line);
-      case DatasetType::completion: return read_completion(row);
-    }
-    throw Error("internal: unknown dataset type");
+    return row;
   }
 
- private:
+  // A preference field: a string (one message of `string_role`) or a list
+  // of {"role", "content"} messages.
+  std::vector<ChatMessage> messages_of(const JsonValue& value, const std::string& name,
+                                       const std::string& string_role) const {
+    if (value.is_string()) {
+      if (value.text().empty())
+        throw BadRow{kEmptyResponse, fmt::format("field '{}' is empty", name), "drop the row, or set [data] skip_bad_rows = true"};
+      return {ChatMessage{string_role, value.text()}};
+    }
+    if (!value.is_array())
+      throw BadRow{kWrongType, fmt::format("field '{}' is neither a string nor a list of messages", name),
+                   "TRL's preference rows hold strings, or lists of {\"role\", \"content\"} messages"};
+    if (value.items().empty())
+      throw BadRow{kEmptyResponse, fmt::format("field '{}' is an empty list", name), "drop the row, or set [data] skip_bad_rows = true"};
+    try {
+      ChatConversation conversation = chat_conversation_from_json(value, nullptr, name);
+      if (conversation.uses_tools())
+        throw BadRow{kBadConversation, fmt::format("field '{}' uses tools, which preference rows do not support", name),
+                     "drop the row"};
+      return conversation.messages;
+    } catch (const ChatJsonError& e) {
+      throw BadRow{reason_of(e.kind()), e.what(), e.hint()};
+    }
+  }
+
+  // One side of a pair: the prompt, then the side's assistant reply; the
+  // loss on the reply's tokens (and its </s>) only.
+  Example side(const JsonValue& ordered, const char* name, const std::vector<ChatMessage>& prompt,
+               size_t context_tokens) const {
+    const std::vector<ChatMessage> reply = messages_of(*ordered.find(name), name, "assistant");
+    if (reply.size() != 1 || reply.front().role != "assistant")
+      throw BadRow{kBadConversation, fmt::format("field '{}' must hold exactly one assistant message", name),
+                   "the other turns belong in the prompt"};
+    if (reply.front().content.empty())
+      throw BadRow{kEmptyResponse, fmt::format("field '{}' is an empty reply", name), "drop the row, or set [data] skip_bad_rows = true"};
+    std::vector<ChatMessage> messages = prompt;
+    messages.push_back(reply.front());
+    Example example = encode(messages);
+    if (example.ids.size() <= context_tokens)
+      throw BadRow{kBadConversation, fmt::format("field '{}': the encoding is no longer than the prompt's", name), ""};
+    std::fill(example.loss_mask.begin(), example.loss_mask.begin() + long(context_tokens), uint8_t{0});
+    return example;
+  }
   static std::string strip_json_prefix(const std::string& what) {
     // "[json.exception.parse_error.101] parse error at line 1, column 5: ..." -> "parse error at ..."
     size_t close = what.find("] ");
@@ -216,9 +307,12 @@ class RowReader {
     return it->get<std::string>();
   }
 
-  Example encode(const std::vector<ChatMessage>& messages, const std::vector<ChatTool>& tools = {}) const {
+  Example encode(const std::vector<ChatMessage>& messages, bool generation_prompt = false,
+                 const std::vector<ChatTool>& tools = {}) const {
     try {
-      ChatEncoding encoding = encode_chat(tokenizer_, format_, messages, train_on_inputs_, false, tools);
+      // Preference sides train on the reply alone (the prompt is shared context).
+      const bool train_on_inputs = train_on_inputs_ && spec_.type != DatasetType::preference;
+      ChatEncoding encoding = encode_chat(tokenizer_, format_, messages, train_on_inputs, generation_prompt, tools);
       return Example{std::move(encoding.ids), std::move(encoding.loss_mask)};
     } catch (const UsageError& e) {
       throw BadRow{kBadConversation, e.what(), e.hint()};
@@ -294,7 +388,7 @@ class RowReader {
         throw BadRow{kBadConversation, fmt::format("the row has tools: {}", e.what()), e.hint(), /*fatal=*/true};
       }
     }
-    return encode(conversation.messages, conversation.tools);
+    return encode(conversation.messages, false, conversation.tools);
   }
 
   Example read_completion(const json& row) const {
@@ -356,10 +450,19 @@ std::vector<Example> load_dataset(const DatasetSpec& spec, const Tokenizer& toke
     }
     ++stats.rows;
     try {
-      Example example = reader.read(line);
-      stats.tokens += static_cast<int64_t>(example.ids.size());
-      stats.trainable_tokens += std::count(example.loss_mask.begin(), example.loss_mask.end(), uint8_t{1});
-      examples.push_back(std::move(example));
+      std::vector<Example> read;
+      if (spec.type == DatasetType::preference) {
+        auto [chosen, rejected] = reader.read_pair(line);
+        read.push_back(std::move(chosen));
+        read.push_back(std::move(rejected));
+      } else {
+        read.push_back(reader.read(line));
+      }
+      for (Example& example : read) {
+        stats.tokens += static_cast<int64_t>(example.ids.size());
+        stats.trainable_tokens += std::count(example.loss_mask.begin(), example.loss_mask.end(), uint8_t{1});
+        examples.push_back(std::move(example));
+      }
     } catch (const BadRow& bad) {
       const std::string message = fmt::format("{}:{}: {}", spec.path, line_number, bad.message);
       if (!skip_bad_rows || bad.fatal) throw UsageError(message, bad.hint);
@@ -637,6 +740,7 @@ PreparedData prepare_data(const DataOptions& options, const Tokenizer& tokenizer
                      "set split = \"train\" on at least one dataset");
   }
 
+  const bool pairs = is_preference_data(options);  // examples come two by two (chosen, rejected)
   std::string key;
   fs::path cache_file;
   if (mode != CacheMode::off) {
@@ -685,7 +789,9 @@ PreparedData prepare_data(const DataOptions& options, const Tokenizer& tokenizer
       log::warn("[data] val_set_size = {} is ignored: datasets with split = \"eval\" form the eval set",
                 options.val_set_size);
   } else if (options.val_set_size > 0) {
-    const size_t n = data.train.size();
+    // Preference data is split by pairs: held-out index i stands for examples 2i and 2i+1.
+    const size_t per = pairs ? 2 : 1;
+    const size_t n = data.train.size() / per;
     if (n < 2) {
       log::warn("[data] val_set_size = {}: only {} training example, so there is no eval set",
                 options.val_set_size, n);
@@ -694,15 +800,12 @@ PreparedData prepare_data(const DataOptions& options, const Tokenizer& tokenizer
       n_eval = std::min(std::max<size_t>(n_eval, 1), n - 1);  // at least one example on each side
       std::vector<size_t> held_out = split_eval(n, n_eval, options.seed);
       std::vector<Example> kept;
-      kept.reserve(n - n_eval);
+      kept.reserve((n - n_eval) * per);
       size_t next = 0;
       for (size_t i = 0; i < n; ++i) {
-        if (next < held_out.size() && held_out[next] == i) {
-          data.eval.push_back(std::move(data.train[i]));
-          ++next;
-        } else {
-          kept.push_back(std::move(data.train[i]));
-        }
+        const bool eval = next < held_out.size() && held_out[next] == i;
+        for (size_t j = i * per; j < (i + 1) * per; ++j) (eval ? data.eval : kept).push_back(std::move(data.train[j]));
+        next += eval;
       }
       data.train = std::move(kept);
       data.stats.eval_source =
@@ -722,6 +825,16 @@ PreparedData prepare_data(const DataOptions& options, const Tokenizer& tokenizer
 
 PreparedData prepare_data(const Recipe& recipe, const Tokenizer& tokenizer, CacheMode mode) {
   return prepare_data(data_options_from_recipe(recipe), tokenizer, mode);
+}
+
+bool is_preference_data(const DataOptions& options) {
+  const auto preference = std::count_if(options.datasets.begin(), options.datasets.end(),
+                                        [](const DatasetSpec& s) { return s.type == DatasetType::preference; });
+  if (preference > 0 && size_t(preference) != options.datasets.size())
+    throw UsageError("the recipe mixes type = \"preference\" datasets with other types",
+                     "a run trains on preference pairs (objective dpo or orpo) or on documents (sft), not both: "
+                     "give every [[datasets]] entry the same kind");
+  return preference > 0;
 }
 
 std::vector<std::string> describe_data(const PreparedData& data) {

@@ -12,6 +12,14 @@
 //       -> [system?], user = instruction (+ "\n\n" + input), assistant = output
 //   chat        {"messages": [{"role", "content"}, ...]}
 //   completion  {"text"} -> BOS + encode(text) + EOS, loss on every token
+//   preference  {"prompt", "chosen", "rejected", "system"?} (TRL's rows): prompt a
+//               string (one user turn) or a list of messages, each side a string or
+//               a list holding the assistant turn -> two examples, chosen then
+//               rejected, each the chat encoding of [system?, prompt turns...,
+//               assistant: side] with the loss on that side's reply and its </s>
+//               (earlier assistant turns of a multi-turn prompt are context).
+//               Pairs stay adjacent (train[2k], train[2k+1]) through the eval split
+//               and the cache; a recipe cannot mix them with other types.
 // Instruction and chat rows go through encode_chat (chat_template.h), so the
 // loss mask covers assistant replies (all tokens with train_on_inputs).
 //
@@ -40,7 +48,7 @@ namespace mftk::core {
 
 class Recipe;
 
-enum class DatasetType { instruction, chat, completion };
+enum class DatasetType { instruction, chat, completion, preference };
 const char* to_string(DatasetType type);
 
 // One [[datasets]] table.
@@ -133,6 +141,10 @@ PreparedData prepare_data(const DataOptions& options, const Tokenizer& tokenizer
                           CacheMode mode = CacheMode::read_write);
 PreparedData prepare_data(const Recipe& recipe, const Tokenizer& tokenizer,
                           CacheMode mode = CacheMode::read_write);
+
+// Whether the options' datasets are preference pairs (all of them; a mix
+// with other types is a UsageError).
+bool is_preference_data(const DataOptions& options);
 
 // Human-readable summary, one line per entry (for `mftk preprocess` and the run log).
 std::vector<std::string> describe_data(const PreparedData& data);

@@ -2,7 +2,8 @@
 // the one place in core/ that spells their names (issue 17: the core names
 // no plugin). Code that needs a default reads it from here.
 //
-// defines: mftk::core::kDefaultModelPlugin, mftk::core::kDefaultAdapterPlugin
+// defines: mftk::core::kDefaultModelPlugin, mftk::core::kDefaultAdapterPlugin,
+//          mftk::core::kDefaultObjectivePlugin
 #pragma once
 
 namespace mftk::core {
@@ -12,5 +13,7 @@ namespace mftk::core {
 inline constexpr const char* kDefaultModelPlugin = "mistral";
 // The adapter a folder is loaded with when nothing names one.
 inline constexpr const char* kDefaultAdapterPlugin = "lora";
+// The loss a run minimises when the recipe has no [objective] table.
+inline constexpr const char* kDefaultObjectivePlugin = "sft";
 
 }  // namespace mftk::core

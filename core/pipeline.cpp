@@ -17,6 +17,7 @@
 #include "batching.h"
 #include "chat_template.h"
 #include "dataset.h"
+#include "defaults.h"
 #include "device.h"
 #include "distributed.h"
 #include "export_parity.h"
@@ -26,6 +27,7 @@
 #include "mftk/exporter.h"
 #include "mftk/linear_slot.h"
 #include "mftk/model.h"
+#include "mftk/objective.h"
 #include "mftk/optimizer.h"
 #include "mftk/output_path.h"
 #include "mftk/packer.h"
@@ -33,6 +35,7 @@
 #include "mftk/safetensors.h"
 #include "mftk/tokenizer.h"
 #include "model_tools.h"
+#include "preference_rows.h"
 #include "recipe.h"
 #include "registry.h"
 #include "report.h"
@@ -105,6 +108,19 @@ bool slot_holds_model_tensor(LinearSlot& slot, const NamedTensors& named) {
 // their gradients into one leaf, and the model saved (which writes the
 // embeddings only) is the model trained. A private copy for the head would
 // train apart and then be dropped at save.
+void check_objective_data(const std::string& objective, bool wants_pairs, bool has_pairs) {
+  if (wants_pairs && !has_pairs)
+    throw UsageError(fmt::format("[objective] {} trains on preference pairs, and the recipe's datasets are not "
+                                 "type = \"preference\"",
+                                 objective),
+                     "give each [[datasets]] entry type = \"preference\" (rows {\"prompt\", \"chosen\", "
+                     "\"rejected\"}), or use [objective] plugin = \"sft\"");
+  if (!wants_pairs && has_pairs)
+    throw UsageError(fmt::format("the datasets are type = \"preference\", and [objective] {} trains on documents",
+                                 objective),
+                     "set [objective] plugin = \"dpo\" (or \"orpo\") to train on preference pairs");
+}
+
 NamedTensors make_all_trainable(Model& model) {
   NamedTensors out;
   at::NoGradGuard no_grad;
@@ -277,19 +293,34 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
     spdlog::info("no [adapter]: full fine-tuning of all {} parameters", total_params);
   }
 
-  // 3. Data: tokenized (cached), then packed into rows.
+  // 3. The objective, and its data: tokenized (cached), then packed into
+  // rows (preference pairs by the core, one pair per row).
+  std::string objective_name;
+  auto objective = make_component<Objective>(recipe, registry, "objective", Kind::objective, kDefaultObjectivePlugin,
+                                             &objective_name);
+  const bool pairs = objective->data() == ObjectiveData::preference_pairs;
+  check_objective_data(objective_name, pairs, is_preference_data(data_options_from_recipe(recipe)));
   auto tokenizer = Tokenizer::load(lm.path);
   auto data = prepare_data(recipe, *tokenizer);
   for (const auto& line : describe_data(data)) spdlog::info("data: {}", line);
-  std::string packer_name;
-  auto packer = make_component<Packer>(recipe, registry, "packer", Kind::packer,
-                                       training.get_bool("sample_packing") ? "swa_packer" : "padding", &packer_name);
   PackOptions po = pack_options_from_recipe(recipe);
   po.sliding_window = model.shape().sliding_window;
   PackStats train_stats, eval_stats;
-  auto train_rows = packer->pack(data.train, po, train_stats);
-  auto eval_rows = packer->pack(data.eval, po, eval_stats);
-  for (const auto& line : describe_packing(data.train, train_rows, train_stats, po.sequence_len)) spdlog::info("packing ({}): {}", packer_name, line);
+  std::vector<PackedRow> train_rows, eval_rows;
+  if (pairs) {
+    train_rows = pack_preference_pairs(data.train, po, train_stats);
+    eval_rows = pack_preference_pairs(data.eval, po, eval_stats);
+    spdlog::info("pairs: {} train rows, {} eval rows (one pair each); {} train and {} eval pairs longer than "
+                 "sequence_len {} dropped",
+                 train_rows.size(), eval_rows.size(), train_stats.dropped, eval_stats.dropped, po.sequence_len);
+  } else {
+    std::string packer_name;
+    auto packer = make_component<Packer>(recipe, registry, "packer", Kind::packer,
+                                         training.get_bool("sample_packing") ? "swa_packer" : "padding", &packer_name);
+    train_rows = packer->pack(data.train, po, train_stats);
+    eval_rows = packer->pack(data.eval, po, eval_stats);
+    for (const auto& line : describe_packing(data.train, train_rows, train_stats, po.sequence_len)) spdlog::info("packing ({}): {}", packer_name, line);
+  }
 
   // 4. Optimizer.
   std::string optimizer_name;
@@ -298,7 +329,7 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
 
   const int64_t em_limit = validate.get_int("exact_match");
   std::optional<ExactMatch> em_before;
-  if (em_limit > 0 && !data.eval.empty() && dist->is_main()) {
+  if (em_limit > 0 && !data.eval.empty() && dist->is_main() && !pairs) {
     em_before = exact_match(model, *tokenizer, data.eval, em_limit);
     spdlog::info("exact match before training: {}/{} = {:.1f}%", em_before->correct, em_before->total,
                  100 * em_before->fraction());
@@ -308,6 +339,7 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   TrainOptions train_options = TrainOptions::from_recipe(recipe);
   train_options.distributed = dist;
   Trainer trainer(model, *optimizer, trainable, std::move(train_rows), std::move(eval_rows), std::move(train_options));
+  trainer.set_objective(objective.get(), adapter.get());
   if (adapter) {
     trainer.on_checkpoint = [&](const std::string& dir) {
       adapter->save((fs::path(dir) / "adapter").string(), lm.path);
@@ -364,6 +396,8 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
                             {"metrics", (fs::path(output_dir) / "metrics.jsonl").string()}};
   if (result.eval_loss) summary["eval_loss"] = *result.eval_loss;
   if (result.best_eval_loss) summary["best_eval_loss"] = *result.best_eval_loss;
+  summary["objective"] = objective_name;
+  for (const auto& [name, value] : result.eval_metrics) summary["eval_" + name] = value;
   if (em_before) {
     auto em_after = exact_match(model, *tokenizer, data.eval, em_limit);
     spdlog::info("exact match after training: {}/{} = {:.1f}% (before: {:.1f}%)", em_after.correct, em_after.total,

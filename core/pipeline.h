@@ -1,7 +1,7 @@
 // `mftk run`: the whole flow, top to bottom, one named call per stage.
 //
 // defines: mftk::core::run_pipeline, mftk::core::save_hf_checkpoint, mftk::core::kHfCheckpointKind,
-//          mftk::core::kRunOutputKind, mftk::core::make_all_trainable,
+//          mftk::core::kRunOutputKind, mftk::core::make_all_trainable, mftk::core::check_objective_data,
 //          mftk::core::exact_match, mftk::core::LoadedModel, mftk::core::load_model
 #pragma once
 
@@ -59,6 +59,10 @@ void save_hf_checkpoint(Model& model, const std::string& source_dir, const std::
 // Full fine-tuning: every weight (linear slots and the model's own tensors)
 // becomes a writable fp32 leaf; returns them as the trainable tensors.
 NamedTensors make_all_trainable(Model& model);
+
+// UsageError unless the objective and the data agree: a preference
+// objective (dpo, orpo) needs type = "preference" datasets, and those need one.
+void check_objective_data(const std::string& objective, bool wants_pairs, bool has_pairs);
 
 // Greedy exact match on up to `limit` examples: the prompt is everything
 // before the first supervised token, the reference the supervised tokens.

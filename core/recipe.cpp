@@ -245,7 +245,8 @@ KeySpec export_out_key() {
 const std::map<std::string, Kind>& component_tables() {
   static const std::map<std::string, Kind> t = {{"model", Kind::model},         {"adapter", Kind::adapter},
                                                 {"quantize", Kind::quantizer},  {"packer", Kind::packer},
-                                                {"optimizer", Kind::optimizer}, {"export", Kind::exporter}};
+                                                {"optimizer", Kind::optimizer}, {"export", Kind::exporter},
+                                                {"objective", Kind::objective}};
   return t;
 }
 

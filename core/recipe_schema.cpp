@@ -90,7 +90,8 @@ const std::map<std::string, std::vector<KeySpec>>& core_tables() {
       {"datasets",
        {
            K::string("path", std::nullopt, "a JSONL file"),
-           K::string("type", "chat", "row format").one_of({"instruction", "chat", "completion"}),
+           K::string("type", "chat", "row format; preference: {prompt, chosen, rejected} pairs for dpo/orpo")
+               .one_of({"instruction", "chat", "completion", "preference"}),
            K::string("split", "train", "train, or eval for a held-out file").one_of({"train", "eval"}),
            K::string("field", "", "chat: messages field (default messages); completion: text field (default text)"),
            K::string("field_instruction", "instruction", "instruction rows: the prompt field"),

@@ -33,6 +33,7 @@
 #include "linear_cross_entropy.h"
 #include "mftk/linear_slot.h"
 #include "mftk/model.h"
+#include "mftk/objective.h"
 #include "mftk/optimizer.h"
 #include "mftk/safetensors.h"
 #include "recipe.h"
@@ -95,12 +96,8 @@ TrainOptions TrainOptions::from_recipe(const Recipe& r) {
   return o;
 }
 
-namespace {
-
-// The head's tensors that train, when the model says: the slot named
-// lm_head (Hugging Face's name) lists its op's tensors (a LoRA op its A and
-// B, a dense one its weight, which is the embedding when tied). nullopt: the
-// model has no such slot.
+// The slot named lm_head (Hugging Face's name) lists its op's tensors (a
+// LoRA op its A and B, a dense one its weight, which is the embedding when tied).
 std::optional<std::vector<at::Tensor>> head_trainable_tensors(Model& model) {
   for (const LinearSlot* slot : model.linear_slots()) {
     if (slot->name != "lm_head") continue;
@@ -111,8 +108,6 @@ std::optional<std::vector<at::Tensor>> head_trainable_tensors(Model& model) {
   }
   return std::nullopt;
 }
-
-}  // namespace
 
 at::Tensor supervised_loss_sum(Model& model, const Batch& host_batch, int64_t* token_count) {
   // Rows are built on the host; the batch goes where the weights are (on the
@@ -148,6 +143,38 @@ EvalResult evaluate_loss(Model& model, const std::vector<PackedRow>& rows, int64
   r.tokens = tokens;
   r.loss = tokens ? sum / double(tokens) : NAN;
   r.perplexity = std::exp(r.loss);
+  return r;
+}
+
+void prepare_objective(Model& model, Objective& objective, Adapter* adapter, const std::vector<PackedRow>& rows,
+                       int64_t micro_batch_size) {
+  if (!objective.needs_preparation(adapter)) return;
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < rows.size(); i += size_t(micro_batch_size))
+    objective.prepare(model, adapter, make_batch(rows.data() + i, std::min(rows.size() - i, size_t(micro_batch_size))));
+}
+
+EvalResult evaluate_objective(Model& model, Objective* objective, Adapter* adapter,
+                              const std::vector<PackedRow>& rows, int64_t micro_batch_size) {
+  if (!objective) return evaluate_loss(model, rows, micro_batch_size);
+  at::NoGradGuard no_grad;
+  model.set_training(false);
+  const auto names = objective->metric_names();
+  double sum = 0;
+  int64_t units = 0;
+  std::vector<double> metrics(names.size(), 0.0);
+  for (size_t i = 0; i < rows.size(); i += size_t(micro_batch_size)) {
+    const size_t count = std::min(rows.size() - i, size_t(micro_batch_size));
+    ObjectiveResult part = objective->compute(model, adapter, make_batch(rows.data() + i, count));
+    sum += part.loss_sum.item<double>();
+    units += part.units;
+    for (size_t k = 0; k < names.size() && k < part.metrics.size(); ++k) metrics[k] += part.metrics[k];
+  }
+  EvalResult r;
+  r.tokens = units;
+  r.loss = units ? sum / double(units) : NAN;
+  r.perplexity = std::exp(r.loss);
+  for (size_t k = 0; k < names.size(); ++k) r.metrics.emplace_back(names[k], units ? metrics[k] / double(units) : NAN);
   return r;
 }
 
@@ -252,6 +279,20 @@ Trainer::Trainer(Model& model, Optimizer& optimizer, NamedTensors trainable, std
 
 // Rows of micro-batch `m` (counted from the start of training): epoch
 // m / micro_per_epoch, in that epoch's seeded permutation.
+void Trainer::set_objective(Objective* objective, Adapter* adapter) {
+  objective_ = objective;
+  adapter_ = adapter;
+  metric_names_ = objective ? objective->metric_names() : std::vector<std::string>{};
+  window_metrics_.assign(metric_names_.size(), 0.0);
+}
+
+int64_t Trainer::row_units(const PackedRow& row) const {
+  if (objective_) return objective_->units(row);
+  int64_t n = 0;
+  for (int32_t t : row.targets) n += t != kIgnoreIndex;
+  return n;
+}
+
 std::vector<const PackedRow*> Trainer::micro_batch_rows(int64_t m) const {
   const int64_t epoch = m / micro_per_epoch_, within = m % micro_per_epoch_;
   if (epoch != order_epoch_) {
@@ -308,6 +349,7 @@ void Trainer::save_checkpoint(int64_t step, const std::string& reason) {
   if (best_eval_) state["best_eval_loss"] = *best_eval_;
   // JSON keeps the double exactly (17 significant digits).
   state["metrics_window"] = {{"loss_sum", window_loss_}, {"steps", window_steps_}, {"tokens", window_tokens_}};
+  if (!metric_names_.empty()) state["metrics_window"]["objective"] = window_metrics_;
   write_file_atomic((tmp / "trainer_state.json").string(), state.dump(2) + "\n");
   if (on_checkpoint) on_checkpoint(tmp.string());
   // The manifest is written last: a folder without a valid one is never resumed from.
@@ -405,6 +447,8 @@ void Trainer::load_checkpoint(const std::string& dir) {
     window_loss_ = w->at("loss_sum").get<double>();
     window_steps_ = w->at("steps").get<int64_t>();
     window_tokens_ = w->at("tokens").get<int64_t>();
+    if (const auto m = w->find("objective"); m != w->end() && m->size() == window_metrics_.size())
+      window_metrics_ = m->get<std::vector<double>>();
   }
   spdlog::info("resumed from {} at step {}/{}", dir, step_, total_steps_);
 }
@@ -412,19 +456,24 @@ void Trainer::load_checkpoint(const std::string& dir) {
 // The eval loss over all ranks: each evaluates the whole micro-batches i
 // with i % W == rank, and the sums are added (one rank: evaluate_loss).
 EvalResult Trainer::evaluate_sharded() {
-  if (world_size_ == 1) return evaluate_loss(model_, eval_rows_, o_.micro_batch_size);
+  if (world_size_ == 1) return evaluate_objective(model_, objective_, adapter_, eval_rows_, o_.micro_batch_size);
   std::vector<PackedRow> mine;
   const size_t mbs = size_t(o_.micro_batch_size);
   for (size_t i = 0; i < eval_rows_.size(); ++i)
     if ((i / mbs) % size_t(world_size_) == size_t(rank_)) mine.push_back(eval_rows_[i]);
-  const EvalResult local = mine.empty() ? EvalResult{} : evaluate_loss(model_, mine, o_.micro_batch_size);
+  const EvalResult local =
+      mine.empty() ? EvalResult{} : evaluate_objective(model_, objective_, adapter_, mine, o_.micro_batch_size);
   const double local_sum = local.tokens ? local.loss * double(local.tokens) : 0.0;
-  const auto sums = o_.distributed->sum({local_sum, double(local.tokens)},
-                                        fmt::format("the eval-loss all-reduce at step {}", step_));
+  std::vector<double> values = {local_sum, double(local.tokens)};
+  for (size_t k = 0; k < metric_names_.size(); ++k)
+    values.push_back(local.tokens && k < local.metrics.size() ? local.metrics[k].second * double(local.tokens) : 0.0);
+  const auto sums = o_.distributed->sum(values, fmt::format("the eval-loss all-reduce at step {}", step_));
   EvalResult r;
   r.tokens = int64_t(sums[1]);
   r.loss = r.tokens ? sums[0] / sums[1] : NAN;
   r.perplexity = std::exp(r.loss);
+  for (size_t k = 0; k < metric_names_.size(); ++k)
+    r.metrics.emplace_back(metric_names_[k], r.tokens ? sums[2 + k] / sums[1] : NAN);
   return r;
 }
 
@@ -432,6 +481,13 @@ TrainResult Trainer::train() {
   Distributed* dp = o_.distributed.get();
   const bool main_rank = rank_ == 0;  // writes metrics, the progress bar and checkpoints
   if (main_rank) fs::create_directories(o_.output_dir);
+  if (objective_) {
+    // Before a checkpoint is loaded: an objective that records a reference
+    // (full fine-tuning DPO) sees the weights training started from, also
+    // when this run resumes.
+    prepare_objective(model_, *objective_, adapter_, train_rows_, o_.micro_batch_size);
+    prepare_objective(model_, *objective_, adapter_, eval_rows_, o_.micro_batch_size);
+  }
   if (!o_.resume_from_checkpoint.empty()) {
     std::string dir = o_.resume_from_checkpoint;
     if (dir == "latest") {
@@ -490,7 +546,7 @@ TrainResult Trainer::train() {
       if (o_.max_steps <= 0 && m >= total_micro_) break;
       auto rows = micro_batch_rows(m);
       for (const auto* r : rows) {
-        for (int32_t t : r->targets) step_supervised += t != kIgnoreIndex;
+        step_supervised += row_units(*r);
         for (int32_t d : r->doc_ids) step_tokens += d >= 0;
       }
       if (k % world_size_ != rank_) continue;
@@ -502,9 +558,17 @@ TrainResult Trainer::train() {
     // step's tokens. Dropout draws from a generator seeded by the micro-batch
     // index, so its masks do not depend on which rank runs the micro-batch.
     double loss_sum = 0;
+    std::vector<double> metric_sums(metric_names_.size(), 0.0);
     for (auto& [m, b] : batches) {
       at::manual_seed(SplitMix64(o_.seed ^ (0xD1B54A32D192ED03ULL * uint64_t(m + 1))).next());
-      at::Tensor loss = supervised_loss_sum(model_, b, nullptr);
+      at::Tensor loss;
+      if (objective_) {
+        ObjectiveResult part = objective_->compute(model_, adapter_, b);
+        loss = part.loss_sum;
+        for (size_t k = 0; k < metric_sums.size() && k < part.metrics.size(); ++k) metric_sums[k] += part.metrics[k];
+      } else {
+        loss = supervised_loss_sum(model_, b, nullptr);
+      }
       loss_sum += loss.item<double>();
       if (step_supervised > 0) (loss / double(step_supervised)).backward();
     }
@@ -515,9 +579,12 @@ TrainResult Trainer::train() {
       // loss and Ctrl-C, so every rank takes the same skip/step/stop decision.
       const std::string at_step = fmt::format("step {}", step_ + 1);
       dp->allreduce_gradients(trainable_, "the gradient all-reduce at " + at_step);
-      const auto sums = dp->sum({loss_sum, interrupted ? 1.0 : 0.0}, "the loss all-reduce at " + at_step);
+      std::vector<double> values = {loss_sum, interrupted ? 1.0 : 0.0};
+      values.insert(values.end(), metric_sums.begin(), metric_sums.end());
+      const auto sums = dp->sum(values, "the loss all-reduce at " + at_step);
       loss_sum = sums[0];
       interrupted = sums[1] > 0;
+      for (size_t k = 0; k < metric_sums.size(); ++k) metric_sums[k] = sums[2 + k];
     }
     const double step_loss = step_supervised ? loss_sum / double(step_supervised) : 0.0;
     const double lr = o_.schedule.lr(step_);
@@ -540,7 +607,11 @@ TrainResult Trainer::train() {
     ++step_;
     result.train_tokens += step_tokens;
     window_tokens += step_tokens;
-    if (std::isfinite(step_loss)) window_loss += step_loss, ++window_steps;
+    if (std::isfinite(step_loss)) {
+      window_loss += step_loss, ++window_steps;
+      for (size_t k = 0; k < metric_sums.size(); ++k)
+        window_metrics_[k] += step_supervised ? metric_sums[k] / double(step_supervised) : 0.0;
+    }
     result.final_loss = step_loss;
 
     // 4. Log, evaluate, checkpoint.
@@ -550,26 +621,46 @@ TrainResult Trainer::train() {
     bar.update(step_, step_loss, lr, tps);
     if (step_ % o_.logging_steps == 0 || step_ == total_steps_) {
       const double mean_loss = window_steps ? window_loss / double(window_steps) : NAN;
-      log_metrics({{"step", step_},
-                   {"epoch", double(step_ * per_step) / double(micro_per_epoch_)},
-                   {"loss", mean_loss},
-                   {"lr", lr},
-                   {"grad_norm", grad_norm},
-                   {"tokens", window_tokens},
-                   {"tokens_per_s", tps},
-                   {"elapsed_s", std::chrono::duration<double>(now - t0).count()}});
-      if (!::isatty(STDERR_FILENO) || !o_.progress_bar)
-        spdlog::info("step {}/{} loss {:.4f} lr {:.3e} grad_norm {:.3f} {:.0f} tok/s", step_, total_steps_, mean_loss, lr,
-                     grad_norm, tps);
+      nlohmann::json record = {{"step", step_},
+                               {"epoch", double(step_ * per_step) / double(micro_per_epoch_)},
+                               {"loss", mean_loss},
+                               {"lr", lr},
+                               {"grad_norm", grad_norm},
+                               {"tokens", window_tokens},
+                               {"tokens_per_s", tps},
+                               {"elapsed_s", std::chrono::duration<double>(now - t0).count()}};
+      std::string objective_text;  // the objective's metrics, for the log line
+      for (size_t k = 0; k < metric_names_.size(); ++k) {
+        const double mean = window_steps ? window_metrics_[k] / double(window_steps) : NAN;
+        record[metric_names_[k]] = mean;
+        objective_text += fmt::format(" {} {:.4f}", metric_names_[k], mean);
+      }
+      log_metrics(record);
+      // An objective's metrics (rewards/accuracies ...) do not fit the bar:
+      // they get their own line under it.
+      if (!objective_text.empty() && ::isatty(STDERR_FILENO) && o_.progress_bar) bar.finish();
+      if (!::isatty(STDERR_FILENO) || !o_.progress_bar || !objective_text.empty())
+        spdlog::info("step {}/{} loss {:.4f} lr {:.3e} grad_norm {:.3f} {:.0f} tok/s{}", step_, total_steps_, mean_loss,
+                     lr, grad_norm, tps, objective_text);
       window_t = now, window_tokens = 0, window_loss = 0, window_steps = 0;
+      std::fill(window_metrics_.begin(), window_metrics_.end(), 0.0);
     }
     const bool last = step_ == total_steps_;
     if (!eval_rows_.empty() && ((o_.eval_steps > 0 && step_ % o_.eval_steps == 0) || last)) {
       training_mode(false);
       auto ev = evaluate_sharded();
-      log_metrics({{"step", step_}, {"eval_loss", ev.loss}, {"eval_ppl", ev.perplexity}, {"eval_tokens", ev.tokens}});
+      nlohmann::json record = {
+          {"step", step_}, {"eval_loss", ev.loss}, {"eval_ppl", ev.perplexity}, {"eval_tokens", ev.tokens}};
+      std::string objective_text;
+      for (const auto& [name, value] : ev.metrics) {
+        record["eval_" + name] = value;
+        objective_text += fmt::format(" {} {:.4f}", name, value);
+      }
+      log_metrics(record);
       bar.finish();
-      spdlog::info("step {}: eval loss {:.4f} (perplexity {:.3f}, {} tokens)", step_, ev.loss, ev.perplexity, ev.tokens);
+      spdlog::info("step {}: eval loss {:.4f} (perplexity {:.3f}, {} {}){}", step_, ev.loss, ev.perplexity, ev.tokens,
+                   objective_ ? "units" : "tokens", objective_text);
+      result.eval_metrics = ev.metrics;
       result.eval_loss = ev.loss;
       if (!best_eval_ || ev.loss < *best_eval_) best_eval_ = ev.loss;
     }

@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mftk/batch.h"
@@ -18,7 +19,9 @@
 #include "schedule.h"
 
 namespace mftk {
+class Adapter;
 class Model;
+class Objective;
 class Optimizer;
 }  // namespace mftk
 
@@ -58,9 +61,11 @@ struct TrainOptions {
 };
 
 struct EvalResult {
-  double loss = 0;  // mean over supervised tokens
+  double loss = 0;  // mean over supervised tokens (an objective's: over its units)
   double perplexity = 0;
-  int64_t tokens = 0;
+  int64_t tokens = 0;  // an objective's units (supervised tokens for sft, pairs for dpo/orpo)
+  // An objective's metrics, means over its units, in metric_names() order.
+  std::vector<std::pair<std::string, double>> metrics;
 };
 
 struct TrainResult {
@@ -71,6 +76,7 @@ struct TrainResult {
   double final_loss = 0;
   std::optional<double> eval_loss;
   std::optional<double> best_eval_loss;
+  std::vector<std::pair<std::string, double>> eval_metrics;  // the objective's, at the last evaluation
   int64_t skipped_nonfinite = 0;
   bool interrupted = false;    // Ctrl-C: a checkpoint was written
   std::string last_checkpoint;
@@ -78,6 +84,18 @@ struct TrainResult {
 
 // Mean cross-entropy over supervised tokens of `rows` (no gradients).
 EvalResult evaluate_loss(Model& model, const std::vector<PackedRow>& rows, int64_t micro_batch_size);
+// The objective's mean loss and metrics over `rows` (no gradients); a null
+// objective is evaluate_loss. The objective must have been prepared already
+// when it needs preparation (prepare_objective).
+EvalResult evaluate_objective(Model& model, Objective* objective, Adapter* adapter,
+                              const std::vector<PackedRow>& rows, int64_t micro_batch_size);
+// Objective::prepare over every micro-batch of rows, when it needs it.
+void prepare_objective(Model& model, Objective& objective, Adapter* adapter, const std::vector<PackedRow>& rows,
+                       int64_t micro_batch_size);
+
+// The head's tensors that train, when the model says (its slot named
+// lm_head); nullopt when the model has no such slot.
+std::optional<std::vector<at::Tensor>> head_trainable_tensors(Model& model);
 
 // Sum of cross-entropy over the supervised tokens of one batch, computing
 // logits only for those tokens, in chunks (the vocabulary is wide).
@@ -98,6 +116,11 @@ class Trainer {
   // adapter's modules, so the pipeline switches its dropout through this.
   std::function<void(bool training)> on_training_mode;
 
+  // The loss to minimise (null, the default: token cross-entropy, which is
+  // also what the sft objective computes) and the adapter it may switch off
+  // for a reference model (null: full fine-tuning). Set before train().
+  void set_objective(Objective* objective, Adapter* adapter);
+
   TrainResult train();
   int64_t total_steps() const { return total_steps_; }
 
@@ -108,8 +131,13 @@ class Trainer {
   double clip_gradients();
   EvalResult evaluate_sharded();
 
+  int64_t row_units(const PackedRow& row) const;
+
   Model& model_;
   Optimizer& optimizer_;
+  Objective* objective_ = nullptr;
+  Adapter* adapter_ = nullptr;
+  std::vector<std::string> metric_names_;  // the objective's
   NamedTensors trainable_;
   std::vector<PackedRow> train_rows_, eval_rows_;
   TrainOptions o_;
@@ -127,6 +155,7 @@ class Trainer {
   double window_loss_ = 0;
   int64_t window_steps_ = 0;  // finite-loss steps in the window (skipped ones would drag the mean down)
   int64_t window_tokens_ = 0;
+  std::vector<double> window_metrics_;  // sums of each step's metric means, metric_names_ order
   mutable std::vector<size_t> order_;  // this epoch's row permutation
   mutable int64_t order_epoch_ = -1;
 };

@@ -22,7 +22,8 @@ namespace fs = std::filesystem;
 namespace mftk::cli {
 namespace {
 
-constexpr Kind kKinds[] = {Kind::model, Kind::adapter, Kind::quantizer, Kind::packer, Kind::optimizer, Kind::exporter};
+constexpr Kind kKinds[] = {Kind::model,     Kind::adapter,  Kind::quantizer, Kind::packer,
+                           Kind::optimizer, Kind::exporter, Kind::objective};
 
 // A scratch folder under $TMPDIR, made fresh (mkdtemp) and removed at the end.
 class ScratchFolder {

@@ -1,0 +1,414 @@
+// Objectives (mftk/objective.h): the sft plugin's loss, preference data
+// (TRL rows -> pairs of chat encodings), and DPO / ORPO checked against an
+// independent computation from the full logits' log-softmax, with their
+// gradients with respect to the LoRA parameters.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <map>
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include "chat_template.h"
+#include "dataset.h"
+#include "lora_adapter.h"
+#include "mftk/objective.h"
+#include "mftk/plugin.h"
+#include "mftk/token_logprobs.h"
+#include "mftk/tokenizer.h"
+#include "pipeline.h"
+#include "preference_objectives.h"
+#include "preference_rows.h"
+#include "registry.h"
+#include "train_test_support.h"
+#include "trainer.h"
+
+namespace mftk {
+namespace {
+
+using namespace train_test;
+using core::ChatMessage;
+
+constexpr double kTol = 1e-5;
+
+std::string write_jsonl(const ScratchDir& dir, const std::string& name, const std::vector<std::string>& lines) {
+  const std::string path = dir.sub(name);
+  std::ofstream out(path);
+  for (const auto& l : lines) out << l << "\n";
+  return path;
+}
+
+core::DatasetSpec preference_spec(const std::string& path) {
+  core::DatasetSpec spec;
+  spec.path = path;
+  spec.type = core::DatasetType::preference;
+  spec.table = "datasets[0]";
+  return spec;
+}
+
+std::vector<Example> load_pairs(const std::string& path, bool skip_bad_rows, core::DatasetFileStats& stats) {
+  const std::string dir = tiny_checkpoint(2);
+  auto tok = Tokenizer::load(dir);
+  return core::load_dataset(preference_spec(path), *tok, core::detect_chat_format(*tok), false, skip_bad_rows, stats);
+}
+
+// Rows in both of TRL's forms, with and without a system prompt.
+const std::vector<std::string> kRows = {
+    R"({"prompt": "name a colour of the sky", "chosen": "blue, on a clear day", "rejected": "a horse"})",
+    R"({"prompt": [{"role": "user", "content": "what is two plus two"}], "chosen": [{"role": "assistant", "content": "four"}], "rejected": [{"role": "assistant", "content": "the river is long and the sea is wide"}]})",
+    R"({"system": "answer briefly", "prompt": "say hello", "chosen": "hello", "rejected": "goodbye for now, friend"})",
+    R"({"prompt": [{"role": "system", "content": "you are terse"}, {"role": "user", "content": "first letter"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "and the last"}], "chosen": [{"role": "assistant", "content": "z"}], "rejected": [{"role": "assistant", "content": "the middle one is m"}]})",
+};
+
+// ---------------------------------------------------------------- data ----
+
+TEST(PreferenceData, EachSideIsTheChatEncodingOfThePromptAndItsReply) {
+  ScratchDir dir("pref");
+  core::DatasetFileStats stats;
+  const auto examples = load_pairs(write_jsonl(dir, "p.jsonl", kRows), false, stats);
+  ASSERT_EQ(examples.size(), 2 * kRows.size());
+  auto tok = Tokenizer::load(tiny_checkpoint(2));
+  const auto format = core::detect_chat_format(*tok);
+  // What `mftk tokenize --chat-json` gives for [prompt turns..., assistant: side].
+  auto expect_side = [&](const Example& got, std::vector<ChatMessage> messages, size_t context_messages) {
+    const auto full = core::encode_chat(*tok, format, messages, false);
+    EXPECT_EQ(got.ids, full.ids);
+    std::vector<ChatMessage> context(messages.begin(), messages.begin() + long(context_messages));
+    const size_t context_tokens = core::encode_chat(*tok, format, context, false, true).ids.size();
+    std::vector<uint8_t> mask = full.loss_mask;
+    // Earlier assistant turns of a multi-turn prompt are context, not supervised.
+    for (size_t t = 0; t < context_tokens; ++t) mask[t] = 0;
+    EXPECT_EQ(got.loss_mask, mask);
+    EXPECT_EQ(got.ids.back(), tok->eos_id());
+    EXPECT_EQ(got.loss_mask.back(), 1);
+  };
+  expect_side(examples[0], {{"user", "name a colour of the sky"}, {"assistant", "blue, on a clear day"}}, 1);
+  expect_side(examples[1], {{"user", "name a colour of the sky"}, {"assistant", "a horse"}}, 1);
+  expect_side(examples[2], {{"user", "what is two plus two"}, {"assistant", "four"}}, 1);
+  expect_side(examples[5], {{"system", "answer briefly"}, {"user", "say hello"}, {"assistant", "goodbye for now, friend"}}, 2);
+  expect_side(examples[6],
+              {{"system", "you are terse"}, {"user", "first letter"}, {"assistant", "a"}, {"user", "and the last"},
+               {"assistant", "z"}},
+              4);
+  // The single-turn sides are exactly tokenize's label mask (nothing masked away).
+  EXPECT_EQ(examples[0].loss_mask,
+            core::encode_chat(*tok, format, {{"user", "name a colour of the sky"}, {"assistant", "blue, on a clear day"}}, false)
+                .loss_mask);
+}
+
+TEST(PreferenceData, StringAndConversationalRowsEncodeAlike) {
+  ScratchDir dir("pref");
+  core::DatasetFileStats stats;
+  const auto examples = load_pairs(
+      write_jsonl(dir, "p.jsonl",
+                  {R"({"system": "be kind", "prompt": "hi", "chosen": "hello there", "rejected": "go away"})",
+                   R"({"prompt": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello there"}], "rejected": [{"role": "assistant", "content": "go away"}]})"}),
+      false, stats);
+  ASSERT_EQ(examples.size(), 4u);
+  EXPECT_EQ(examples[0].ids, examples[2].ids);
+  EXPECT_EQ(examples[0].loss_mask, examples[2].loss_mask);
+  EXPECT_EQ(examples[1].ids, examples[3].ids);
+}
+
+TEST(PreferenceData, BadRowsAreRefusedWithTheirLineOrSkippedAndCounted) {
+  ScratchDir dir("pref");
+  const std::vector<std::string> rows = {
+      kRows[0],
+      R"({"prompt": "p", "chosen": "c"})",                                // missing side
+      R"({"prompt": "p", "chosen": "same", "rejected": "same"})",         // identical sides
+      R"({"prompt": "p", "chosen": "", "rejected": "r"})",                // empty side
+      R"({"prompt": "p", "chosen": 3, "rejected": "r"})",                 // wrong type
+      R"({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "chosen": "c", "rejected": "r"})",  // prompt ends with the assistant
+  };
+  const std::string path = write_jsonl(dir, "bad.jsonl", rows);
+  core::DatasetFileStats stats;
+  try {
+    load_pairs(path, false, stats);
+    FAIL() << "a bad row was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find(path + ":2:"), std::string::npos) << e.what();
+  }
+  const auto examples = load_pairs(path, true, stats);
+  EXPECT_EQ(examples.size(), 2u);
+  EXPECT_EQ(stats.skipped_total(), 5);
+  EXPECT_EQ(stats.skipped["missing field"], 1);
+  EXPECT_EQ(stats.skipped["identical sides"], 1);
+  EXPECT_EQ(stats.skipped["empty response"], 1);
+  EXPECT_EQ(stats.skipped["wrong field type"], 1);
+  EXPECT_EQ(stats.skipped["bad conversation"], 1);
+}
+
+TEST(PreferenceData, PairsBecomeOneRowEachAndTooLongPairsAreDropped) {
+  Example a{{1, 5, 6, 7}, {0, 0, 1, 1}}, b{{1, 5, 8, 9, 10}, {0, 0, 1, 1, 1}};
+  PackOptions po;
+  po.sequence_len = 9;
+  PackStats stats;
+  const auto rows = core::pack_preference_pairs({a, b, a, a, b, b}, po, stats);
+  // Pair 3 (b, b) is 10 tokens: dropped.
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(stats.dropped, 1);
+  EXPECT_EQ(rows[0].doc_ids, (std::vector<int32_t>{0, 0, 0, 0, 1, 1, 1, 1, 1}));
+  EXPECT_EQ(rows[0].targets, (std::vector<int32_t>{-100, 6, 7, -100, -100, 8, 9, 10, -100}));
+  EXPECT_EQ(rows[0].position_ids, (std::vector<int32_t>{0, 1, 2, 3, 0, 1, 2, 3, 4}));
+}
+
+// --------------------------------------------------- the reference maths ----
+
+// A batch of preference rows from kRows (one pair per row).
+Batch preference_batch(std::vector<PackedRow>* rows_out = nullptr) {
+  ScratchDir dir("pref");
+  core::DatasetFileStats stats;
+  const auto examples = load_pairs(write_jsonl(dir, "p.jsonl", kRows), false, stats);
+  PackOptions po;
+  po.sequence_len = 512;
+  PackStats ps;
+  auto rows = core::pack_preference_pairs(examples, po, ps);
+  if (rows_out) *rows_out = rows;
+  return core::make_batch(rows);
+}
+
+// Per-document sums of log p(target) from the full [B, T, V] logits, one
+// term at a time: [B, D] (D = 2 here: one pair per row).
+at::Tensor reference_doc_logps(Model& model, const Batch& batch) {
+  const at::Tensor lsm = at::log_softmax(model.logits(model.forward(batch)).to(at::kFloat), -1);
+  const int64_t B = batch.input_ids.size(0), T = batch.input_ids.size(1);
+  std::vector<at::Tensor> out;
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<at::Tensor> docs(2, at::zeros({}, at::kFloat));
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t target = batch.targets[b][t].item<int64_t>();
+      const int64_t doc = batch.doc_ids[b][t].item<int64_t>();
+      if (target == kIgnoreIndex) continue;
+      docs[size_t(doc)] = docs[size_t(doc)] + lsm[b][t][target];
+    }
+    out.push_back(at::stack(docs));
+  }
+  return at::stack(out);
+}
+
+at::Tensor reference_tokens(const Batch& batch) {
+  at::Tensor out = at::zeros({batch.input_ids.size(0), 2}, at::kFloat);
+  for (int64_t b = 0; b < out.size(0); ++b)
+    for (int64_t t = 0; t < batch.targets.size(1); ++t)
+      if (batch.targets[b][t].item<int64_t>() != kIgnoreIndex) out[b][batch.doc_ids[b][t].item<int64_t>()] += 1;
+  return out;
+}
+
+at::Tensor log_sigmoid_ref(const at::Tensor& x) { return -at::log1p(at::exp(-x)); }
+
+struct LoraModel {
+  std::unique_ptr<mistral::MistralModel> model;
+  std::unique_ptr<lora::LoRAAdapter> adapter;
+  std::vector<at::Tensor> params;
+};
+
+LoraModel lora_model(uint64_t seed) {
+  LoraModel m;
+  m.model = load_tiny_model(2);
+  m.adapter = std::make_unique<lora::LoRAAdapter>();
+  m.adapter->inject(*m.model);
+  at::manual_seed(seed);
+  at::NoGradGuard no_grad;
+  for (auto& [name, t] : m.adapter->trainable_parameters()) {
+    at::Tensor p = t;
+    p.copy_(at::randn(p.sizes()) * 0.2);
+    m.params.push_back(t);
+  }
+  m.model->set_training(false);
+  return m;
+}
+
+void expect_close(const at::Tensor& got, const at::Tensor& want, const std::string& what) {
+  const double scale = std::max(1.0, want.abs().max().item<double>());
+  const double diff = (got.to(at::kDouble) - want.to(at::kDouble)).abs().max().item<double>();
+  EXPECT_LE(diff, kTol * scale) << what << ": max difference " << diff << " (scale " << scale << ")";
+}
+
+void expect_same_gradients(const at::Tensor& loss, const at::Tensor& reference, const std::vector<at::Tensor>& params) {
+  const auto g1 = torch::autograd::grad({loss}, params, {}, true, false, true);
+  const auto g2 = torch::autograd::grad({reference}, params, {}, true, false, true);
+  double norm = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    ASSERT_TRUE(g1[i].defined() && g2[i].defined()) << "parameter " << i;
+    expect_close(g1[i], g2[i], "gradient of parameter " + std::to_string(i));
+    norm += g2[i].pow(2).sum().item<double>();
+  }
+  EXPECT_GT(norm, 1e-10) << "the gradients are all zero: the check would be empty";
+}
+
+// The sums of a result's metrics, by name.
+std::map<std::string, double> metrics_of(const Objective& o, const ObjectiveResult& r) {
+  std::map<std::string, double> m;
+  const auto names = o.metric_names();
+  for (size_t i = 0; i < names.size(); ++i) m[names[i]] = r.metrics.at(i);
+  return m;
+}
+
+struct DpoCase {
+  std::string loss_type;
+  double label_smoothing;
+};
+
+class DpoExact : public testing::TestWithParam<DpoCase> {};
+
+TEST_P(DpoExact, LossAndLoraGradientsEqualTheFullLogitsComputation) {
+  QuietLog quiet;
+  auto m = lora_model(11);
+  const Batch batch = preference_batch();
+  preference::DpoOptions o;
+  o.beta = 0.5;  // large enough that the loss is far from its value at zero
+  o.loss_type = GetParam().loss_type;
+  o.label_smoothing = GetParam().label_smoothing;
+  preference::DpoObjective dpo(o);
+  ObjectiveResult r = dpo.compute(*m.model, m.adapter.get(), batch);
+  ASSERT_EQ(r.units, int64_t(kRows.size()));
+
+  at::Tensor ref;
+  {
+    at::NoGradGuard no_grad;
+    m.adapter->set_enabled(false);
+    ref = reference_doc_logps(*m.model, batch);
+    m.adapter->set_enabled(true);
+  }
+  const at::Tensor pi = reference_doc_logps(*m.model, batch);
+  at::Tensor pc = pi.select(1, 0), pr = pi.select(1, 1), rc = ref.select(1, 0), rr = ref.select(1, 1);
+  if (o.loss_type == "ipo") {
+    const at::Tensor n = reference_tokens(batch);
+    pc = pc / n.select(1, 0), pr = pr / n.select(1, 1), rc = rc / n.select(1, 0), rr = rr / n.select(1, 1);
+  }
+  const at::Tensor h = (pc - rc) - (pr - rr);
+  const at::Tensor losses =
+      o.loss_type == "ipo"
+          ? (h - 1 / (2 * o.beta)) * (h - 1 / (2 * o.beta))
+          : -(1 - o.label_smoothing) * log_sigmoid_ref(o.beta * h) - o.label_smoothing * log_sigmoid_ref(-o.beta * h);
+  const at::Tensor want = losses.sum();
+  expect_close(r.loss_sum, want, "dpo loss");
+  EXPECT_GT(std::abs(want.item<double>() - double(kRows.size()) * std::log(2.0)), 1e-3)
+      << "the policy equals the reference: the check would not see the adapter";
+  auto metrics = metrics_of(dpo, r);
+  const at::Tensor reward_c = o.beta * (pc - rc), reward_r = o.beta * (pr - rr);
+  EXPECT_NEAR(metrics["rewards/chosen"], reward_c.sum().item<double>(), 1e-4);
+  EXPECT_NEAR(metrics["rewards/rejected"], reward_r.sum().item<double>(), 1e-4);
+  EXPECT_NEAR(metrics["rewards/margins"], (reward_c - reward_r).sum().item<double>(), 1e-4);
+  EXPECT_EQ(metrics["rewards/accuracies"], (reward_c > reward_r).sum().item<double>());
+  EXPECT_NEAR(metrics["logps/chosen"], pc.sum().item<double>(), 1e-3);
+  EXPECT_NEAR(metrics["logps/rejected"], pr.sum().item<double>(), 1e-3);
+  expect_same_gradients(r.loss_sum, want, m.params);
+}
+
+INSTANTIATE_TEST_SUITE_P(LossTypes, DpoExact,
+                         testing::Values(DpoCase{"sigmoid", 0.0}, DpoCase{"sigmoid", 0.2}, DpoCase{"ipo", 0.0}),
+                         [](const auto& info) {
+                           return info.param.loss_type + (info.param.label_smoothing > 0 ? "_conservative" : "");
+                         });
+
+TEST(OrpoExact, LossAndLoraGradientsEqualTheFullLogitsComputation) {
+  QuietLog quiet;
+  auto m = lora_model(12);
+  const Batch batch = preference_batch();
+  preference::OrpoObjective orpo({0.3});
+  ObjectiveResult r = orpo.compute(*m.model, m.adapter.get(), batch);
+  ASSERT_EQ(r.units, int64_t(kRows.size()));
+  const at::Tensor pi = reference_doc_logps(*m.model, batch), n = reference_tokens(batch);
+  const at::Tensor ac = pi.select(1, 0) / n.select(1, 0), ar = pi.select(1, 1) / n.select(1, 1);
+  // log odds(p) = log p - log(1 - p), p = exp(mean log p).
+  const at::Tensor log_odds = (ac - at::log(1 - at::exp(ac))) - (ar - at::log(1 - at::exp(ar)));
+  const at::Tensor want = (-ac - 0.3 * log_sigmoid_ref(log_odds)).sum();
+  expect_close(r.loss_sum, want, "orpo loss");
+  auto metrics = metrics_of(orpo, r);
+  EXPECT_NEAR(metrics["nll_loss"], (-ac).sum().item<double>(), 1e-4);
+  EXPECT_NEAR(metrics["log_odds_chosen"], log_odds.sum().item<double>(), 1e-4);
+  EXPECT_EQ(metrics["rewards/accuracies"], (ac > ar).sum().item<double>());
+  expect_same_gradients(r.loss_sum, want, m.params);
+}
+
+TEST(DpoReference, TheAdapterSwitchedOffIsTheBaseModelBitwise) {
+  QuietLog quiet;
+  const Batch batch = preference_batch();
+  auto base = load_tiny_model(2);
+  auto m = lora_model(13);
+  at::NoGradGuard no_grad;
+  base->set_training(false);
+  const auto want = document_logprobs(*base, batch);
+  m.adapter->set_enabled(false);
+  const auto off = document_logprobs(*m.model, batch);
+  m.adapter->set_enabled(true);
+  const auto on = document_logprobs(*m.model, batch);
+  EXPECT_TRUE(at::equal(off.logp, want.logp));
+  EXPECT_TRUE(at::equal(off.tokens, want.tokens));
+  EXPECT_FALSE(at::allclose(on.logp, want.logp)) << "the randomised adapter changes nothing: the check is empty";
+}
+
+TEST(DpoReference, ChosenAndRejectedNeverShareAttention) {
+  QuietLog quiet;
+  auto m = lora_model(14);
+  std::vector<PackedRow> rows;
+  preference_batch(&rows);
+  PackedRow changed = rows[0];
+  // Other tokens on the chosen side (document 0), same length.
+  for (size_t t = 0; t < changed.ids.size(); ++t)
+    if (changed.doc_ids[t] == 0 && t > 0) changed.ids[t] = 3 + (changed.ids[t] + 17) % 400;
+  at::NoGradGuard no_grad;
+  const auto a = document_logprobs(*m.model, core::make_batch({rows[0]}));
+  const auto b = document_logprobs(*m.model, core::make_batch({changed}));
+  EXPECT_NE(a.logp[0][0].item<float>(), b.logp[0][0].item<float>());
+  EXPECT_EQ(a.logp[0][1].item<float>(), b.logp[0][1].item<float>());
+}
+
+TEST(DpoReference, FullFineTuningComparesWithTheLogprobsRecordedBeforeTraining) {
+  QuietLog quiet;
+  auto model = load_tiny_model(2);
+  model->set_training(false);
+  const NamedTensors trainable = core::make_all_trainable(*model);  // writable copies, as a full fine-tuning run has
+  const Batch batch = preference_batch();
+  preference::DpoObjective dpo({});
+  ASSERT_TRUE(dpo.needs_preparation(nullptr));
+  at::Tensor before;
+  {
+    at::NoGradGuard no_grad;
+    dpo.prepare(*model, nullptr, batch);
+    before = reference_doc_logps(*model, batch);
+    // Training moves the weights; the reference must not move with them.
+    for (const auto& [name, t] : trainable)
+      if (name.find("norm") != std::string::npos) at::Tensor(t).mul_(1.3);
+  }
+  ObjectiveResult r = dpo.compute(*model, nullptr, batch);
+  const at::Tensor now = reference_doc_logps(*model, batch);
+  const at::Tensor h = (now.select(1, 0) - before.select(1, 0)) - (now.select(1, 1) - before.select(1, 1));
+  expect_close(r.loss_sum, (-log_sigmoid_ref(0.1 * h)).sum(), "dpo loss against the recorded reference");
+  EXPECT_GT(h.abs().max().item<double>(), 1e-3) << "the weights change did not move the log-probabilities";
+}
+
+// ----------------------------------------------------------------- sft ----
+
+TEST(SftObjective, ThePluginLossIsTheTokenCrossEntropyOfTheTrainer) {
+  QuietLog quiet;
+  core::Registry registry;
+  auto sft = registry.create<Objective>(Kind::objective, "sft", Config("objective", {"recipe.toml", 1, 1}, {}));
+  ASSERT_EQ(sft->data(), ObjectiveData::token_rows);
+  auto model = load_tiny_model(2);
+  model->set_training(false);
+  const auto rows = synthetic_rows(5, 4, model->shape().vocab_size);
+  const Batch batch = core::make_batch(rows);
+  int64_t units = 0;
+  for (const auto& r : rows) units += sft->units(r);
+  EXPECT_EQ(units, supervised_tokens(rows));
+  ObjectiveResult r = sft->compute(*model, nullptr, batch);
+  EXPECT_EQ(r.units, units);
+  int64_t n = 0;
+  const at::Tensor trainer_loss = core::supervised_loss_sum(*model, batch, &n);
+  EXPECT_TRUE(at::equal(r.loss_sum, trainer_loss));  // the very loss the trainer always computed
+  // Against the formula: -sum log softmax(logits)[target] over supervised positions.
+  const at::Tensor lsm = at::log_softmax(model->logits(model->forward(batch)), -1);
+  double want = 0;
+  for (int64_t b = 0; b < batch.targets.size(0); ++b)
+    for (int64_t t = 0; t < batch.targets.size(1); ++t)
+      if (const int64_t y = batch.targets[b][t].item<int64_t>(); y != kIgnoreIndex) want -= lsm[b][t][y].item<double>();
+  EXPECT_NEAR(r.loss_sum.item<double>(), want, 1e-4 * std::abs(want));
+}
+
+}  // namespace
+}  // namespace mftk
