@@ -79,6 +79,9 @@ Batch make_batch(const PackedRow* rows, size_t count, int32_t pad_id) {
   batch.targets = at::full({B, T}, kIgnoreIndex, at::kLong);
   batch.position_ids = at::zeros({B, T}, at::kLong);
   batch.doc_ids = at::full({B, T}, -1, at::kInt);
+  // Host bookkeeping, CPU only on purpose: the rows are std::vector data and
+  // the batch is built in host memory once; the trainer moves it to the
+  // device (no device-generic twin needed, see mftk/kernels.h).
   int64_t* ids = batch.input_ids.data_ptr<int64_t>();
   int64_t* targets = batch.targets.data_ptr<int64_t>();
   int64_t* positions = batch.position_ids.data_ptr<int64_t>();

@@ -9,6 +9,7 @@
 #include <torch/version.h>
 
 #include "mftk/error.h"
+#include "mftk/kernels.h"
 
 namespace mftk::mistral {
 
@@ -33,6 +34,22 @@ AttentionPlan::AttentionPlan(AttentionMaskRule rule, int64_t query_block, int64_
   num_queries_ = rule_.query_order.size(0);
   num_keys_ = rule_.key_order.size(0);
   if (query_block <= 0) query_block = std::max<int64_t>(num_queries_, 1);
+  // The block bounds are host decisions (how to slice the work), read with
+  // several .item() per block. Off the CPU (and under MFTK_GENERIC_KERNELS=1)
+  // each would be a round trip to the device, so the rule's small index
+  // tensors ([B, T] int64) come to the host once, the blocks are found
+  // there, and the cached masks go back to the rule's device; masks not
+  // cached are rebuilt per layer from the device rule by visible().
+  const bool host_plan = use_generic_path(rule_.query_order);
+  const at::Device device = rule_.query_order.device();
+  AttentionMaskRule host_rule;
+  if (host_plan) {
+    host_rule = AttentionMaskRule{rule_.query_order.to(at::kCPU), rule_.key_order.to(at::kCPU),
+                                  rule_.query_pos.to(at::kCPU),   rule_.key_pos.to(at::kCPU),
+                                  rule_.query_doc.to(at::kCPU),   rule_.key_doc.to(at::kCPU),
+                                  rule_.window};
+  }
+  const AttentionMaskRule& planning = host_plan ? host_rule : rule_;
   const at::Tensor query_order_cpu = rule_.query_order.to(at::kCPU);
   int64_t cached = 0;
   for (int64_t q0 = 0; q0 < num_queries_; q0 += query_block) {
@@ -41,11 +58,11 @@ AttentionPlan::AttentionPlan(AttentionMaskRule rule, int64_t query_block, int64_
     block.q1 = std::min(q0 + query_block, num_queries_);
     // Orders ascend, so the keys at or before the block's last query form a prefix.
     const int64_t last_order = query_order_cpu[block.q1 - 1].item<int64_t>();
-    const int64_t key_end = at::le(rule_.key_order, last_order).sum().item<int64_t>();
+    const int64_t key_end = at::le(planning.key_order, last_order).sum().item<int64_t>();
     at::Tensor visible;
     at::Tensor seen_columns;
     if (key_end > 0) {
-      visible = rule_.visible(block.q0, block.q1, 0, key_end);
+      visible = planning.visible(block.q0, block.q1, 0, key_end);
       seen_columns = visible.any(0).any(0).nonzero();
     }
     if (key_end == 0 || seen_columns.numel() == 0) {
@@ -59,7 +76,7 @@ AttentionPlan::AttentionPlan(AttentionMaskRule rule, int64_t query_block, int64_
     block.all_visible = visible.all().item<bool>();
     block.has_empty_rows = !visible.any(2).all().item<bool>();
     if (!block.all_visible && cached + visible.numel() <= cache_bytes) {
-      block.visible = visible.contiguous();
+      block.visible = visible.contiguous().to(device);
       cached += visible.numel();
     }
     blocks_.push_back(std::move(block));

@@ -10,6 +10,8 @@
 
 #include "mftk/dynamic_map.h"
 #include "mftk/error.h"
+#include "mftk/kernels.h"
+#include "nf4_generic.h"
 
 namespace mftk::nf4 {
 
@@ -32,6 +34,8 @@ int64_t Nf4Tensor::numel() const {
 
 at::Tensor Nf4Tensor::block_absmax() const {
   if (!double_quant()) return absmax;
+  if (use_generic_path(quantized_absmax))
+    return recover_absmax_generic(quantized_absmax, nested_absmax, nested_map, offset);
   at::Tensor out = at::empty({blocks()}, at::kFloat);
   recover_absmax(quantized_absmax.data_ptr<uint8_t>(), nested_absmax.data_ptr<float>(), nested_map.data_ptr<float>(),
                  offset, blocks(), out.data_ptr<float>());
@@ -41,6 +45,13 @@ at::Tensor Nf4Tensor::block_absmax() const {
 int64_t Nf4Tensor::storage_bytes() const {
   auto bytes = [](const at::Tensor& t) { return t.defined() ? t.numel() * int64_t(t.element_size()) : int64_t{0}; };
   return bytes(packed) + bytes(absmax) + bytes(quantized_absmax) + bytes(nested_absmax);
+}
+
+Nf4Tensor Nf4Tensor::to(const at::Device& device) const {
+  Nf4Tensor out = *this;
+  for (at::Tensor* t : {&out.packed, &out.absmax, &out.quantized_absmax, &out.nested_absmax, &out.nested_map})
+    if (t->defined()) *t = t->to(device);
+  return out;
 }
 
 void Nf4Tensor::check(const std::string& what) const {
@@ -60,7 +71,10 @@ void Nf4Tensor::check(const std::string& what) const {
     if (t.scalar_type() != type)
       fail(fmt::format("{} is {}, expected {}", name, c10::toString(t.scalar_type()), c10::toString(type)));
     if (t.numel() != count) fail(fmt::format("{} holds {} values, expected {}", name, t.numel(), count));
-    if (!t.is_contiguous() || !t.device().is_cpu()) fail(fmt::format("{} is not a contiguous CPU tensor", name));
+    if (!t.is_contiguous()) fail(fmt::format("{} is not a contiguous tensor", name));
+    // The parts live together: on the CPU, or all on one accelerator (generic kernels).
+    if (packed.defined() && t.device() != packed.device())
+      fail(fmt::format("{} is on {}, the packed weight on {}", name, t.device().str(), packed.device().str()));
   };
   expect(packed, "packed weight", at::kByte, (numel() + 1) / 2);
   if (double_quant()) {
@@ -75,9 +89,6 @@ void Nf4Tensor::check(const std::string& what) const {
 
 Nf4Tensor quantize_nf4(const at::Tensor& weight, int64_t blocksize, bool double_quant) {
   if (!weight.defined() || weight.numel() == 0) throw Error("nf4: cannot quantise an empty weight");
-  if (!weight.device().is_cpu())
-    throw Error(fmt::format("nf4: the weight is on {}; NF4 quantisation runs on the CPU", weight.device().str()),
-                "load the model on the CPU");
   if (!is_bitsandbytes_blocksize(blocksize))
     throw Error(fmt::format("nf4: blocksize {} is not a power of two from {} to {}", blocksize, kMinBlocksize,
                             kMaxBlocksize),
@@ -86,6 +97,21 @@ Nf4Tensor quantize_nf4(const at::Tensor& weight, int64_t blocksize, bool double_
   q.shape = weight.sizes().vec();
   q.blocksize = blocksize;
   q.dtype = weight.scalar_type();
+  if (use_generic_path(weight)) {
+    // Off the CPU (or forced): the libtorch-op kernels, results on the weight's device.
+    Nf4Blocks blocks = quantize_blocks_generic(weight, blocksize);
+    q.packed = std::move(blocks.packed);
+    if (!double_quant) {
+      q.absmax = std::move(blocks.absmax);
+    } else {
+      DoubleQuantized dq = double_quantize_absmax_generic(blocks.absmax);
+      q.quantized_absmax = std::move(dq.codes);
+      q.nested_absmax = std::move(dq.nested_absmax);
+      q.offset = dq.offset;
+      q.nested_map = nested_map_tensor().to(weight.device());
+    }
+    return q;
+  }
   // A mapped checkpoint view is already contiguous; anything else is copied once.
   const at::Tensor values = weight.contiguous();
   const int64_t n = values.numel();
@@ -108,6 +134,13 @@ Nf4Tensor quantize_nf4(const at::Tensor& weight, int64_t blocksize, bool double_
 at::Tensor dequantize_nf4(const Nf4Tensor& weight, at::ScalarType dtype, DequantPath path) {
   const at::Tensor absmax = weight.block_absmax();
   const int64_t n = weight.numel();
+  // Off the CPU always; on the CPU when forced, unless a test or the bench
+  // asked for a particular CPU kernel.
+  if (!weight.packed.device().is_cpu() || (generic_kernels() && path == DequantPath::automatic)) {
+    const at::ScalarType kernel_dtype = dtype == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
+    at::Tensor out = dequantize_blocks_generic(weight.packed, absmax, n, weight.blocksize, kernel_dtype).view(weight.shape);
+    return dtype == kernel_dtype ? out : out.to(dtype);
+  }
   if (dtype == at::kBFloat16) {
     at::Tensor out = at::empty(weight.shape, at::kBFloat16);
     dequantize_blocks_bf16(weight.packed.data_ptr<uint8_t>(), absmax.data_ptr<float>(), n, weight.blocksize,

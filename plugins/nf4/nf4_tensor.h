@@ -53,15 +53,22 @@ struct Nf4Tensor {
   // not fit together (a damaged or foreign checkpoint); checks the shape's
   // element count for overflow before any other size is derived from it.
   void check(const std::string& what) const;
+  // The same weight with every part on `device` (what a model placed on an
+  // accelerator holds; its kernels then take the generic path).
+  Nf4Tensor to(const at::Device& device) const;
 };
 
-// Quantises a float32 / bfloat16 / float16 CPU tensor (any shape, read
-// row-major). Reads `weight` once and keeps nothing of it.
+// Quantises a float32 / bfloat16 / float16 tensor (any shape, read
+// row-major). Reads `weight` once and keeps nothing of it. The result lives
+// on the weight's device: a CPU weight takes the fast CPU kernels, any other
+// (or any under MFTK_GENERIC_KERNELS=1) the libtorch-op ones of nf4_generic.h.
 Nf4Tensor quantize_nf4(const at::Tensor& weight, int64_t blocksize, bool double_quant);
 
 // The weight as a dense tensor of `dtype` with the original shape. Float32
 // and bfloat16 come straight out of the kernels; other dtypes go through
 // float32.
+// On the packed weight's device; the generic kernels run off the CPU, and on
+// the CPU under MFTK_GENERIC_KERNELS=1 when `path` is automatic.
 at::Tensor dequantize_nf4(const Nf4Tensor& weight, at::ScalarType dtype,
                           DequantPath path = DequantPath::automatic);
 

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -13,6 +15,7 @@
 #include <fmt/ranges.h>
 
 #include "mftk/error.h"
+#include "mftk/kernels.h"
 
 namespace mftk::paged_adamw_8bit {
 
@@ -143,6 +146,101 @@ void update_float32(const float* g, float* p, float* m, float* v, int64_t numel,
   });
 }
 
+// --- device-generic update -------------------------------------------------
+// The two kernels above in libtorch tensor ops only, for parameters off the
+// CPU (and on the CPU under MFTK_GENERIC_KERNELS=1). Same operations in the
+// same order, each float32 result rounded on its own, so they agree with the
+// CPU loops bit for bit (GenericKernels.Optimizer*). The 8-bit state stays in
+// the host pages (paged_block_store.h): each parameter's records are copied
+// to its device for the update and back, which is what paging means there.
+
+// The maps and their search boundaries on one device.
+struct GenericTables {
+  at::Tensor values_m, values_v;          // float32 [256]
+  at::Tensor boundaries_m, boundaries_v;  // float32 [255]
+};
+
+GenericTables make_tables(const CodeBook& map_m, const CodeBook& map_v, const at::Device& device) {
+  auto table = [&](const float* values, int64_t count) {
+    return at::tensor(at::ArrayRef<float>(values, static_cast<size_t>(count)), at::TensorOptions().dtype(at::kFloat))
+        .to(device);
+  };
+  return {table(map_m.values().data(), 256), table(map_v.values().data(), 256),
+          table(map_m.boundaries().data(), 255), table(map_v.boundaries().data(), 255)};
+}
+
+// CodeBook::nearest for every element: the count of boundaries strictly
+// below x (searchsorted, left side); NaN gives code 0. int64 codes.
+at::Tensor nearest_codes(const at::Tensor& boundaries, const at::Tensor& x) {
+  return at::searchsorted(boundaries, x).masked_fill_(x.isnan(), 0);
+}
+
+// max |x| per row, a NaN never winning and -FLT_MAX for a row of NaNs (the
+// CPU loop's fold).
+at::Tensor row_absmax(const at::Tensor& rows) {
+  const at::Tensor a = rows.abs();
+  return a.masked_fill(a.isnan(), -std::numeric_limits<float>::max()).amax(1);
+}
+
+// One 8-bit parameter's state as tensors: codes [blocks, 256], absmax [blocks].
+struct BlockState {
+  at::Tensor codes_m, codes_v, absmax_m, absmax_v;
+};
+
+// update_block over every block at once. g and p: float32 [numel] on one
+// device; `state` on the same device, replaced by the new state.
+void update_8bit_generic(const at::Tensor& g, at::Tensor& p, BlockState& state, const GenericTables& t,
+                         const StepConstants& k) {
+  const int64_t numel = p.numel(), blocks = state.absmax_m.size(0);
+  const int64_t pad = blocks * kBlockSize - numel;
+  at::Tensor cm = state.codes_m.to(at::kLong).reshape({-1});
+  at::Tensor cv = state.codes_v.to(at::kLong).reshape({-1});
+  if (pad > 0) {
+    // A short last block is padded as the kernel pads it: code 128 for m,
+    // code 0 for v and a zero gradient, and the padding joins the block max.
+    cm.narrow(0, numel, pad).fill_(128);
+    cv.narrow(0, numel, pad).fill_(0);
+  }
+  const at::Tensor gb = at::constant_pad_nd(g, {0, pad}, 0).view({blocks, kBlockSize});
+  const at::Tensor pb = at::constant_pad_nd(p, {0, pad}, 0).view({blocks, kBlockSize});
+  at::Tensor m = t.values_m.index_select(0, cm).view({blocks, kBlockSize}) * state.absmax_m.unsqueeze(1);
+  at::Tensor v = t.values_v.index_select(0, cv).view({blocks, kBlockSize}) * state.absmax_v.unsqueeze(1);
+  const at::Tensor not_finite = gb.abs().le(std::numeric_limits<float>::max()).logical_not();
+  v = (v * k.beta2 + (gb * k.one_minus_beta2) * gb).masked_fill_(not_finite, 0.0);
+  m = (m * k.beta1 + gb * k.one_minus_beta1).masked_fill_(not_finite, 0.0);
+  const at::Tensor new_max_m = row_absmax(m), new_max_v = row_absmax(v);
+
+  at::Tensor pi = pb + (m / (v.sqrt() + k.eps_scaled)) * k.step_size;
+  if (k.apply_decay) pi = pi * k.decay;
+  p.copy_(at::where(not_finite, pb, pi).view({-1}).narrow(0, 0, numel));
+
+  at::Tensor code_m = nearest_codes(t.boundaries_m, m / new_max_m.unsqueeze(1));
+  // Keep m's sign: a negative m must not land on 0.0 or a positive code.
+  const at::Tensor flipped =
+      at::signbit(t.values_m.index_select(0, code_m.view({-1})).view({blocks, kBlockSize})).ne(at::signbit(m));
+  code_m = at::where(flipped, at::where(m.gt(0), code_m + 1, code_m - 1), code_m).bitwise_and(0xFF);
+  at::Tensor code_v = nearest_codes(t.boundaries_v, v / new_max_v.unsqueeze(1));
+  if (pad > 0) {
+    // The CPU kernel never writes a record's padding bytes: they stay 0.
+    code_m.view({-1}).narrow(0, numel, pad).fill_(0);
+    code_v.view({-1}).narrow(0, numel, pad).fill_(0);
+  }
+  state.codes_m = code_m.to(at::kByte);
+  state.codes_v = code_v.to(at::kByte);
+  state.absmax_m = new_max_m;
+  state.absmax_v = new_max_v;
+}
+
+// update_float32 in tensor ops, in place on p, m and v (float32, one device).
+void update_float32_generic(const at::Tensor& g, at::Tensor& p, at::Tensor& m, at::Tensor& v,
+                            const StepConstants& k) {
+  m.mul_(k.beta1).add_(g * k.one_minus_beta1);
+  v.mul_(k.beta2).add_((g * g) * k.one_minus_beta2);
+  at::Tensor pi = p + (m / (v.sqrt() + k.eps_scaled)) * k.step_size;
+  if (k.apply_decay) pi.mul_(k.decay);
+  p.copy_(pi);
+}
+
 // Saved tensors by name; reports missing, malformed and unused entries.
 class StateReader {
  public:
@@ -202,7 +300,8 @@ class StateReader {
 
 CodeValues code_values_from(const at::Tensor& t) {
   CodeValues out;
-  std::memcpy(out.data(), t.data_ptr<float>(), sizeof(out));
+  const at::Tensor host = t.to(at::kCPU).contiguous();  // host bookkeeping: the CodeBook is host data
+  std::memcpy(out.data(), host.data_ptr<float>(), sizeof(out));
   return out;
 }
 
@@ -306,10 +405,6 @@ void AdamW8bit::attach(const NamedTensors& params) {
     if (!at::isFloatingType(param.scalar_type()))
       throw Error(fmt::format("{}: trainable tensor '{}' has dtype {}; only floating-point tensors can be optimised",
                               name, pname, c10::toString(param.scalar_type())));
-    if (!param.device().is_cpu())
-      throw Error(fmt::format("{}: trainable tensor '{}' is on {}; this build updates CPU tensors only", name,
-                              pname, param.device().str()),
-                  "use plugin = \"adamw\" for tensors on an accelerator");
     Slot slot;
     slot.name = pname;
     slot.param = param;
@@ -320,8 +415,9 @@ void AdamW8bit::attach(const NamedTensors& params) {
       slot.blocks = (slot.numel + kBlockSize - 1) / kBlockSize;
       blocks.push_back(slot.blocks);
     } else {
-      slot.exp_avg = at::zeros({slot.numel}, at::kFloat);
-      slot.exp_avg_sq = at::zeros({slot.numel}, at::kFloat);
+      // On the parameter's device, where its update runs.
+      slot.exp_avg = at::zeros({slot.numel}, param.options().dtype(at::kFloat));
+      slot.exp_avg_sq = at::zeros({slot.numel}, param.options().dtype(at::kFloat));
     }
     slots_.push_back(std::move(slot));
   }
@@ -338,6 +434,7 @@ void AdamW8bit::step(double lr) {
   at::NoGradGuard no_grad;
   ++step_;
   const StepConstants k = make_constants(options_, lr, step_);
+  std::optional<GenericTables> tables;  // built on first use, on the parameters' device
   for (auto& slot : slots_) {
     const at::Tensor& grad = slot.param.grad();
     if (!grad.defined()) continue;
@@ -348,6 +445,32 @@ void AdamW8bit::step(double lr) {
     const bool in_place = slot.param.scalar_type() == at::kFloat && slot.param.is_contiguous();
     at::Tensor param = in_place ? slot.param : slot.param.to(at::kFloat).contiguous();
     at::Tensor g = grad.to(at::kFloat).contiguous();
+    if (use_generic_path(param)) {
+      at::Tensor flat = param.view({-1});
+      if (slot.eight_bit) {
+        if (!tables || tables->values_m.device() != param.device())
+          tables = make_tables(*signed_map_, *unsigned_map_, param.device());
+        const std::vector<BlockSpan> spans = store_.spans(slot.range);
+        auto gather = [&](at::Tensor BlockSpan::*part) {
+          std::vector<at::Tensor> parts;
+          for (const BlockSpan& span : spans) parts.push_back(span.*part);
+          return at::cat(parts, 0).to(param.device());
+        };
+        BlockState state{gather(&BlockSpan::codes_m), gather(&BlockSpan::codes_v), gather(&BlockSpan::absmax_m),
+                         gather(&BlockSpan::absmax_v)};
+        update_8bit_generic(g.view({-1}), flat, state, *tables, k);
+        for (const BlockSpan& span : spans) {
+          span.codes_m.copy_(state.codes_m.narrow(0, span.first_block, span.count));
+          span.codes_v.copy_(state.codes_v.narrow(0, span.first_block, span.count));
+          span.absmax_m.copy_(state.absmax_m.narrow(0, span.first_block, span.count));
+          span.absmax_v.copy_(state.absmax_v.narrow(0, span.first_block, span.count));
+        }
+      } else {
+        update_float32_generic(g.view({-1}), flat, slot.exp_avg, slot.exp_avg_sq, k);
+      }
+      if (!in_place) slot.param.copy_(param.view(slot.param.sizes()));
+      continue;
+    }
     float* p = param.data_ptr<float>();
     const float* gp = g.data_ptr<float>();
     if (slot.eight_bit) {
@@ -423,10 +546,11 @@ void AdamW8bit::load_state(const NamedTensors& state) {
   std::vector<std::array<at::Tensor, 4>> saved;
   for (const auto& slot : slots_) {
     if (slot.eight_bit) {
-      saved.push_back({reader.take(slot.name + ".state1", at::kByte, slot.param.sizes()),
-                       reader.take(slot.name + ".state2", at::kByte, slot.param.sizes()),
-                       reader.take(slot.name + ".absmax1", at::kFloat, {slot.blocks}),
-                       reader.take(slot.name + ".absmax2", at::kFloat, {slot.blocks})});
+      // To the host: the 8-bit state lives in host pages whatever the device.
+      saved.push_back({reader.take(slot.name + ".state1", at::kByte, slot.param.sizes()).to(at::kCPU),
+                       reader.take(slot.name + ".state2", at::kByte, slot.param.sizes()).to(at::kCPU),
+                       reader.take(slot.name + ".absmax1", at::kFloat, {slot.blocks}).to(at::kCPU),
+                       reader.take(slot.name + ".absmax2", at::kFloat, {slot.blocks}).to(at::kCPU)});
     } else {
       saved.push_back({reader.take(slot.name + ".state1", at::kFloat, slot.param.sizes()),
                        reader.take(slot.name + ".state2", at::kFloat, slot.param.sizes()), at::Tensor(),

@@ -1,5 +1,8 @@
 // The "paged_adamw_8bit" and "adamw_8bit" optimizers: bitsandbytes' blockwise
-// 8-bit AdamW (docs/formats.md §7, 8-bit optimiser), on the CPU.
+// 8-bit AdamW (docs/formats.md §7, 8-bit optimiser). CPU parameters take
+// the fast loops; parameters on an accelerator (or any under
+// MFTK_GENERIC_KERNELS=1) the same update in libtorch ops (mftk/kernels.h),
+// with the 8-bit state kept in host pages and copied over per update.
 //
 // defines: mftk::paged_adamw_8bit::AdamW8bitOptions,
 //          mftk::paged_adamw_8bit::adamw_8bit_keys,

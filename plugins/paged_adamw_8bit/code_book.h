@@ -45,6 +45,10 @@ class CodeBook {
     return static_cast<uint8_t>(code);
   }
 
+  // x moves past code k exactly when x > boundaries()[k] (k < 255): the
+  // device-generic update searches these with at::searchsorted.
+  const std::array<float, 256>& boundaries() const { return boundary_; }
+
   // The same, by a plain binary search over the boundaries (reference).
   uint8_t nearest_by_search(float x) const;
 

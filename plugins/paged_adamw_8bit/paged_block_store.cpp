@@ -39,6 +39,30 @@ void PagedBlockStore::add_page(int64_t capacity) {
   pages_.push_back(std::move(page));
 }
 
+std::vector<BlockSpan> PagedBlockStore::spans(size_t range) const {
+  const Range& r = ranges_.at(range);
+  std::vector<BlockSpan> out;
+  for (int64_t b = 0; b < r.blocks;) {
+    const int64_t slot = r.first_slot + b;
+    const Page& page = pages_[static_cast<size_t>(r.first_page + slot / r.slots_per_page)];
+    const int64_t s = slot % r.slots_per_page, cap = page.capacity;
+    const int64_t count = std::min(r.blocks - b, cap - s);
+    // The page's four arrays, as record() lays them out; the absmax arrays
+    // start at a multiple of 4 bytes, so they view as float32.
+    BlockSpan span;
+    span.first_block = b;
+    span.count = count;
+    span.codes_m = page.storage.narrow(0, s * kBlockSize, count * kBlockSize).view({count, kBlockSize});
+    span.codes_v = page.storage.narrow(0, (cap + s) * kBlockSize, count * kBlockSize).view({count, kBlockSize});
+    const int64_t absmax_bytes = 2 * cap * kBlockSize;
+    span.absmax_m = page.storage.narrow(0, absmax_bytes + 4 * s, 4 * count).view(at::kFloat);
+    span.absmax_v = page.storage.narrow(0, absmax_bytes + 4 * (cap + s), 4 * count).view(at::kFloat);
+    out.push_back(std::move(span));
+    b += count;
+  }
+  return out;
+}
+
 std::vector<int64_t> PagedBlockStore::pages_of(size_t range) const {
   const Range& r = ranges_.at(range);
   std::vector<int64_t> out;

@@ -1,7 +1,8 @@
 // Host-memory pages holding the 8-bit optimizer state, and the page table
 // that says where each parameter's 256-element blocks live.
 //
-// defines: mftk::paged_adamw_8bit::BlockRecord, mftk::paged_adamw_8bit::PagedBlockStore
+// defines: mftk::paged_adamw_8bit::BlockRecord, mftk::paged_adamw_8bit::BlockSpan,
+//          mftk::paged_adamw_8bit::PagedBlockStore
 //
 // The state of one 256-element block is a record: 256 codes of m (signed
 // map), 256 codes of v (unsigned map), absmax of m, absmax of v = 520 bytes.
@@ -34,6 +35,17 @@ struct BlockRecord {
   float* absmax_v;
 };
 
+// Consecutive records of one range that share a page, as tensor views into
+// that page: what the device-generic update reads and writes (no pointers).
+struct BlockSpan {
+  int64_t first_block = 0;  // within the range
+  int64_t count = 0;        // records
+  at::Tensor codes_m;       // uint8 [count, 256]
+  at::Tensor codes_v;       // uint8 [count, 256]
+  at::Tensor absmax_m;      // float32 [count]
+  at::Tensor absmax_v;      // float32 [count]
+};
+
 class PagedBlockStore {
  public:
   PagedBlockStore() = default;
@@ -53,6 +65,9 @@ class PagedBlockStore {
     float* absmax = reinterpret_cast<float*>(base + 2 * cap * kBlockSize);
     return {base + s * kBlockSize, base + (cap + s) * kBlockSize, absmax + s, absmax + cap + s};
   }
+
+  // The records of `range` as views, page by page, in block order.
+  std::vector<BlockSpan> spans(size_t range) const;
 
   int64_t page_count() const { return static_cast<int64_t>(pages_.size()); }
   // Bytes allocated for all pages.
