@@ -437,13 +437,19 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
     const fs::path out = ex.config.get_string("out");
     job.out = out.is_absolute() ? out.string() : (fs::path(output_dir) / out).string();
     job.model = &model;
+    if (adapter) {  // the adapter as saved, unmerged, for exporters of the adapter itself (gguf_lora)
+      job.base_model_dir = lm.path;
+      job.adapter_dir = final_dir;
+    }
     // Calibration documents for exporters that run the model (awq): the
     // training documents' token ids; exporters that need none ignore them.
     for (const auto& ex : data.train) job.calibration_rows.push_back(ex.ids);
     Stage stage(fmt::format("exporting with the {} plugin to {}", ex.plugin, job.out));
     auto report = exporter->run(job);
     spdlog::info("export [{}] {}: {} ({} bytes) {}", ex.table, ex.plugin, report.path, report.bytes, report.summary);
+    for (const auto& beside : report.also_written) spdlog::info("export [{}] {}: also wrote {}", ex.table, ex.plugin, beside);
     summary["exports"].push_back({{"plugin", ex.plugin}, {"path", report.path}, {"bytes", report.bytes}});
+    if (!report.also_written.empty()) summary["exports"].back()["also_written"] = report.also_written;
     parity.check_export(ex, *exporter, job, report);
   }
   if (parity.enabled()) summary["export_parity"] = parity_json(parity.checks());

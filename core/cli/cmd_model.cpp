@@ -176,9 +176,12 @@ void run_export(const char* command, const std::string& plugin, const std::strin
     core::save_hf_checkpoint(*bundle.model, model_dir, merged_dir);
     spdlog::info("{}: merged {} into {} (temporary, removed after the export)", command, adapter_dir, merged_dir);
     job.model_dir = merged_dir;
+    job.base_model_dir = model_dir;  // exporters of the adapter itself (gguf_lora) read these
+    job.adapter_dir = adapter_dir;
   }
   auto report = exporter->run(job);
   spdlog::info("{} {}: {} ({} bytes) {}", command, ref.plugin, report.path, report.bytes, report.summary);
+  for (const auto& beside : report.also_written) spdlog::info("{} {}: also wrote {}", command, ref.plugin, beside);
   if (!reference.empty()) {  // while the merged folder still exists: exporters read names and tokenizer there
     auto check = core::check_export(registry, core::ArtefactModelSource{}, *exporter, job, report, reference);
     check.kind = ref.plugin;

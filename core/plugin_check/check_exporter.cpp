@@ -12,6 +12,8 @@
 
 #include <fmt/format.h>
 
+#include "defaults.h"
+#include "mftk/adapter.h"
 #include "mftk/error.h"
 #include "mftk/exporter.h"
 #include "mftk/model.h"
@@ -61,10 +63,33 @@ constexpr const char* kForeignText = "written by someone else; mftk must leave t
 void check_exporter(Registry& registry, const ComponentInfo& component, TinyModelSource& source,
                     const std::string& scratch_dir, Checker& checker) {
   std::unique_ptr<Model> model;
+  // An adapter of the default adapter plugin at its initial state, saved
+  // unmerged, for exporters of the adapter itself (gguf_lora). Its update is
+  // zero at init (LoRA's B = 0), so the checkpoint is also the merged model,
+  // as ExportJob says model_dir is.
+  std::string adapter_dir;
   const auto job_for = [&](const std::string& out) {
     if (!model) model = source.load_default();
+    if (adapter_dir.empty()) {
+      try {
+        const ComponentInfo& info = registry.find(Kind::adapter, kDefaultAdapterPlugin);
+        auto own = source.load_default();
+        auto adapter = registry.create<Adapter>(Kind::adapter, kDefaultAdapterPlugin, default_config(registry, info));
+        adapter->inject(*own);
+        const fs::path dir = fs::path(scratch_dir) / "adapter-for-exporters";
+        fs::create_directories(dir);
+        adapter->save(dir.string(), source.checkpoint_dir());
+        adapter_dir = dir.string();
+      } catch (const UsageError&) {
+        // No default adapter plugin here: exporters get no adapter.
+      }
+    }
     ExportJob job;
     job.model_dir = source.checkpoint_dir();
+    if (!adapter_dir.empty()) {
+      job.base_model_dir = source.checkpoint_dir();
+      job.adapter_dir = adapter_dir;
+    }
     job.out = out;
     job.model = model.get();
     for (uint64_t r = 0; r < 4; ++r) {
@@ -88,8 +113,15 @@ void check_exporter(Registry& registry, const ComponentInfo& component, TinyMode
     const ExportReport report = exporter->run(job);
     if (!fs::exists(out)) throw CheckFailed(fmt::format("run() returned but wrote nothing at job.out ({})", out));
     std::vector<std::string> stray;
+    // Files the report names as written beside out (a Modelfile next to a
+    // GGUF) are the exporter's own, provided they are new.
+    const auto declared = [&](const std::string& path) {
+      for (const auto& beside : report.also_written)
+        if (fs::path(beside).lexically_normal() == fs::path(path).lexically_normal() && !before.count(path)) return true;
+      return false;
+    };
     for (const auto& [path, stamp] : snapshot(area))
-      if (!under(path, out) && (!before.count(path) || before.at(path) != stamp))
+      if (!under(path, out) && !declared(path) && (!before.count(path) || before.at(path) != stamp))
         stray.push_back(fs::path(path).lexically_relative(area).string());
     for (const auto& [path, stamp] : before)
       if (!under(path, out) && !fs::exists(path))

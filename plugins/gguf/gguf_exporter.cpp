@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "ggml_quants.h"
+#include "gguf_modelfile.h"
 #include "gguf_reader.h"
 #include "mftk/error.h"
 #include "mftk/output_path.h"
@@ -92,6 +93,7 @@ ExportReport export_gguf(const std::string& model_dir, const std::string& out, c
   // private folder beside it and renamed over it once it reads back.
   OutputGuard guard(out, "gguf", OutputShape::file, is_gguf_written_by_mftk);
   const std::string& staged = guard.path();
+  ModelfileBeside modelfile(out);  // claimed now: a foreign file there is refused before the work
 
   const auto tokenizer = load_tokenizer_facts(model_dir, config.vocab_size);
   auto metadata = llama_metadata(config, tokenizer, options.encoding, name);
@@ -139,11 +141,18 @@ ExportReport export_gguf(const std::string& model_dir, const std::string& out, c
   const uint64_t bytes = writer.finish();
   check_written_file(staged, metadata, plan);
   guard.commit();
+  core::OllamaModelfile ollama;
+  ollama.format = checkpoint_chat_format(model_dir);
+  ollama.from = modelfile_reference(out, modelfile.path());
+  ollama.comment = fmt::format("{}: {}, exported from {}", std::filesystem::path(out).filename().string(), name,
+                               model_dir);
+  modelfile.commit(ollama);
 
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ExportReport report;
   report.path = out;
   report.bytes = int64_t(bytes);
+  report.also_written = {modelfile.path()};
   report.summary = fmt::format("{} tensors, {} weights, {} metadata keys, {:.1f} s{}", plan.size(),
                                to_string(options.encoding), metadata.size(), seconds,
                                fallbacks ? fmt::format(" ({} tensors in a fallback type)", fallbacks) : "");

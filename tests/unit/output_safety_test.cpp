@@ -342,10 +342,10 @@ TEST_F(OutputSafety, GgufFromAnAdapterIsNamedAfterTheModelAndTheAdapter) {
   ASSERT_EQ(run("export --plugin gguf" + model_args() + " --out " + shell_quote(plain.string()) + " --set type=f32").exit_code, 0);
   EXPECT_EQ(mftk::core::GgufFile::open(plain.string()).get("general.name", mftk::core::GgufValueType::string).text,
             "base");
-  // The temporary merge left nothing beside the output.
+  // The temporary merge left nothing beside the outputs (each GGUF has its Ollama Modelfile).
   std::set<std::string> names;
   for (const auto& e : fs::directory_iterator(dir_ / "named")) names.insert(e.path().filename().string());
-  EXPECT_EQ(names, (std::set<std::string>{"plain.gguf", "tuned.gguf"}));
+  EXPECT_EQ(names, (std::set<std::string>{"plain.gguf", "plain.Modelfile", "tuned.gguf", "tuned.Modelfile"}));
 }
 
 // ---------------------------------------------------------------------------

@@ -17,12 +17,22 @@ struct ExportJob {
   std::string out;        // file or folder to write
   Model* model = nullptr; // the same model, loaded, when the exporter needs to run it
   std::vector<std::vector<int32_t>> calibration_rows;  // token ids, when asked for
+  // When the model was trained with an adapter (`mftk export --adapter`, or a
+  // run that trained one): the base checkpoint folder and the adapter folder
+  // as saved, unmerged (PEFT layout), for exporters that write the adapter on
+  // its own (gguf_lora). model_dir is then that base with the adapter merged.
+  // Both empty otherwise.
+  std::string base_model_dir;
+  std::string adapter_dir;
 };
 
 struct ExportReport {
   std::string path;
   int64_t bytes = 0;
   std::string summary;  // one line for the log
+  // Files written beside `path` that belong to the artefact (the Ollama
+  // Modelfile next to a GGUF file), each claimed as `path` is (output_path.h).
+  std::vector<std::string> also_written;
 };
 
 class Exporter {
