@@ -9,13 +9,13 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <regex>
 #include <string>
 #include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "html_test_support.h"
 #include "plan_test_support.h"
 #include "recipe.h"
 #include "registry.h"
@@ -170,24 +170,8 @@ fs::path fake_run(const std::string& name, double loss0, int64_t r, bool with_re
   return dir;
 }
 
-// The text of the element with id="id" up to its closing tag.
-std::string element(const std::string& html, const std::string& id, const std::string& close) {
-  const auto start = html.find("id=\"" + id + "\"");
-  if (start == std::string::npos) return {};
-  const auto end = html.find(close, start);
-  return html.substr(start, end == std::string::npos ? std::string::npos : end - start);
-}
-
-// Point counts of every polyline in `text`.
-std::vector<size_t> polyline_points(const std::string& text) {
-  static const std::regex re("<polyline[^>]*points=\"([^\"]*)\"");
-  std::vector<size_t> counts;
-  for (auto it = std::sregex_iterator(text.begin(), text.end(), re); it != std::sregex_iterator(); ++it) {
-    const std::string pts = (*it)[1];
-    counts.push_back(size_t(std::count(pts.begin(), pts.end(), ',')));
-  }
-  return counts;
-}
+using mftk::html_test::element_text;
+using mftk::html_test::polyline_points;
 
 size_t count_of(const std::string& text, const std::string& what) {
   size_t n = 0;
@@ -202,16 +186,16 @@ TEST(ComparePage, CurvesPerRunSummaryAndDifferences) {
   const std::string html = mftk::core::compare_html(runs);
   // One polyline per run on each chart, with the points each run logged.
   for (const char* id : {"curve-loss", "curve-lr", "curve-tokens"})
-    EXPECT_EQ(polyline_points(element(html, id, "</section>")), (std::vector<size_t>{4, 4})) << id;
-  EXPECT_EQ(polyline_points(element(html, "curve-eval-loss", "</section>")), (std::vector<size_t>{2, 2}));
+    EXPECT_EQ(polyline_points(element_text(html, id, "</section>")), (std::vector<size_t>{4, 4})) << id;
+  EXPECT_EQ(polyline_points(element_text(html, "curve-eval-loss", "</section>")), (std::vector<size_t>{2, 2}));
   // The reward metric only run a logged: its chart, with run b's series empty.
-  EXPECT_EQ(polyline_points(element(html, "curve-rewards-accuracies", "</section>")), (std::vector<size_t>{4, 0}));
+  EXPECT_EQ(polyline_points(element_text(html, "curve-rewards-accuracies", "</section>")), (std::vector<size_t>{4, 0}));
   // Summary figures, each run a column: final loss 4/4 = 1.0 and 2/4 = 0.5.
-  const std::string summary = element(html, "summary", "</table>");
+  const std::string summary = element_text(html, "summary", "</table>");
   EXPECT_NE(summary.find("<td>final loss</td><td>1.0000</td><td>0.5000</td>"), std::string::npos) << summary;
   EXPECT_NE(summary.find("<td>peak memory</td><td>2.50 GB</td><td>2.50 GB</td>"), std::string::npos) << summary;
   // The one difference, r; output_dir (a and b) is not one.
-  const std::string diff = element(html, "recipe-diff", "</table>");
+  const std::string diff = element_text(html, "recipe-diff", "</table>");
   EXPECT_EQ(count_of(diff, "<tr"), 2u) << diff;  // heading and one row
   EXPECT_NE(diff.find("<tr><td>adapter.r</td><td>8</td><td>16</td></tr>"), std::string::npos) << diff;
   EXPECT_EQ(html.find("<script"), std::string::npos);  // self-contained
@@ -230,11 +214,11 @@ TEST(ComparePage, RunWithoutSummaryOrRecipeRecordShowsDashes) {
   std::vector<mftk::core::RunFolder> runs = {mftk::core::load_run_folder(a.string()),
                                              mftk::core::load_run_folder(b.string())};
   const std::string html = mftk::core::compare_html(runs);
-  const std::string summary = element(html, "summary", "</table>");
+  const std::string summary = element_text(html, "summary", "</table>");
   EXPECT_NE(summary.find("<td>final loss</td><td>1.0000</td><td>&mdash;</td>"), std::string::npos) << summary;
   EXPECT_NE(html.find("no recipe.resolved.json"), std::string::npos);
-  EXPECT_EQ(element(html, "recipe-diff", "</table>"), "");
-  EXPECT_EQ(polyline_points(element(html, "curve-loss", "</section>")), (std::vector<size_t>{4, 4}));
+  EXPECT_EQ(element_text(html, "recipe-diff", "</table>"), "");
+  EXPECT_EQ(polyline_points(element_text(html, "curve-loss", "</section>")), (std::vector<size_t>{4, 4}));
   const std::string text = mftk::core::compare_text(runs);
   EXPECT_NE(text.find(b.string() + "      —           —          —         —"), std::string::npos) << text;
 }
@@ -281,11 +265,8 @@ TEST(CompareCli, RefusesOneRunAFolderThatIsNotARunAndAForeignOutFile) {
 
 // ---- the issue's case ---------------------------------------------------------
 
-const char* kChromium = "/usr/bin/chromium";
-
-std::string chromium(const std::string& args) {
-  return std::string(kChromium) + " --headless=new --no-sandbox --disable-gpu --hide-scrollbars " + args;
-}
+using mftk::html_test::chromium;
+using mftk::html_test::kChromium;
 
 // The quickstart recipe, a few steps on a tiny random model, trained at its
 // rank (16) and at rank 8; `mftk compare` shows both and lists r alone.
@@ -333,28 +314,23 @@ TEST(CompareE2E, QuickstartRunAndALowerRankDifferOnlyInR) {
   ASSERT_EQ(dom.exit_code, 0) << dom.output;
   EXPECT_NE(dom.output.find("<h1 id=\"title\">mftk compare: 2 runs</h1>"), std::string::npos) << dom.output;
   for (const char* id : {"curve-loss", "curve-eval-loss", "curve-lr", "curve-tokens"}) {
-    const auto points = polyline_points(element(dom.output, id, "</section>"));
+    const auto points = polyline_points(element_text(dom.output, id, "</section>"));
     ASSERT_EQ(points.size(), 2u) << id << ": one series per run";
     EXPECT_GE(points[0], id == std::string("curve-eval-loss") ? 2u : 4u) << id;
     EXPECT_EQ(points[0], points[1]) << id << ": both runs logged the same steps";
   }
-  const std::string diff = element(dom.output, "recipe-diff", "</table>");
+  const std::string diff = element_text(dom.output, "recipe-diff", "</table>");
   EXPECT_EQ(count_of(diff, "<tr"), 2u) << diff;
   EXPECT_NE(diff.find("<td>adapter.r</td><td>16</td><td>8</td>"), std::string::npos) << diff;
   for (const char* name : {"run-r16", "run-r8"})
-    EXPECT_NE(element(dom.output, "runs", "</table>").find(name), std::string::npos) << name;
+    EXPECT_NE(element_text(dom.output, "runs", "</table>").find(name), std::string::npos) << name;
 
-  // The screenshot against one of an empty page of the same size, as report_test does.
-  write_text(dir / "blank.html", "<!DOCTYPE html><html><body></body></html>");
-  const auto blank = run_in(dir, chromium("--screenshot=blank.png --window-size=1200,2000 'file://" +
-                                          (dir / "blank.html").string() + "'"));
-  const auto shot = run_in(dir, chromium("--screenshot=cmp.png --window-size=1200,2000 'file://" + page.string() + "'"));
-  ASSERT_EQ(shot.exit_code, 0) << shot.output;
-  ASSERT_EQ(blank.exit_code, 0) << blank.output;
-  ASSERT_TRUE(fs::exists(dir / "cmp.png")) << shot.output;
-  EXPECT_EQ(read_text(dir / "cmp.png").substr(1, 3), "PNG");
-  const auto shot_bytes = fs::file_size(dir / "cmp.png"), blank_bytes = fs::file_size(dir / "blank.png");
-  EXPECT_GT(shot_bytes, 5 * blank_bytes) << "compare page " << shot_bytes << " bytes, blank page " << blank_bytes;
+  const auto shot = mftk::html_test::screenshot_against_blank(dir, page, "cmp");
+  ASSERT_EQ(shot.page.exit_code, 0) << shot.page.output;
+  ASSERT_EQ(shot.blank.exit_code, 0) << shot.blank.output;
+  EXPECT_TRUE(shot.is_png) << shot.page.output;
+  EXPECT_GT(shot.page_bytes, 5 * shot.blank_bytes) << "compare page " << shot.page_bytes << " bytes, blank page "
+                                                   << shot.blank_bytes;
 }
 
 }  // namespace

@@ -4,9 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
-#include <regex>
 #include <string>
 
+#include "html_test_support.h"
 #include "plan.h"
 #include "plan_test_support.h"
 #include "report.h"
@@ -18,24 +18,13 @@ using namespace mftk::plan_test;
 const char* kCurveIds[] = {"curve-loss", "curve-eval-loss", "curve-lr", "curve-tokens"};
 const char* kCurveTitles[] = {"Training loss", "Eval loss", "Learning rate", "Tokens per second"};
 
-// The text of <section id="id"> ... </section>.
-std::string section(const std::string& html, const std::string& id) {
-  const auto start = html.find("id=\"" + id + "\"");
-  if (start == std::string::npos) return {};
-  const auto end = html.find("</section>", start);
-  return html.substr(start, end == std::string::npos ? std::string::npos : end - start);
+// The first polyline's points in a chart section (0 when it has none).
+size_t polyline_points(const std::string& text) {
+  const auto counts = mftk::html_test::polyline_points(text);
+  return counts.empty() ? 0 : counts.front();
 }
 
-// Points of the first polyline in `svg` text.
-size_t polyline_points(const std::string& text) {
-  static const std::regex re("<polyline[^>]*points=\"([^\"]*)\"");
-  std::smatch m;
-  if (!std::regex_search(text, m, re)) return 0;
-  const std::string pts = m[1];
-  size_t n = 0;
-  for (char c : pts) n += c == ',';
-  return n;
-}
+std::string section(const std::string& html, const std::string& id) { return mftk::html_test::element_text(html, id); }
 
 TEST(ReportHtml, HoldsCurvesPlanAnswersAndEscapedRecipe) {
   const fs::path dir = scratch() / "report-unit";
@@ -81,12 +70,8 @@ TEST(ReportHtml, HoldsCurvesPlanAnswersAndEscapedRecipe) {
   EXPECT_EQ(html.find("http://"), html.find("http://www.w3.org/2000/svg"));
 }
 
-// Headless Chromium from Debian (scripts/install-deps.sh installs it).
-const char* kChromium = "/usr/bin/chromium";
-
-std::string chromium(const std::string& args) {
-  return std::string(kChromium) + " --headless=new --no-sandbox --disable-gpu --hide-scrollbars " + args;
-}
+using mftk::html_test::chromium;
+using mftk::html_test::kChromium;
 
 TEST(ReportBrowser, RunReportRendersWithAllFourCurves) {
   if (!fs::exists(kChromium)) GTEST_SKIP() << "chromium is not installed (" << kChromium << "); apt-get install chromium";
@@ -136,19 +121,12 @@ max_new_tokens = 4
   for (const char* heading : {"Predicted and measured", "Validation answers", "Recipe"})
     EXPECT_NE(dom.output.find(heading), std::string::npos) << heading;
 
-  // The screenshot against one of an empty page of the same size: a
-  // rendered report compresses far worse than a blank page.
-  write_text(dir / "blank.html", "<!DOCTYPE html><html><body></body></html>");
-  const auto blank = run_in(dir, chromium("--screenshot=blank.png --window-size=1200,2000 'file://" +
-                                          (dir / "blank.html").string() + "'"));
-  const auto shot = run_in(dir, chromium("--screenshot=report.png --window-size=1200,2000 'file://" +
-                                         report.string() + "'"));
-  ASSERT_EQ(shot.exit_code, 0) << shot.output;
-  ASSERT_EQ(blank.exit_code, 0) << blank.output;
-  ASSERT_TRUE(fs::exists(dir / "report.png")) << shot.output;
-  const auto shot_bytes = fs::file_size(dir / "report.png"), blank_bytes = fs::file_size(dir / "blank.png");
-  EXPECT_EQ(read_text(dir / "report.png").substr(1, 3), "PNG");
-  EXPECT_GT(shot_bytes, 5 * blank_bytes) << "report " << shot_bytes << " bytes, blank page " << blank_bytes;
+  const auto shot = mftk::html_test::screenshot_against_blank(dir, report, "report");
+  ASSERT_EQ(shot.page.exit_code, 0) << shot.page.output;
+  ASSERT_EQ(shot.blank.exit_code, 0) << shot.blank.output;
+  EXPECT_TRUE(shot.is_png) << shot.page.output;
+  EXPECT_GT(shot.page_bytes, 5 * shot.blank_bytes) << "report " << shot.page_bytes << " bytes, blank page "
+                                                   << shot.blank_bytes;
 }
 
 }  // namespace
