@@ -38,8 +38,8 @@ for name in "${built[@]}"; do
   grep -Eq "^$name +[^ ]+ +ok +[a-z_0-9]+:.* $root/usr/.*/libmftk-$name\.so$" "$work/plugins.txt" ||
     fail "plugin $name is not listed as ok from the unpacked package"
 done
-listed=$(grep -c " ok .*/libmftk-.*\.so$" "$work/plugins.txt" || true)
-(( listed == ${#built[@]} )) || fail "$listed plugins load, the build made ${#built[@]}"
+listed=$(grep -c " ok .* $root/usr/.*/libmftk-.*\.so$" "$work/plugins.txt" || true)
+(( listed == ${#built[@]} )) || fail "$listed plugins load from the package, the build made ${#built[@]}"
 
 # SDK headers, the CMake package and the docs.
 for f in usr/lib/cmake/mftk/mftkConfig.cmake usr/lib/cmake/mftk/mftkTargets.cmake usr/lib/cmake/mftk/MftkPlugin.cmake \
