@@ -51,7 +51,10 @@ grep -q '"use_dora": true' "$work/dora-run/adapter/adapter_config.json"
 # less each position's log-sum-exp.
 "$work/dora/dora_formula_check" "$work/tiny" "$work/dora-run/adapter" "$work/dora-formula"
 text="What is the capital of Norway? Convert 45 km to m."
-lp() { MFTK_PLUGIN_PATH="$work/dora" "$mftk" logprobs --text "$text" --top 100000 "$@" 2>/dev/null; }
+lp() {
+  MFTK_PLUGIN_PATH="$work/dora" "$mftk" logprobs --text "$text" --top 100000 "$@" 2>"$work/lp.log" ||
+    { cat "$work/lp.log" >&2; return 1; }
+}
 lp --model "$work/tiny" --adapter "$work/dora-run/adapter" --adapter-plugin example.dora > "$work/lp-adapter.json"
 lp --model "$work/dora-formula" > "$work/lp-formula.json"
 lp --model "$work/dora-run/merged" > "$work/lp-merged.json"

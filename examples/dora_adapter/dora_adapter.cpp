@@ -10,6 +10,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
@@ -60,8 +61,8 @@ const at::Tensor* find_param(const mftk::NamedTensors& params, const std::string
 
 // "....lora_magnitude_vector.weight" (PEFT's in-memory name) -> the saved spelling.
 std::string saved_name(const std::string& stored) {
-  const std::string with_weight = std::string(kMagnitude) + ".weight";
-  return ends_with(stored, with_weight) ? stored.substr(0, stored.size() - 7) : stored;
+  const std::string suffix = ".weight";
+  return ends_with(stored, kMagnitude + suffix) ? stored.substr(0, stored.size() - suffix.size()) : stored;
 }
 
 json number_json(double v) {
@@ -181,7 +182,10 @@ void DoraAdapter::inject(mftk::Model& model) {
   std::vector<mftk::LinearSlot*> targets;
   for (mftk::LinearSlot* slot : model.linear_slots()) {
     if (all_linear) {
-      if (!name_matches(slot->name, "lm_head")) targets.push_back(slot), hit.insert(last_component(slot->name));
+      if (!name_matches(slot->name, "lm_head")) {
+        targets.push_back(slot);
+        hit.insert(last_component(slot->name));
+      }
       continue;
     }
     for (const auto& t : options_.target_modules)
