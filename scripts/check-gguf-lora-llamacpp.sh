@@ -17,6 +17,8 @@
 #     the adapter (ADAPTER ./lora-*.gguf).
 #  5. Negative control: an adapter whose q/k lora_b rows end up in Hugging
 #     Face order in the file (as without the RoPE row permutation) must fail.
+#  6. The prompt an Ollama Modelfile's TEMPLATE renders, tokenised by
+#     llama.cpp, equals `mftk tokenize --chat-json` (v1 and v3 tokenizers).
 #
 #   bash scripts/check-gguf-lora-llamacpp.sh [BUILD_DIR]     (default: build)
 #
@@ -86,5 +88,40 @@ if compare unpermuted plain "control: no RoPE row order in lora_b" 2>/dev/null; 
 else
   echo "check-gguf-lora-llamacpp: control ok: without the q/k row order in lora_b llama.cpp disagrees, as it must"
 fi
-[ $status = 0 ] && echo "check-gguf-lora-llamacpp: llama.cpp applies mftk's adapter GGUF as the merged model computes ($SECONDS s)"
+# 6. The Modelfile's prompt, tokenised by llama.cpp as Ollama has it done
+# (BOS, special tokens parsed), is mftk's chat encoding: a tiny model on
+# Mistral's real v1 and v3 tokenizers, exported to GGUF, and the text the
+# TEMPLATE renders for a system prompt and two user turns (pinned by
+# OllamaTemplate.RenderedTextAsTheFormatIsWrittenOut) against
+# `mftk tokenize --chat-json` (tests/interop/prompt_tokens_check.mjs).
+tokenizers="${MFTK_SHARED_DIR:-$root/../shared}/data/mistral-tokenizers"
+if [ -f "$tokenizers/tokenizer.model.v1" ] && [ -f "$tokenizers/tokenizer.model.v3" ]; then
+  printf '%s' '[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},'\
+' {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "And now?"}]' >"$work/chat.json"
+  printf '[INST] Be brief.\n\nHi [/INST] Hello!</s>[INST] And now? [/INST]' >"$work/prompt-v1.txt"
+  printf '[INST]Hi[/INST]Hello!</s>[INST]Be brief.\n\nAnd now?[/INST]' >"$work/prompt-v3.txt"
+  for v in v1 v3; do
+    "$mftk" init --preset tiny --out "$work/chat-$v" --dtype f32 --sliding-window 0 --layers 1 --hidden 32 --heads 2 \
+      --kv-heads 1 --intermediate 64 --tokenizer "$tokenizers/tokenizer.model.$v" 2>/dev/null
+    "$mftk" export --plugin gguf --model "$work/chat-$v" --out "$work/chat-$v.gguf" --set type=f32 2>/dev/null
+    grep -q "Mistral $v chat format" "$work/chat-$v.Modelfile" ||
+      { echo "check-gguf-lora-llamacpp: FAIL: chat-$v.Modelfile is not for the $v format"; status=1; }
+    "$mftk" tokenize --model "$work/chat-$v" --chat-json "$work/chat.json" >"$work/chat-$v.tokenize.json"
+    node "$interop/prompt_tokens_check.mjs" --gguf "$work/chat-$v.gguf" --text-file "$work/prompt-$v.txt" \
+      --tokenize "$work/chat-$v.tokenize.json" --label "Modelfile prompt $v" || status=1
+  done
+  # Control: a space after [INST] (as in some published Mistral templates)
+  # gives other ids, so this comparison sees the template's whitespace.
+  printf '[INST] Hi[/INST]Hello!</s>[INST] Be brief.\n\nAnd now?[/INST]' >"$work/prompt-v3-spaced.txt"
+  if node "$interop/prompt_tokens_check.mjs" --gguf "$work/chat-v3.gguf" --text-file "$work/prompt-v3-spaced.txt" \
+       --tokenize "$work/chat-v3.tokenize.json" --label "control: space after [INST]" >/dev/null 2>&1; then
+    echo "check-gguf-lora-llamacpp: FAIL: a prompt with a space after [INST] gave mftk's ids too; the check is blind"
+    status=1
+  else
+    echo "check-gguf-lora-llamacpp: control ok: a space after [INST] changes llama.cpp's ids, as it must"
+  fi
+else
+  echo "check-gguf-lora-llamacpp: the Modelfile prompt check needs Mistral's tokenizers in $tokenizers; not run"
+fi
+[ $status = 0 ] && echo "check-gguf-lora-llamacpp: llama.cpp applies mftk's adapter GGUF as the merged model computes, and reads the Modelfile prompt as mftk encodes it ($SECONDS s)"
 exit $status
