@@ -147,19 +147,21 @@ struct Chart {
   std::string id, title, metric;
 };
 
-// The four curves of report.html and the gradient norm, then every reward
-// metric any run logged (TRL's names: rewards/accuracies, rewards/margins, ...).
+// The four curves of report.html and the gradient norm, then every
+// preference metric any run logged, under TRL's names (rewards/accuracies,
+// rewards/margins, logps/chosen, ...; eval_ before them for the eval split).
 std::vector<Chart> charts_for(const std::vector<RunFolder>& runs) {
   std::vector<Chart> charts = {{"curve-loss", "Training loss", "loss"},
                                {"curve-eval-loss", "Eval loss", "eval_loss"},
                                {"curve-lr", "Learning rate", "lr"},
                                {"curve-tokens", "Tokens per second", "tokens_per_s"},
                                {"curve-grad-norm", "Gradient norm", "grad_norm"}};
-  std::set<std::string> rewards;
+  std::set<std::string> preference;
   for (const auto& run : runs)
     for (const auto& [key, points] : run.metrics)
-      if (key.rfind("rewards/", 0) == 0 || key.rfind("eval_rewards/", 0) == 0) rewards.insert(key);
-  for (const auto& key : rewards) {
+      for (const char* prefix : {"rewards/", "logps/", "eval_rewards/", "eval_logps/"})
+        if (key.rfind(prefix, 0) == 0) preference.insert(key);
+  for (const auto& key : preference) {
     std::string id = "curve-";
     for (char c : key) id += std::isalnum(static_cast<unsigned char>(c)) ? c : '-';
     charts.push_back({id, key, key});

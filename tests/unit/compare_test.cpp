@@ -155,7 +155,7 @@ fs::path fake_run(const std::string& name, double loss0, int64_t r, bool with_re
   std::string metrics;
   for (int step = 1; step <= 4; ++step) {
     json line = {{"step", step}, {"loss", loss0 / step}, {"lr", 1e-4 * step}, {"tokens_per_s", 1000 + step}};
-    if (with_rewards) line["rewards/accuracies"] = 0.5 + 0.1 * step;
+    if (with_rewards) line["rewards/accuracies"] = 0.5 + 0.1 * step, line["logps/chosen"] = -10.0 / step;
     metrics += line.dump() + "\n";
     if (step % 2 == 0) metrics += json{{"step", step}, {"eval_loss", loss0 / step + 0.1}}.dump() + "\n";
   }
@@ -188,8 +188,11 @@ TEST(ComparePage, CurvesPerRunSummaryAndDifferences) {
   for (const char* id : {"curve-loss", "curve-lr", "curve-tokens"})
     EXPECT_EQ(polyline_points(element_text(html, id, "</section>")), (std::vector<size_t>{4, 4})) << id;
   EXPECT_EQ(polyline_points(element_text(html, "curve-eval-loss", "</section>")), (std::vector<size_t>{2, 2}));
-  // The reward metric only run a logged: its chart, with run b's series empty.
+  // The preference metrics only run a logged: a chart each, with run b's series empty.
   EXPECT_EQ(polyline_points(element_text(html, "curve-rewards-accuracies", "</section>")), (std::vector<size_t>{4, 0}));
+  EXPECT_EQ(polyline_points(element_text(html, "curve-logps-chosen", "</section>")), (std::vector<size_t>{4, 0}));
+  // Five fixed charts and the two preference metrics; other keys (epoch, elapsed_s, ...) get none.
+  EXPECT_EQ(count_of(html, "<section class=\"curve\""), 7u);
   // Summary figures, each run a column: final loss 4/4 = 1.0 and 2/4 = 0.5.
   const std::string summary = element_text(html, "summary", "</table>");
   EXPECT_NE(summary.find("<td>final loss</td><td>1.0000</td><td>0.5000</td>"), std::string::npos) << summary;
