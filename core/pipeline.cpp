@@ -100,6 +100,22 @@ bool slot_holds_model_tensor(LinearSlot& slot, const NamedTensors& named) {
   return false;
 }
 
+// Where the run's tensors are, observed, under the names `mftk plan`
+// predicts them with (plan_placement): summary.json "placement".
+nlohmann::json observed_placement(Model& model, const NamedTensors& trainable, const Optimizer& optimizer) {
+  auto type = [](const c10::Device& d) { return c10::DeviceTypeName(d.type(), /*lower_case=*/true); };
+  const c10::Device weights = model_device(model);
+  c10::Device state = weights;
+  int64_t largest = -1;  // the bulk of the state, not a step counter
+  for (const auto& [name, t] : optimizer.state())
+    if (t.defined() && t.numel() > largest) largest = t.numel(), state = t.device();
+  return {{"weights", type(weights)},
+          {"trainable", type(trainable.empty() ? weights : trainable.front().second.device())},
+          {"optimizer_state", type(state)},
+          {"activations", type(weights)},
+          {"data", "cpu"}};
+}
+
 }  // namespace
 
 // Full fine-tuning: every weight becomes a writable fp32 leaf (the loaded
@@ -326,6 +342,8 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   std::string optimizer_name;
   auto optimizer = make_component<Optimizer>(recipe, registry, "optimizer", Kind::optimizer, "adamw", &optimizer_name);
   optimizer->attach(trainable);
+  const nlohmann::json placement = observed_placement(model, trainable, *optimizer);
+  spdlog::info("placement: {} (device {})", placement.dump(), device.str());
 
   const int64_t em_limit = validate.get_int("exact_match");
   std::optional<ExactMatch> em_before;
@@ -396,6 +414,8 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
                             {"metrics", (fs::path(output_dir) / "metrics.jsonl").string()}};
   if (result.eval_loss) summary["eval_loss"] = *result.eval_loss;
   if (result.best_eval_loss) summary["best_eval_loss"] = *result.best_eval_loss;
+  summary["device"] = device.str();
+  summary["placement"] = placement;
   summary["objective"] = objective_name;
   for (const auto& [name, value] : result.eval_metrics) summary["eval_" + name] = value;
   if (em_before) {

@@ -21,6 +21,7 @@
 
 #include "batching.h"
 #include "dataset.h"
+#include "device.h"
 #include "mftk/adapter.h"
 #include "mftk/error.h"
 #include "mftk/model.h"
@@ -544,11 +545,37 @@ void measure_steps(const Recipe& recipe, Registry& registry, int64_t steps, Plan
 // ---------------------------------------------------------------------------
 // Output.
 
+std::vector<std::pair<std::string, std::string>> plan_placement(PlanDevice device, const std::string& optimizer) {
+  const std::string d = device == PlanDevice::cuda ? "cuda" : "cpu";
+  return {{"weights", d},
+          {"trainable", d},
+          {"optimizer_state", optimizer == "paged_adamw_8bit" ? "cpu" : d},
+          {"activations", d},
+          {"data", "cpu"}};
+}
+
+PlanDevice plan_device_for(const std::string& device_setting) {
+  const auto s = parse_device_setting(device_setting);
+  if (!s || s->kind == DeviceSetting::Kind::cpu) return PlanDevice::cpu;
+  if (s->kind == DeviceSetting::Kind::cuda) return PlanDevice::cuda;
+  const CudaSupport cuda = cuda_support();
+  return cuda.built_with_cuda && cuda.visible_gpus > 0 ? PlanDevice::cuda : PlanDevice::cpu;
+}
+
 std::string format_plan(const Plan& p) {
   const auto& m = p.model;
   const auto& t = p.training;
   std::string out;
   out += fmt::format("plan for {} on {}\n", p.recipe_path, p.device == PlanDevice::cpu ? "cpu (this machine)" : "cuda");
+  {
+    std::vector<std::string> on_device, on_host;
+    for (const auto& [part, where] : plan_placement(p.device, t.optimizer))
+      (where == "cuda" ? on_device : on_host).push_back(part);
+    out += p.device == PlanDevice::cpu
+               ? "  placement: everything on the cpu\n"
+               : fmt::format("  placement: {} on the GPU; {} in host memory (copied per micro-batch / update)\n",
+                             fmt::join(on_device, ", "), fmt::join(on_host, ", "));
+  }
   out += fmt::format("  model: {} ({} layers, hidden {}, {} heads / {} kv, vocab {}, {} params, {}, sliding window {})\n",
                      m.path, m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads, m.vocab_size, m.parameters(),
                      m.checkpoint_dtype, m.sliding_window ? std::to_string(*m.sliding_window) : "none");
@@ -609,7 +636,10 @@ nlohmann::json plan_json(const Plan& p) {
     parts.push_back({{"name", part.name}, {"bytes", part.bytes}, {"detail", part.detail}});
   nlohmann::json hist = nlohmann::json::array();
   for (const auto& [bound, count] : p.data.histogram) hist.push_back({bound, count});
+  nlohmann::json placement = nlohmann::json::object();
+  for (const auto& [part, where] : plan_placement(p.device, p.training.optimizer)) placement[part] = where;
   return {{"device", p.device == PlanDevice::cpu ? "cpu" : "cuda"},
+          {"placement", placement},
           {"device_memory", p.device_memory},
           {"memory", {{"parts", parts},
                       {"total", p.memory.total},

@@ -8,7 +8,8 @@
 //          mftk::core::TimeEstimate, mftk::core::Plan, mftk::core::ModelFacts,
 //          mftk::core::TrainingFacts, mftk::core::read_model_facts, mftk::core::training_facts,
 //          mftk::core::estimate_memory, mftk::core::make_plan, mftk::core::measure_steps,
-//          mftk::core::format_plan, mftk::core::plan_json, mftk::core::format_bytes
+//          mftk::core::format_plan, mftk::core::plan_json, mftk::core::format_bytes,
+//          mftk::core::plan_placement, mftk::core::plan_device_for
 //
 // The memory model says what mftk itself allocates, part by part (see
 // docs/plan.md for the derivation and the check against measured peaks):
@@ -161,6 +162,18 @@ void measure_steps(const Recipe& recipe, Registry& registry, int64_t steps, Plan
 
 std::string format_plan(const Plan& plan);
 nlohmann::json plan_json(const Plan& plan);
+
+// What lives where in a run on `device` with `optimizer`: (part, device type)
+// for weights, trainable (adapter or full weights, and their gradients),
+// optimizer_state, activations and data; "cpu" or "cuda". Data (tokenized
+// examples, packed rows) stays on the host and goes over one micro-batch at a
+// time; paged_adamw_8bit keeps its 8-bit state in host pages. The run writes
+// what it observed, under the same names, into summary.json ("placement").
+std::vector<std::pair<std::string, std::string>> plan_placement(PlanDevice device, const std::string& optimizer);
+// The PlanDevice a run of `device_setting` ([training] device) uses on this
+// machine: cuda/cuda:N -> cuda, cpu -> cpu, auto -> cuda only when this
+// libtorch has CUDA and a GPU is visible.
+PlanDevice plan_device_for(const std::string& device_setting);
 std::string format_bytes(int64_t bytes);  // "5.34 GB" (10^9)
 
 }  // namespace mftk::core

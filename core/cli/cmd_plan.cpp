@@ -34,7 +34,7 @@ bool is_plan_json(const std::string& path) {
 void add_plan_commands(CLI::App& app) {
   struct Args {
     RecipeArgs recipe;
-    std::string device = "cpu";
+    std::string device;  // empty: as the recipe's [training] device resolves here
     double gpu_memory_gb = 0;
     int64_t measure = 0;
     bool strict = false;
@@ -43,9 +43,10 @@ void add_plan_commands(CLI::App& app) {
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("plan", "estimate memory, steps, time and data fit of a recipe; trains nothing");
   add_recipe_options(cmd, a->recipe);
-  cmd->add_option("--device", a->device, "cpu (this machine, what mftk does here) or cuda (a GPU run)")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
+  cmd->add_option("--device", a->device,
+                  "cpu (this machine) or cuda (a GPU run); default: where the recipe's [training] device puts the "
+                  "run here (auto: cuda only with a CUDA libtorch and a visible GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--gpu-memory", a->gpu_memory_gb, "device memory in GB to compare against (cuda default 24)");
   cmd->add_option("--measure", a->measure, "time N optimizer steps on this machine (loads the weights)");
   cmd->add_flag("--strict", a->strict, "lint warnings are errors (exit 2)");
@@ -57,7 +58,9 @@ void add_plan_commands(CLI::App& app) {
     core::Registry registry(recipe.section("plugins").get_strings("search_paths"));
     recipe.resolve(registry);
     core::PlanOptions options;
-    options.device = a->device == "cuda" ? core::PlanDevice::cuda : core::PlanDevice::cpu;
+    options.device = a->device.empty() ? core::plan_device_for(recipe.section("training").get_string("device"))
+                     : a->device == "cuda" ? core::PlanDevice::cuda
+                                           : core::PlanDevice::cpu;
     options.gpu_memory_gb = a->gpu_memory_gb;
     auto plan = core::make_plan(recipe, registry, options);
     const auto warnings = core::lint(core::lint_facts(recipe, &plan));

@@ -18,6 +18,7 @@
 #include "child_process.h"
 #include "device.h"
 #include "mftk/error.h"
+#include "plan.h"
 #include "recipe.h"
 
 namespace fs = std::filesystem;
@@ -126,6 +127,24 @@ TEST(DeviceResolution, ACpuBatchStaysTheSameTensors) {
   EXPECT_TRUE(moved.doc_ids.is_same(b.doc_ids));
 }
 
+TEST(DevicePlan, PlacementFollowsTheDeviceAndThePagedOptimizer) {
+  using mftk::core::PlanDevice;
+  using Placement = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(mftk::core::plan_placement(PlanDevice::cuda, "adamw"),
+            (Placement{{"weights", "cuda"}, {"trainable", "cuda"}, {"optimizer_state", "cuda"},
+                       {"activations", "cuda"}, {"data", "cpu"}}));
+  // The 8-bit state lives in host pages, copied to the GPU per update.
+  EXPECT_EQ(mftk::core::plan_placement(PlanDevice::cuda, "paged_adamw_8bit")[2],
+            (std::pair<std::string, std::string>{"optimizer_state", "cpu"}));
+  for (const auto& [part, where] : mftk::core::plan_placement(PlanDevice::cpu, "adamw")) EXPECT_EQ(where, "cpu") << part;
+  // plan's default device is where the recipe's setting puts the run on this machine.
+  EXPECT_EQ(mftk::core::plan_device_for("cuda:1"), PlanDevice::cuda);
+  EXPECT_EQ(mftk::core::plan_device_for("cpu"), PlanDevice::cpu);
+  const CudaSupport here = mftk::core::cuda_support();
+  EXPECT_EQ(mftk::core::plan_device_for("auto"),
+            here.built_with_cuda && here.visible_gpus > 0 ? PlanDevice::cuda : PlanDevice::cpu);
+}
+
 // ---------------------------------------------------------------------------
 // End to end: the mftk binary on a tiny checkpoint.
 
@@ -217,4 +236,30 @@ TEST_F(DeviceRun, CpuTrainsBitwiseAsARecipeWithoutTheKey) {
   };
   EXPECT_FALSE(weights("cpu").empty());
   EXPECT_EQ(weights("nokey"), weights("cpu"));
+  // The run's observed placement is what `mftk plan` predicts for the same recipe.
+  const auto summary = nlohmann::json::parse(read_text(dir_ / "out-cpu" / "summary.json"));
+  EXPECT_EQ(summary.at("device"), "cpu");
+  ASSERT_EQ(run({"plan", recipe("cpu", "device = \"cpu\""), "--json", (dir_ / "plan-cpu.json").string()}, "plan-cpu"),
+            0)
+      << read_text(dir_ / "plan-cpu.log");
+  const auto plan = nlohmann::json::parse(read_text(dir_ / "plan-cpu.json"));
+  EXPECT_EQ(plan.at("device"), "cpu");
+  EXPECT_EQ(plan.at("placement"), summary.at("placement"));
+}
+
+TEST_F(DeviceRun, PlanOfACudaRecipeSaysWhatLivesOnTheGpu) {
+  // A plan is a prediction: it answers for a GPU run even where the run itself would stop.
+  ASSERT_EQ(run({"plan", recipe("cuda-plan", "device = \"cuda\""), "--json", (dir_ / "plan-cuda.json").string()},
+                "plan-cuda"),
+            0)
+      << read_text(dir_ / "plan-cuda.log");
+  const auto plan = nlohmann::json::parse(read_text(dir_ / "plan-cuda.json"));
+  EXPECT_EQ(plan.at("device"), "cuda");
+  EXPECT_EQ(plan.at("placement").at("weights"), "cuda");
+  EXPECT_EQ(plan.at("placement").at("optimizer_state"), "cuda");
+  EXPECT_EQ(plan.at("placement").at("data"), "cpu");
+  const std::string text = read_text(dir_ / "plan-cuda.log");
+  EXPECT_NE(text.find("placement: weights, trainable, optimizer_state, activations on the GPU; data in host memory"),
+            std::string::npos)
+      << text;
 }
