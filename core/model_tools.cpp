@@ -175,17 +175,21 @@ TokenLogprobs compute_logprobs(Model& model, const std::vector<int32_t>& tokens,
   PackedRow row;
   append_document(row, Example{tokens, std::vector<uint8_t>(tokens.size(), 0)}, tokens.size());
   at::Tensor hidden = model.forward(make_batch(&row, 1)).select(0, 0);  // [n, H]
-  at::Tensor next = at::tensor(std::vector<int64_t>(tokens.begin() + 1, tokens.end()), at::kLong);
+  // Targets follow the model's device; the picked values come back to the
+  // host (.to(kCPU)) before they are read as plain numbers.
+  at::Tensor next =
+      at::tensor(std::vector<int64_t>(tokens.begin() + 1, tokens.end()), at::kLong).to(hidden.device());
   out.logprobs.reserve(size_t(n - 1));
   for (int64_t start = 0; start < n - 1; start += kLogitChunkRows) {
     const int64_t len = std::min(kLogitChunkRows, n - 1 - start);
     at::Tensor lsm = at::log_softmax(model.logits(hidden.narrow(0, start, len)).to(at::kFloat), -1);  // [len, V]
-    at::Tensor picked = lsm.gather(1, next.narrow(0, start, len).unsqueeze(1)).squeeze(1).to(at::kDouble).contiguous();
+    at::Tensor picked =
+        lsm.gather(1, next.narrow(0, start, len).unsqueeze(1)).squeeze(1).to(at::kCPU, at::kDouble).contiguous();
     const double* p = picked.data_ptr<double>();
     out.logprobs.insert(out.logprobs.end(), p, p + len);
     if (top_k > 0) {
       auto [values, indices] = lsm.topk(top_k, -1, /*largest=*/true, /*sorted=*/true);
-      at::Tensor v = values.to(at::kDouble).contiguous(), ix = indices.to(at::kLong).contiguous();
+      at::Tensor v = values.to(at::kCPU, at::kDouble).contiguous(), ix = indices.to(at::kCPU, at::kLong).contiguous();
       const double* vp = v.data_ptr<double>();
       const int64_t* ip = ix.data_ptr<int64_t>();
       for (int64_t r = 0; r < len; ++r) {

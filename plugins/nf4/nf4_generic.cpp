@@ -59,8 +59,9 @@ Nf4Blocks quantize_blocks_generic(const at::Tensor& values, int64_t blocksize) {
   // The number of thresholds strictly below x (bucketize, right = false) is
   // nearest_nf4_code's count of x > threshold[k].
   const at::Tensor thresholds = float_table(kNf4Thresholds, values.device());
-  const at::Tensor codes =
-      at::bucketize(scaled, thresholds, /*out_int32=*/true, /*right=*/false).masked_fill_(scaled.isnan(), 0).to(at::kByte);
+  const at::Tensor codes = at::bucketize(scaled, thresholds, /*out_int32=*/true, /*right=*/false)
+                               .masked_fill_(scaled.isnan(), 0)
+                               .to(at::kByte);
   const at::Tensor pairs = codes.view({-1, 2});
   out.packed = (pairs.select(1, 0) * 16 + pairs.select(1, 1)).narrow(0, 0, (n + 1) / 2).contiguous();
   return out;
@@ -69,8 +70,8 @@ Nf4Blocks quantize_blocks_generic(const at::Tensor& values, int64_t blocksize) {
 at::Tensor dequantize_blocks_generic(const at::Tensor& packed, const at::Tensor& absmax, int64_t n,
                                      int64_t blocksize, at::ScalarType dtype) {
   check_layout(n, blocksize);
-  MFTK_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "nf4: generic dequantisation to {} (Float or BFloat16 only)",
-             c10::toString(dtype));
+  MFTK_CHECK(dtype == at::kFloat || dtype == at::kBFloat16,
+             "nf4: generic dequantisation to {} (Float or BFloat16 only)", c10::toString(dtype));
   const at::Tensor table = float_table(kNf4Codes, packed.device());
   const at::Tensor scales = absmax.to(packed.device(), at::kFloat);
   at::Tensor out = at::empty({n}, packed.options().dtype(dtype));

@@ -138,7 +138,8 @@ at::Tensor dequantize_nf4(const Nf4Tensor& weight, at::ScalarType dtype, Dequant
   // asked for a particular CPU kernel.
   if (!weight.packed.device().is_cpu() || (generic_kernels() && path == DequantPath::automatic)) {
     const at::ScalarType kernel_dtype = dtype == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
-    at::Tensor out = dequantize_blocks_generic(weight.packed, absmax, n, weight.blocksize, kernel_dtype).view(weight.shape);
+    at::Tensor out =
+        dequantize_blocks_generic(weight.packed, absmax, n, weight.blocksize, kernel_dtype).view(weight.shape);
     return dtype == kernel_dtype ? out : out.to(dtype);
   }
   if (dtype == at::kBFloat16) {
