@@ -302,7 +302,16 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   auto adapter = make_component<Adapter>(recipe, registry, "adapter", Kind::adapter, "", &adapter_name);
   NamedTensors trainable;
   if (adapter) {
-    adapter->inject(model);
+    // An adapter table's `path` (when its plugin declares one) names a saved
+    // adapter to continue from, e.g. an SFT adapter under a DPO run.
+    const Config& adapter_config = recipe.component("adapter")->config;
+    const std::string start = adapter_config.has("path") ? adapter_config.get_string("path") : "";
+    if (start.empty()) {
+      adapter->inject(model);
+    } else {
+      adapter->load(recipe.resolve_path(start), model);
+      spdlog::info("adapter: continuing from {}", recipe.resolve_path(start));
+    }
     trainable = adapter->trainable_parameters();
   } else {
     trainable = make_all_trainable(model);
@@ -418,6 +427,7 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   summary["placement"] = placement;
   summary["objective"] = objective_name;
   for (const auto& [name, value] : result.eval_metrics) summary["eval_" + name] = value;
+  for (const auto& [name, value] : result.eval_metrics_before) summary["eval_" + name + "_before"] = value;
   if (em_before) {
     auto em_after = exact_match(model, *tokenizer, data.eval, em_limit);
     spdlog::info("exact match after training: {}/{} = {:.1f}% (before: {:.1f}%)", em_after.correct, em_after.total,

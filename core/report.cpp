@@ -82,6 +82,16 @@ std::string report_html(const ReportInputs& in, const std::vector<CurveSeries>& 
                                  p->training.sequence_len));
   const double eval = number_or_nan(s, "eval_loss");
   if (std::isfinite(eval)) h += compare_row("eval loss", "", fmt::format("{:.4f}", eval));
+  // A preference objective's eval metrics (TRL's names), before the first step and after the last.
+  for (const auto& [key, value] : s.items()) {
+    const bool preference = key.rfind("eval_rewards/", 0) == 0 || key.rfind("eval_logps/", 0) == 0;
+    if (!preference || !value.is_number() || key.find("_before") != std::string::npos) continue;
+    const double before = number_or_nan(s, (key + "_before").c_str());
+    h += compare_row("eval " + key.substr(5), "",
+                     std::isfinite(before) ? fmt::format("{:.4f} → {:.4f}", before, value.get<double>())
+                                           : fmt::format("{:.4f}", value.get<double>()),
+                     std::isfinite(before) ? "before training → after" : "");
+  }
   h += "</table>\n";
   if (p && !p->lint.empty()) {
     h += "<h3>Lint</h3>\n<ul>\n";

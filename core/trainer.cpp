@@ -310,10 +310,16 @@ std::vector<const PackedRow*> Trainer::micro_batch_rows(int64_t m) const {
 }
 
 double Trainer::clip_gradients() {
-  double sq = 0;
+  // Summed where the gradients are and read back once: on a GPU a read per
+  // tensor would stall the step hundreds of times. The same double additions
+  // in the same order as a host sum, so the CPU's norm is bit for bit as before.
+  at::Tensor sq;
   for (auto& [name, p] : trainable_)
-    if (p.grad().defined()) sq += p.grad().to(at::kDouble).pow(2).sum().item<double>();
-  const double norm = std::sqrt(sq);
+    if (p.grad().defined()) {
+      const at::Tensor s = p.grad().to(at::kDouble).pow(2).sum();
+      sq = sq.defined() ? sq + s.to(sq.device()) : s;
+    }
+  const double norm = sq.defined() ? std::sqrt(sq.item<double>()) : 0.0;
   if (o_.max_grad_norm > 0 && norm > o_.max_grad_norm && std::isfinite(norm)) {
     const double scale = o_.max_grad_norm / (norm + 1e-6);
     for (auto& [name, p] : trainable_)
@@ -533,6 +539,28 @@ TrainResult Trainer::train() {
   int64_t& window_steps = window_steps_;
   const int64_t per_step = micro_per_step_;
 
+  // An objective's eval metrics before the first step (TRL's eval_on_start),
+  // so a run shows where its rewards started; logged as step 0.
+  auto log_eval = [&](const EvalResult& ev) {
+    nlohmann::json record = {
+        {"step", step_}, {"eval_loss", ev.loss}, {"eval_ppl", ev.perplexity}, {"eval_tokens", ev.tokens}};
+    std::string objective_text;
+    for (const auto& [name, value] : ev.metrics) {
+      record["eval_" + name] = value;
+      objective_text += fmt::format(" {} {:.4f}", name, value);
+    }
+    log_metrics(record);
+    bar.finish();
+    spdlog::info("step {}: eval loss {:.4f} (perplexity {:.3f}, {} {}){}", step_, ev.loss, ev.perplexity, ev.tokens,
+                 objective_ ? "units" : "tokens", objective_text);
+  };
+  if (objective_ && !metric_names_.empty() && step_ == 0 && !eval_rows_.empty()) {
+    training_mode(false);
+    const EvalResult ev = evaluate_sharded();
+    log_eval(ev);
+    result.eval_metrics_before = ev.metrics;
+  }
+
   while (step_ < total_steps_) {
     // 1. This step's micro-batches, and their supervised-token total. Every
     // rank knows every row, so the totals are the whole step's (over all
@@ -649,17 +677,7 @@ TrainResult Trainer::train() {
     if (!eval_rows_.empty() && ((o_.eval_steps > 0 && step_ % o_.eval_steps == 0) || last)) {
       training_mode(false);
       auto ev = evaluate_sharded();
-      nlohmann::json record = {
-          {"step", step_}, {"eval_loss", ev.loss}, {"eval_ppl", ev.perplexity}, {"eval_tokens", ev.tokens}};
-      std::string objective_text;
-      for (const auto& [name, value] : ev.metrics) {
-        record["eval_" + name] = value;
-        objective_text += fmt::format(" {} {:.4f}", name, value);
-      }
-      log_metrics(record);
-      bar.finish();
-      spdlog::info("step {}: eval loss {:.4f} (perplexity {:.3f}, {} {}){}", step_, ev.loss, ev.perplexity, ev.tokens,
-                   objective_ ? "units" : "tokens", objective_text);
+      log_eval(ev);
       result.eval_metrics = ev.metrics;
       result.eval_loss = ev.loss;
       if (!best_eval_ || ev.loss < *best_eval_) best_eval_ = ev.loss;

@@ -77,6 +77,7 @@ struct TrainResult {
   std::optional<double> eval_loss;
   std::optional<double> best_eval_loss;
   std::vector<std::pair<std::string, double>> eval_metrics;  // the objective's, at the last evaluation
+  std::vector<std::pair<std::string, double>> eval_metrics_before;  // before the first step (a fresh run)
   int64_t skipped_nonfinite = 0;
   bool interrupted = false;    // Ctrl-C: a checkpoint was written
   std::string last_checkpoint;

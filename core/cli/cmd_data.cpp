@@ -12,14 +12,17 @@
 #include "chat_template.h"
 #include "cli/commands.h"
 #include "dataset.h"
+#include "defaults.h"
 #include "fs_util.h"
 #include "mftk/adapter.h"
 #include "mftk/model.h"
+#include "mftk/objective.h"
 #include "mftk/packer.h"
 #include "mftk/quantizer.h"
 #include "mftk/tokenizer.h"
 #include "model_tools.h"
 #include "pipeline.h"
+#include "preference_rows.h"
 #include "recipe.h"
 #include "registry.h"
 #include "trainer.h"
@@ -150,7 +153,10 @@ void add_data_commands(CLI::App& app) {
     cmd->footer(
         "Prints {\"eval_loss\": mean cross-entropy per supervised token, \"perplexity\": exp(eval_loss), "
         "\"tokens\": supervised tokens} on stdout for the eval split ([[datasets]] with split = \"eval\", or "
-        "[data] val_set_size). The number does not depend on packing: every document sees only itself.");
+        "[data] val_set_size). The number does not depend on packing: every document sees only itself. With a "
+        "preference [objective] (dpo, orpo) it prints {\"eval_loss\": the objective's mean loss per pair, "
+        "\"pairs\", and its metrics under TRL's names (rewards/accuracies, ...)}; dpo's reference is the model "
+        "without the --adapter (without one, the model itself: every reward is 0).");
     add_recipe_options(cmd, *args);
     cmd->add_option("--adapter", *adapter, "adapter folder to load onto the model (the [adapter] plugin, or lora)");
     cmd->callback([args, adapter] {
@@ -160,11 +166,35 @@ void add_data_commands(CLI::App& app) {
       auto lm = core::load_model(r.recipe, r.registry, training.get_bool("bf16"));
       std::unique_ptr<Adapter> loaded_adapter;
       if (!adapter->empty()) loaded_adapter = load_recipe_adapter(r, *adapter, *lm.model);
+      std::unique_ptr<Objective> objective;
+      std::string objective_name = core::kDefaultObjectivePlugin;
+      if (const auto* ref = r.recipe.component("objective")) {
+        objective_name = ref->plugin;
+        objective = r.registry.create<Objective>(Kind::objective, ref->plugin, ref->config);
+      }
+      const bool pairs = objective && objective->data() == ObjectiveData::preference_pairs;
+      core::check_objective_data(objective_name, pairs, core::is_preference_data(core::data_options_from_recipe(r.recipe)));
       auto tok = Tokenizer::load(lm.path);
       auto data = core::prepare_data(r.recipe, *tok);
       if (data.eval.empty())
         throw UsageError(fmt::format("{}: no eval data", r.recipe.path()),
                          "add a [[datasets]] table with split = \"eval\", or set [data] val_set_size");
+      if (pairs) {
+        PackStats stats;
+        const auto rows = core::pack_preference_pairs(data.eval, pack_options_for(r.recipe, *lm.model), stats);
+        if (stats.dropped > 0)
+          spdlog::warn("eval: {} pairs longer than sequence_len {} left out", stats.dropped, training.get_int("sequence_len"));
+        const int64_t mbs = training.get_int("micro_batch_size");
+        lm.model->set_training(false);
+        if (loaded_adapter) loaded_adapter->set_training(false);
+        core::prepare_objective(*lm.model, *objective, loaded_adapter.get(), rows, mbs);
+        const auto result = core::evaluate_objective(*lm.model, objective.get(), loaded_adapter.get(), rows, mbs);
+        spdlog::info("eval ({}): {} pairs", objective_name, result.tokens);
+        nlohmann::json j = {{"eval_loss", result.loss}, {"pairs", result.tokens}};
+        for (const auto& [name, value] : result.metrics) j[name] = value;
+        std::printf("%s\n", j.dump().c_str());
+        return;
+      }
       std::string packer_name;
       auto packer = core::make_recipe_packer(r.recipe, r.registry, &packer_name);
       PackStats stats;

@@ -155,6 +155,10 @@ std::vector<KeySpec> lora_keys() {
       KeySpec::strings("modules_to_save", {},
                        "modules trained in full and saved with the adapter, e.g. [\"lm_head\"] or "
                        "[\"embed_tokens\"] (PEFT modules_to_save)"),
+      // Read by the core (pipeline.cpp), which calls load() instead of inject().
+      KeySpec::string("path", std::string(),
+                      "an adapter folder (PEFT layout) to continue training from, e.g. an SFT run's adapter; "
+                      "its adapter_config.json then decides r, alpha and the targets"),
   };
 }
 

@@ -6,13 +6,17 @@
 
 #include <cmath>
 #include <fstream>
+#include <iterator>
 #include <map>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include <nlohmann/json.hpp>
+
 #include "chat_template.h"
+#include "child_process.h"
 #include "dataset.h"
 #include "lora_adapter.h"
 #include "mftk/objective.h"
@@ -408,6 +412,86 @@ TEST(SftObjective, ThePluginLossIsTheTokenCrossEntropyOfTheTrainer) {
     for (int64_t t = 0; t < batch.targets.size(1); ++t)
       if (const int64_t y = batch.targets[b][t].item<int64_t>(); y != kIgnoreIndex) want -= lsm[b][t][y].item<double>();
   EXPECT_NEAR(r.loss_sum.item<double>(), want, 1e-4 * std::abs(want));
+}
+
+// ------------------------------------------------ the bundled preference task ----
+
+namespace e2e {
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void replace_all(std::string& text, const std::string& from, const std::string& to) {
+  for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
+    text.replace(at, from.size(), to);
+}
+
+// Each eval line of metrics.jsonl: (step, eval_rewards/accuracies).
+std::vector<std::pair<int64_t, double>> eval_accuracies(const std::string& metrics) {
+  std::vector<std::pair<int64_t, double>> out;
+  std::ifstream in(metrics);
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("eval_rewards/accuracies"))
+      out.emplace_back(j.at("step").get<int64_t>(), j.at("eval_rewards/accuracies").get<double>());
+  }
+  return out;
+}
+
+}  // namespace e2e
+
+// configs/preference.toml as shipped (paths moved into a scratch folder,
+// one epoch instead of two): DPO on a random base must learn to rank the
+// held-out pairs by reading their prompts.
+TEST(PreferenceTask, DpoRaisesHeldOutRewardAccuracyAndEvalAgrees) {
+  using namespace child_process;
+  ScratchDir dir("pref_e2e");
+  const auto run = [&](const std::vector<std::string>& args, const std::string& log) {
+    return exit_code(wait_status(spawn(mftk_binary(), args, log), std::chrono::minutes(5)));
+  };
+  ASSERT_EQ(run({"init", "--preset", "tiny", "--seed", "1", "--out", dir.sub("base")}, dir.sub("init.log")), 0)
+      << e2e::read_text(dir.sub("init.log"));
+  std::string recipe = e2e::read_text(MFTK_SOURCE_DIR "/configs/preference.toml");
+  e2e::replace_all(recipe, "\"data/preference/", "\"" MFTK_SOURCE_DIR "/data/preference/");
+  e2e::replace_all(recipe, "\"out/preference/", "\"" + dir.str() + "/");
+  e2e::replace_all(recipe, "num_epochs = 2", "num_epochs = 1");
+  e2e::replace_all(recipe, "eval_steps = 20", "eval_steps = 1000");  // only before the first step and after the last
+  const std::string recipe_path = write_jsonl(dir, "preference.toml", {recipe});
+  ASSERT_EQ(run({"run", recipe_path}, dir.sub("run.log")), 0) << e2e::read_text(dir.sub("run.log"));
+
+  const auto acc = e2e::eval_accuracies(dir.sub("run/metrics.jsonl"));
+  ASSERT_EQ(acc.size(), 2u) << e2e::read_text(dir.sub("run/metrics.jsonl"));
+  EXPECT_EQ(acc.front().first, 0);
+  // At step 0 the policy is its reference: every reward is 0, and TRL counts a tie as not preferred.
+  EXPECT_EQ(acc.front().second, 0.0);
+  EXPECT_GE(acc.back().second, 0.9) << e2e::read_text(dir.sub("run.log"));
+  const auto summary = nlohmann::json::parse(e2e::read_text(dir.sub("run/summary.json")));
+  EXPECT_EQ(summary.at("objective"), "dpo");
+  EXPECT_EQ(summary.at("eval_rewards/accuracies").get<double>(), acc.back().second);
+  EXPECT_NE(e2e::read_text(dir.sub("run/report.html")).find("rewards/accuracies"), std::string::npos);
+
+  // `mftk eval` with the saved adapter scores what the run's last evaluation did.
+  ASSERT_EQ(run({"eval", recipe_path, "--adapter", dir.sub("run/adapter")}, dir.sub("eval.log")), 0)
+      << e2e::read_text(dir.sub("eval.log"));
+  const std::string eval_log = e2e::read_text(dir.sub("eval.log"));
+  const auto j = nlohmann::json::parse(eval_log.substr(eval_log.rfind("{\"eval_loss\"")));
+  EXPECT_NEAR(j.at("rewards/accuracies").get<double>(), acc.back().second, 1e-9);
+  EXPECT_NEAR(j.at("eval_loss").get<double>(), summary.at("eval_loss").get<double>(), 1e-6);
+  EXPECT_EQ(j.at("pairs").get<int64_t>(), 64);
+
+  // [adapter] path continues from a saved adapter: before its first step the
+  // new run scores exactly what the first run ended with.
+  ASSERT_EQ(run({"run", recipe_path, "--set", "adapter.path=" + dir.sub("run/adapter"), "--set", "training.max_steps=1",
+                 "--set", "training.output_dir=" + dir.sub("cont")},
+                dir.sub("cont.log")),
+            0)
+      << e2e::read_text(dir.sub("cont.log"));
+  const auto cont = e2e::eval_accuracies(dir.sub("cont/metrics.jsonl"));
+  ASSERT_FALSE(cont.empty());
+  EXPECT_EQ(cont.front().first, 0);
+  EXPECT_EQ(cont.front().second, acc.back().second);
 }
 
 }  // namespace
