@@ -482,7 +482,14 @@ void measure_steps(const Recipe& recipe, Registry& registry, int64_t steps, Plan
     throw UsageError(fmt::format("--measure needs the training data: {}", plan.data.why_not),
                      "create the dataset files, or leave --measure out for the memory and step estimate only");
   const auto& training = recipe.section("training");
-  auto lm = load_model(recipe, registry, training.get_bool("bf16"));
+  // Timed where the plan says the run computes: a cuda plan measured on a
+  // machine without a usable GPU stops with the reason (exit 2).
+  const c10::Device device =
+      plan.device == PlanDevice::cuda
+          ? resolve_device(DeviceSetting{DeviceSetting::Kind::cuda, std::nullopt, "cuda (mftk plan --measure)"},
+                           cuda_support())
+          : c10::Device(c10::kCPU);
+  auto lm = load_model(recipe, registry, training.get_bool("bf16"), device);
   Model& model = *lm.model;
   model.set_gradient_checkpointing(training.get_bool("gradient_checkpointing"));
   std::unique_ptr<Adapter> adapter;

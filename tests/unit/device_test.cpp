@@ -259,6 +259,14 @@ TEST_F(DeviceRun, PlanOfACudaRecipeSaysWhatLivesOnTheGpu) {
   EXPECT_EQ(plan.at("placement").at("optimizer_state"), "cuda");
   EXPECT_EQ(plan.at("placement").at("data"), "cpu");
   const std::string text = read_text(dir_ / "plan-cuda.log");
+  // Measuring that plan needs the GPU itself: here it stops, naming what is missing.
+  const CudaSupport here = mftk::core::cuda_support();
+  if (!(here.built_with_cuda && here.visible_gpus > 0)) {
+    EXPECT_EQ(run({"plan", recipe("cuda-plan", "device = \"cuda\""), "--measure", "1"}, "plan-cuda-measure"), 2);
+    const std::string measure = read_text(dir_ / "plan-cuda-measure.log");
+    EXPECT_NE(measure.find(here.built_with_cuda ? "no GPU is visible" : "built without CUDA"), std::string::npos)
+        << measure;
+  }
   EXPECT_NE(text.find("placement: weights, trainable, optimizer_state, activations on the GPU; data in host memory"),
             std::string::npos)
       << text;
