@@ -25,12 +25,14 @@
 #include "mftk/adapter.h"
 #include "mftk/error.h"
 #include "mftk/model.h"
+#include "mftk/objective.h"
 #include "mftk/optimizer.h"
 #include "mftk/packer.h"
 #include "mftk/quantizer.h"
 #include "mftk/tokenizer.h"
 #include "model_tools.h"
 #include "pipeline.h"
+#include "preference_rows.h"
 #include "recipe.h"
 #include "registry.h"
 #include "run_log.h"
@@ -182,6 +184,7 @@ TrainingFacts training_facts(const Recipe& recipe) {
   if (const auto* o = recipe.component("optimizer")) f.optimizer = o->plugin;
   if (const auto* p = recipe.component("packer")) f.packer = p->plugin;
   else f.packer = t.get_bool("sample_packing") ? "swa_packer" : "padding";
+  if (const auto* o = recipe.component("objective")) f.objective = o->plugin;
   if (const auto* m = recipe.component("model"); m && m->config.has("attention_chunk"))
     f.attention_chunk = m->config.get_int("attention_chunk");
   return f;
@@ -386,14 +389,22 @@ DataPlan plan_data(const Recipe& recipe, Registry& registry, const ModelFacts& m
   auto tokenizer = Tokenizer::load(model.path);
   // Through the prepared-data cache: `mftk run` then finds the same data ready.
   auto data = prepare_data(options, *tokenizer);
-  std::string packer_name;
-  auto packer = make_recipe_packer(recipe, registry, &packer_name);
-  training.packer = packer_name;
   PackOptions po = pack_options_from_recipe(recipe);
   po.sliding_window = model.sliding_window;
   PackStats train_stats, eval_stats;
-  const auto rows = packer->pack(data.train, po, train_stats);
-  const auto eval_rows = packer->pack(data.eval, po, eval_stats);
+  std::vector<PackedRow> rows, eval_rows;
+  training.preference_pairs = is_preference_data(options);
+  if (training.preference_pairs) {  // as the pipeline packs them: one pair per row
+    training.packer = "one preference pair per row";
+    rows = pack_preference_pairs(data.train, po, train_stats);
+    eval_rows = pack_preference_pairs(data.eval, po, eval_stats);
+  } else {
+    std::string packer_name;
+    auto packer = make_recipe_packer(recipe, registry, &packer_name);
+    training.packer = packer_name;
+    rows = packer->pack(data.train, po, train_stats);
+    eval_rows = packer->pack(data.eval, po, eval_stats);
+  }
 
   d.available = true;
   d.train_examples = int64_t(data.train.size());
@@ -510,11 +521,16 @@ void measure_steps(const Recipe& recipe, Registry& registry, int64_t steps, Plan
   optimizer->attach(trainable);
   auto tokenizer = Tokenizer::load(plan.model.path);
   auto data = prepare_data(recipe, *tokenizer);
-  auto packer = make_recipe_packer(recipe, registry);
   PackOptions po = pack_options_from_recipe(recipe);
   po.sliding_window = model.shape().sliding_window;
   PackStats stats;
-  const auto rows = packer->pack(data.train, po, stats);
+  // A recipe's [objective] is timed as it trains (dpo's reference pass included).
+  std::unique_ptr<Objective> objective;
+  if (const auto* o = recipe.component("objective"))
+    objective = registry.create<Objective>(Kind::objective, o->plugin, o->config);
+  const auto rows = plan.training.preference_pairs ? pack_preference_pairs(data.train, po, stats)
+                                                   : make_recipe_packer(recipe, registry)->pack(data.train, po, stats);
+  if (objective) prepare_objective(model, *objective, adapter.get(), rows, plan.training.micro_batch_size);
   model.set_training(true);
   const size_t B = size_t(plan.training.micro_batch_size);
   const int64_t accumulation = plan.training.gradient_accumulation_steps;
@@ -528,7 +544,13 @@ void measure_steps(const Recipe& recipe, Registry& registry, int64_t steps, Plan
       Batch batch = make_batch(rows.data() + next, count);
       next = (next + count) % rows.size();
       int64_t supervised = 0;
-      at::Tensor loss = supervised_loss_sum(model, batch, &supervised);
+      at::Tensor loss;
+      if (objective) {
+        ObjectiveResult r = objective->compute(model, adapter.get(), batch);
+        loss = r.loss_sum, supervised = r.units;
+      } else {
+        loss = supervised_loss_sum(model, batch, &supervised);
+      }
       if (supervised > 0) (loss / double(supervised)).backward();
       tokens += (batch.doc_ids >= 0).sum().item<int64_t>();
     }
@@ -608,6 +630,17 @@ std::string format_plan(const Plan& p) {
   else
     out += fmt::format("  steps: unknown without the data{}\n",
                        s.total_steps > 0 ? fmt::format(" (max_steps = {})", s.total_steps) : "");
+  if (t.preference_pairs)
+    out += fmt::format("  objective {}: a row is one preference pair, two sequences (the prompt in both); "
+                       "micro_batch_size counts pairs\n",
+                       t.objective);
+  // dpo's reference model (plugins/preference): with an adapter, the base with it switched off.
+  if (t.objective == "dpo")
+    out += t.adapter.empty()
+               ? "  reference: one forward pass without gradients over every row before training (log-probabilities "
+                 "kept in memory: 4 bytes per sequence)\n"
+               : "  reference: one more forward pass without gradients per micro-batch (the adapter switched off), "
+                 "about a third more compute per step; no second copy of the weights\n";
   if (p.time.measured_steps > 0)
     out += fmt::format("  time: {:.2f} s per step (median of {} measured here), {:.0f} tokens/s -> {:.1f} min for {} steps; "
                        "peak RSS while measuring {}\n",

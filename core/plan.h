@@ -83,6 +83,8 @@ struct TrainingFacts {
   std::string optimizer = "adamw";
   std::string packer;      // the packer the run uses
   int64_t attention_chunk = 128;
+  std::string objective = "sft";  // the [objective] plugin
+  bool preference_pairs = false;  // type = "preference" data: one pair (two sequences) per row
 };
 TrainingFacts training_facts(const Recipe& recipe);
 

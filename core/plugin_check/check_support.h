@@ -4,7 +4,7 @@
 // defines: mftk::core::check::CheckFailed, mftk::core::check::Checker,
 //          mftk::core::check::TinyModelSource, mftk::core::check::max_relative_difference,
 //          mftk::core::check::single_document_batch, mftk::core::check::logits_of,
-//          mftk::core::check::check_model, check_adapter, check_quantizer, check_packer,
+//          mftk::core::check::check_model, check_adapter, check_quantizer, check_packer, check_objective,
 //          check_optimizer, check_exporter
 #pragma once
 
@@ -103,6 +103,7 @@ void check_adapter(Registry& registry, const ComponentInfo& component, TinyModel
 void check_quantizer(Registry& registry, const ComponentInfo& component, TinyModelSource& source,
                      const std::string& scratch_dir, Checker& checker);
 void check_packer(Registry& registry, const ComponentInfo& component, Checker& checker);
+void check_objective(Registry& registry, const ComponentInfo& component, TinyModelSource& source, Checker& checker);
 void check_optimizer(Registry& registry, const ComponentInfo& component, const std::string& scratch_dir,
                      Checker& checker);
 void check_exporter(Registry& registry, const ComponentInfo& component, TinyModelSource& source,

@@ -15,6 +15,7 @@
 #include "mftk/error.h"
 #include "mftk/exporter.h"
 #include "mftk/model.h"
+#include "mftk/objective.h"
 #include "mftk/optimizer.h"
 #include "mftk/packer.h"
 #include "mftk/quantizer.h"
@@ -173,8 +174,8 @@ void check_keys(Registry& registry, const ComponentInfo& component, Checker& che
       case Kind::packer: registry.create<Packer>(Kind::packer, name, config); break;
       case Kind::optimizer: registry.create<Optimizer>(Kind::optimizer, name, config); break;
       case Kind::exporter: registry.create<Exporter>(Kind::exporter, name, config); break;
-      case Kind::model:
-      case Kind::objective: break;
+      case Kind::objective: registry.create<Objective>(Kind::objective, name, config); break;
+      case Kind::model: break;
     }
   });
 }
@@ -201,7 +202,7 @@ void check_component(Registry& registry, const ComponentInfo& component, const s
     case Kind::packer: check::check_packer(registry, component, checker); break;
     case Kind::optimizer: check::check_optimizer(registry, component, dir, checker); break;
     case Kind::exporter: check::check_exporter(registry, component, source, dir, checker); break;
-    case Kind::objective: break;  // keys and defaults only, so far
+    case Kind::objective: check::check_objective(registry, component, source, checker); break;
   }
 }
 
