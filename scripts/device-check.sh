@@ -142,7 +142,7 @@ cmd "$env_line; \$cmake_bin --build '$build' -j\$(nproc) > '$out/build.log' 2>&1
 
 # --- 4. tests -----------------------------------------------------------------
 step "tests: device resolution, and the generic kernels (the code a GPU runs) both ways"
-tests="Device*:GenericKernels*:NF4*:Nf4*:LinearCrossEntropy*:Optimizer*"
+tests="Device*:GenericKernels*:Nf4*:LinearCrossEntropy*:Optimizer*:MistralAttention*:MistralPacking*"
 cmd "$env_line; cd '$build' && MFTK_THREADS=8 ./bin/mftk_tests --gtest_filter='$tests' > '$out/tests.log' 2>&1; tail -3 '$out/tests.log'"
 cmd "$env_line; cd '$build' && MFTK_GENERIC_KERNELS=1 MFTK_THREADS=8 ./bin/mftk_tests --gtest_filter='$tests' > '$out/tests-generic.log' 2>&1; tail -3 '$out/tests-generic.log'"
 
@@ -150,8 +150,12 @@ cmd "$env_line; cd '$build' && MFTK_GENERIC_KERNELS=1 MFTK_THREADS=8 ./bin/mftk_
 step "a tiny mftk run with device = \"cuda\" (weights, adapter, optimizer, batches on cuda:0)"
 tiny=$work/tiny
 cmd "$env_line; '$build/bin/mftk' init --preset tiny --layers 2 --out '$tiny/base' > '$out/tiny-init.log' 2>&1"
-cmd "python3 '$here/scripts/device_check_data.py' data '$tiny' --docs 16 --words 120 && python3 '$here/scripts/device_check_data.py' recipe '$tiny' --device cuda --seq 128 --steps 4 --log-every 2 > '$tiny/recipe.toml'"
-cmd "$env_line; '$build/bin/mftk' run '$tiny/recipe.toml' > '$out/tiny-run.log' 2>&1; grep -E ') on cuda|done:' '$out/tiny-run.log'"
+# The same fp32 run on the CPU too: the report compares their final losses (float rounding apart, equal).
+for d in cuda cpu; do
+  cmd "python3 '$here/scripts/device_check_data.py' data '$tiny' --docs 16 --words 120 && python3 '$here/scripts/device_check_data.py' recipe '$tiny' --device $d --fp32 --name $d --seq 128 --steps 4 --log-every 2 > '$tiny/$d.toml'"
+done
+cmd "$env_line; '$build/bin/mftk' run '$tiny/cuda.toml' > '$out/tiny-run.log' 2>&1; grep -E ') on cuda|done:' '$out/tiny-run.log'"
+cmd "$env_line; '$build/bin/mftk' run '$tiny/cpu.toml' > '$out/tiny-run-cpu.log' 2>&1; grep -E 'done:' '$out/tiny-run-cpu.log'"
 
 # --- 6. the benchmark -----------------------------------------------------------
 step "benchmark: 7B-shape LoRA and QLoRA ($layers layers, seq $seq, batch $batch, $steps timed steps) vs transformers + PEFT"

@@ -29,7 +29,7 @@ def cmd_data(a):
 
 
 def cmd_recipe(a):
-    name = "qlora" if a.nf4 else "lora"
+    name = a.name or ("qlora" if a.nf4 else "lora")
     quantize = '\n[quantize]\nplugin = "nf4"\n' if a.nf4 else ""
     print(f"""# written by scripts/device_check_data.py for scripts/device-check.sh
 [model]
@@ -50,7 +50,7 @@ dataset_prepared_path = "{a.dir}/prepared"
 
 [training]
 device = "{a.device}"
-bf16 = true
+bf16 = {"false" if a.fp32 else "true"}
 sequence_len = {a.seq}
 micro_batch_size = {a.batch}
 max_steps = {a.steps}
@@ -131,6 +131,18 @@ def tail_line(path, needle):
         return None
 
 
+def tiny_agreement(tiny):
+    """The tiny fp32 run's final loss on the GPU and on the CPU: the same training within float rounding."""
+    losses = {}
+    for side in ("cpu", "cuda"):
+        s = read_json(os.path.join(tiny, f"out-{side}", "summary.json"), {})
+        losses[side] = s.get("final_loss")
+    if None in losses.values():
+        return {"final_loss": losses, "relative_difference": None}
+    diff = abs(losses["cuda"] - losses["cpu"]) / max(abs(losses["cpu"]), 1e-12)
+    return {"final_loss": losses, "relative_difference": diff, "agree_1e-4": diff < 1e-4}
+
+
 def cmd_report(a):
     out = a.out
     rows = []
@@ -160,6 +172,7 @@ def cmd_report(a):
         "tests_failed": tail_line(os.path.join(out, "tests.log"), "FAILED TEST"),
         "tiny_run_device": tail_line(os.path.join(out, "tiny-run.log"), ") on "),
         "tiny_run_done": tail_line(os.path.join(out, "tiny-run.log"), "done:"),
+        "tiny_cpu_vs_cuda": tiny_agreement(os.path.join(a.work, "tiny")),
         "rows": rows,
     }
     with open(os.path.join(out, "device-check.json"), "w") as f:
@@ -167,6 +180,7 @@ def cmd_report(a):
     print(f"GPU: {result['gpu']}   torch: {result['torch']}")
     print(f"tests: {result['tests_passed']} | generic kernels forced: {result['tests_generic_passed']}")
     print(f"tiny run: {result['tiny_run_device']}")
+    print(f"tiny fp32 run, final loss cpu vs cuda: {result['tiny_cpu_vs_cuda']}")
     print(f"7B shape, {a.layers} layers, seq {a.seq}, batch {a.batch}:")
     print(f"{'case':6} {'side':32} {'tokens/s':>10} {'peak GPU MiB':>13} {'final loss':>10}")
     for r in rows:
@@ -196,6 +210,8 @@ def main():
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--log-every", type=int, default=2)
     p.add_argument("--nf4", action="store_true")
+    p.add_argument("--fp32", action="store_true", help="fp32 weights and compute (default: bf16)")
+    p.add_argument("--name", default="", help="output_dir is DIR/out-NAME (default: lora or qlora)")
     p = sub.add_parser("sample-gpu")
     p.add_argument("file")
     p.add_argument("command", nargs=argparse.REMAINDER)
