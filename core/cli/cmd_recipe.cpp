@@ -15,6 +15,7 @@
 #include "mftk/output_path.h"
 #include "mftk/packer.h"
 #include "mftk/quantizer.h"
+#include "device.h"
 #include "distributed.h"
 #include "lint.h"
 #include "pipeline.h"
@@ -84,12 +85,20 @@ void add_recipe_commands(CLI::App& app) {
       // not stop a run that would work: the report then has no predictions.
       // Only rank 0 writes the report: other ranks of a data-parallel run
       // skip the plan's data pass and leave the lint to rank 0.
+      // The device before any work: a GPU this libtorch or machine cannot
+      // give stops here (exit 2), not after the plan's data pass.
+      const auto env = core::DistributedEnv::from_env();
+      const std::string device = recipe.section("training").get_string("device");
+      if (const auto setting = core::parse_device_setting(device))
+        core::resolve_device(*setting, core::cuda_support(), env.world_size, env.local_rank);
       std::shared_ptr<core::Plan> plan;
-      if (core::DistributedEnv::from_env().rank == 0) {
+      if (env.rank == 0) {
         // output_dir first: a folder of the user's is refused before any work.
         claim_work_folder(recipe.section("training").get_string("output_dir"), core::kRunOutputKind);
         try {
-          plan = std::make_shared<core::Plan>(core::make_plan(recipe, registry, {}));
+          core::PlanOptions plan_options;
+          plan_options.device = core::plan_device_for(device);  // the report's predictions are for this device
+          plan = std::make_shared<core::Plan>(core::make_plan(recipe, registry, plan_options));
         } catch (const UsageError&) {
           throw;  // bad data or recipe: the run would fail the same way
         } catch (const std::exception& e) {
