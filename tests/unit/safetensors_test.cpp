@@ -1,4 +1,4 @@
-// safetensors reader/writer and HF checkpoint folders (core/safetensors.cpp).
+// safetensors reader/writer and HF checkpoint folders (core/safetensors_*.cpp).
 //
 // Expected bytes are assembled by hand from the format rules in
 // docs/formats.md §1 (safetensors; and two vectors from the reference library's own tests);
