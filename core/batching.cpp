@@ -1,4 +1,4 @@
-// Row rules, batches and the packing summary; see batching.h.
+// Row rules (mftk/rows.h), batches and the packing summary; see batching.h.
 #include "batching.h"
 
 #include <ATen/ATen.h>
@@ -11,7 +11,8 @@
 #include "mftk/tensor.h"
 #include "recipe.h"
 
-namespace mftk::core {
+// mftk/rows.h: the SDK's row rules.
+namespace mftk {
 
 uint64_t SplitMix64::next() {
   uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
@@ -60,6 +61,10 @@ void pad_row(PackedRow& row, size_t length, int32_t pad_id) {
   row.position_ids.insert(row.position_ids.end(), extra, 0);
   row.doc_ids.insert(row.doc_ids.end(), extra, -1);
 }
+
+}  // namespace mftk
+
+namespace mftk::core {
 
 Batch make_batch(const PackedRow* rows, size_t count, int32_t pad_id) {
   MFTK_CHECK(count > 0, "make_batch: no rows");

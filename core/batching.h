@@ -1,8 +1,7 @@
-// Rows -> batches, the row-building rules every packer shares, and the
-// packing summary `mftk preprocess` prints.
+// Rows -> batches and the packing summary `mftk preprocess` prints; the
+// row-building rules every packer shares are the SDK's (mftk/rows.h).
 //
-// defines: mftk::core::SplitMix64, mftk::core::append_document, mftk::core::pad_row,
-//          mftk::core::make_batch, mftk::core::pack_options_from_recipe,
+// defines: mftk::core::make_batch, mftk::core::pack_options_from_recipe,
 //          mftk::core::describe_packing
 #pragma once
 
@@ -13,32 +12,17 @@
 
 #include "mftk/batch.h"
 #include "mftk/packer.h"
+#include "mftk/rows.h"
 
 namespace mftk::core {
 
 class Recipe;
 
-// Sebastiano Vigna's SplitMix64: a fixed algorithm, so data order never
-// depends on the standard library (std::shuffle's is implementation-defined).
-class SplitMix64 {
- public:
-  explicit SplitMix64(uint64_t seed) : state_(seed) {}
-  uint64_t next();
-  // Uniform in [0, bound), bound > 0, without modulo bias.
-  uint64_t below(uint64_t bound);
-
- private:
-  uint64_t state_;
-};
-
-// Appends the first `length` tokens of one document to a row (batch.h rules):
-// position ids from 0, the next free doc id, and shifted targets
-// (targets[t] = ids[t+1] when loss_mask[t+1], else kIgnoreIndex; the last
-// token of the document gets kIgnoreIndex so it never predicts the next one).
-void append_document(PackedRow& row, const Example& example, size_t length);
-
-// Pads a row up to `length` tokens: pad_id, target kIgnoreIndex, position 0, doc -1.
-void pad_row(PackedRow& row, size_t length, int32_t pad_id);
+// The row rules packers share live in the SDK (mftk/rows.h); the core uses
+// them under their old names.
+using ::mftk::append_document;
+using ::mftk::pad_row;
+using ::mftk::SplitMix64;
 
 // Stacks rows into [B, T] tensors, T = the longest row, shorter rows padded
 // as pad_row does. int64 everywhere except doc_ids (int32).

@@ -262,18 +262,11 @@ ChatTurns check_turns(const std::vector<ChatMessage>& messages, bool add_generat
 
 }  // namespace
 
-const char* chat_format_name(ChatFormat format) { return format == ChatFormat::v3 ? "v3" : "v1"; }
-
 ChatFormat parse_chat_format(const std::string& name, const std::string& what_for) {
   if (name == "v1") return ChatFormat::v1;
   if (name == "v3") return ChatFormat::v3;
   throw UsageError(fmt::format("{}: unknown chat format '{}'", what_for, name),
                    "use \"v1\" (Mistral-7B v0.1/v0.2) or \"v3\" (Mistral-7B v0.3)");
-}
-
-ChatFormat detect_chat_format(const Tokenizer& tokenizer) {
-  std::optional<int32_t> inst = tokenizer.piece_to_id("[INST]");
-  return inst && tokenizer.type(*inst) == PieceType::control ? ChatFormat::v3 : ChatFormat::v1;
 }
 
 ChatEncoding encode_chat(const Tokenizer& tokenizer, ChatFormat format, const std::vector<ChatMessage>& messages,
@@ -601,3 +594,15 @@ JsonValue tool_calls_message_json(const std::vector<ToolCall>& calls) {
 }
 
 }  // namespace mftk::core
+
+// mftk/chat_format.h: the SDK's part.
+namespace mftk {
+
+const char* chat_format_name(ChatFormat format) { return format == ChatFormat::v3 ? "v3" : "v1"; }
+
+ChatFormat detect_chat_format(const Tokenizer& tokenizer) {
+  std::optional<int32_t> inst = tokenizer.piece_to_id("[INST]");
+  return inst && tokenizer.type(*inst) == PieceType::control ? ChatFormat::v3 : ChatFormat::v1;
+}
+
+}  // namespace mftk

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "mftk/chat_format.h"
 #include "mftk/error.h"
 #include "python_json.h"
 
@@ -29,18 +30,14 @@ class Tokenizer;
 
 namespace mftk::core {
 
-enum class ChatFormat {
-  v1,  // Mistral-7B v0.1/v0.2: "[INST]" / "[/INST]" are plain text; system on the first user turn
-  v3,  // Mistral-7B v0.3: [INST]/[/INST] control tokens; system on the last user turn
-};
+// ChatFormat, chat_format_name and detect_chat_format are the SDK's
+// (mftk/chat_format.h): plugins that render a chat template ask there.
+using ::mftk::chat_format_name;
+using ::mftk::ChatFormat;
+using ::mftk::detect_chat_format;
 
-const char* chat_format_name(ChatFormat format);  // "v1" | "v3"
 // "v1" or "v3"; anything else is a UsageError naming what_for (e.g. "recipe [data] chat_format").
 ChatFormat parse_chat_format(const std::string& name, const std::string& what_for);
-
-// v3 iff the tokenizer has "[INST]" as a CONTROL piece (Mistral v0.3 files,
-// and tokenizers trained with mistral_v3_controls).
-ChatFormat detect_chat_format(const Tokenizer& tokenizer);
 
 // Function calling (v3 only), as mistral-common's InstructTokenizerV3 encodes it:
 //   the tools          [AVAILABLE_TOOLS] json [/AVAILABLE_TOOLS], right before the [INST] of the last user turn

@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "mftk/error.h"
+#include "mftk/log.h"
 
 namespace mftk::core {
 
@@ -42,31 +43,13 @@ void fsync_parent_dir(const std::string& path) {
   fs::path dir = fs::path(path).parent_path();
   if (dir.empty()) dir = ".";
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  ::fsync(fd);  // EINVAL on filesystems that cannot: the rename is done either way
-  ::close(fd);
-}
-
-AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
-  temp_ = create_fresh(path_ + ".tmp", /*folder=*/false);
-}
-
-AtomicFile::~AtomicFile() {
-  if (!committed_) ::unlink(temp_.c_str());
-}
-
-void AtomicFile::commit() {
-  const int fd = ::open(temp_.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0 || ::fsync(fd) != 0) {
-    const int err = errno;
-    if (fd >= 0) ::close(fd);
-    throw Error(fmt::format("cannot write {}: {}", path_, std::strerror(err)), "is the disk full?");
+  if (fd < 0) {
+    log::warn("cannot open folder {} to fsync it: {}", dir.string(), std::strerror(errno));
+    return;
   }
+  if (::fsync(fd) != 0 && errno != EINVAL)  // EINVAL: this filesystem cannot; the rename is done either way
+    log::warn("fsync of folder {} failed: {}", dir.string(), std::strerror(errno));
   ::close(fd);
-  if (::rename(temp_.c_str(), path_.c_str()) != 0)
-    throw Error(fmt::format("cannot rename {} to {}: {}", temp_, path_, std::strerror(errno)));
-  committed_ = true;
-  fsync_parent_dir(path_);
 }
 
 ScratchFolder::ScratchFolder(const std::string& near, const std::string& label) {
@@ -96,8 +79,30 @@ std::string read_file(const std::string& path) {
 
 namespace mftk {
 
+AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
+  temp_ = core::create_fresh(path_ + ".tmp", /*folder=*/false);
+}
+
+AtomicFile::~AtomicFile() {
+  if (!committed_) ::unlink(temp_.c_str());
+}
+
+void AtomicFile::commit() {
+  const int fd = ::open(temp_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || ::fsync(fd) != 0) {
+    const int err = errno;
+    if (fd >= 0) ::close(fd);
+    throw Error(fmt::format("cannot write {}: {}", path_, std::strerror(err)), "is the disk full?");
+  }
+  ::close(fd);
+  if (::rename(temp_.c_str(), path_.c_str()) != 0)
+    throw Error(fmt::format("cannot rename {} to {}: {}", temp_, path_, std::strerror(errno)));
+  committed_ = true;
+  core::fsync_parent_dir(path_);
+}
+
 void write_file_atomic(const std::string& path, const std::string& contents) {
-  core::AtomicFile file(path);
+  AtomicFile file(path);
   const int fd = ::open(file.temp_path().c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
   if (fd < 0) throw Error(fmt::format("cannot write {}: {}", file.temp_path(), std::strerror(errno)));
   size_t done = 0;

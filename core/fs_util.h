@@ -1,37 +1,24 @@
-// Small file-system helpers shared by the core: the one atomic file writer
-// (mftk::write_file_atomic of <mftk/output_path.h> is built on AtomicFile)
-// and private scratch folders.
+// Small file-system helpers shared by the core: fresh temporary names,
+// private scratch folders, folder fsync; the one atomic file writer is the
+// SDK's (mftk/atomic_file.h; mftk::write_file_atomic of <mftk/output_path.h>
+// is built on it).
 //
-// defines: mftk::core::AtomicFile, mftk::core::ScratchFolder, mftk::core::read_file,
-//          mftk::core::fsync_parent_dir (and brings mftk::write_file_atomic into mftk::core)
+// defines: mftk::core::ScratchFolder, mftk::core::read_file, mftk::core::create_fresh,
+//          mftk::core::fsync_parent_dir (and brings mftk::write_file_atomic and
+//          mftk::AtomicFile into mftk::core)
 #pragma once
 
 #include <string>
 
+#include "mftk/atomic_file.h"
 #include "mftk/output_path.h"
 
 namespace mftk::core {
 
 using ::mftk::write_file_atomic;
 
-// A file written under a fresh name beside `path` (created with O_EXCL, so
-// the temporary is never someone else's file) and renamed over `path` by
-// commit(). Write to temp_path() with any stream; commit() fsyncs it.
-class AtomicFile {
- public:
-  explicit AtomicFile(std::string path);
-  ~AtomicFile();  // removes the temporary file unless commit() ran
-  AtomicFile(const AtomicFile&) = delete;
-  AtomicFile& operator=(const AtomicFile&) = delete;
-
-  const std::string& temp_path() const { return temp_; }
-  // fsync, rename over the target, fsync its folder.
-  void commit();
-
- private:
-  std::string path_, temp_;
-  bool committed_ = false;
-};
+// The atomic file writer is the SDK's (mftk/atomic_file.h).
+using ::mftk::AtomicFile;
 
 // A folder created under a fresh name beside `near` (mkdir fails rather
 // than reuse an existing one, so everything in it is ours); removed with
@@ -57,7 +44,9 @@ class ScratchFolder {
 // folder cannot be written.
 std::string create_fresh(const std::string& stem, bool folder);
 
-// Makes a completed rename durable (some filesystems cannot fsync a folder: ignored).
+// Makes a completed rename durable. Some filesystems cannot fsync a folder
+// (EINVAL): accepted; any other failure is logged as a warning, not thrown,
+// because the renamed file is already in place (mftk/atomic_file.h's policy).
 void fsync_parent_dir(const std::string& path);
 
 // The whole file; throws mftk::Error naming the path.

@@ -1,5 +1,5 @@
-// GGUF constants and value model (see gguf_format.h).
-#include "gguf_format.h"
+// GGUF constants and value model (see mftk/gguf_format.h).
+#include "mftk/gguf_format.h"
 
 #include <array>
 #include <cstring>
@@ -8,7 +8,7 @@
 
 #include "mftk/error.h"
 
-namespace mftk::core {
+namespace mftk {
 
 std::string to_string(GgufValueType type) {
   switch (type) {
@@ -164,4 +164,4 @@ uint64_t ggml_row_bytes(GgmlType type, uint64_t ne0) {
   return ne0 / t.block_size * t.type_size;
 }
 
-}  // namespace mftk::core
+}  // namespace mftk

@@ -1,8 +1,8 @@
-// The GGUF reader (see gguf_reader.h). A Cursor walks the mapped bytes; it
+// The GGUF reader (see mftk/gguf_reader.h). A Cursor walks the mapped bytes; it
 // refuses every read past the end, and every count is checked against the
 // bytes left before anything is reserved, so a corrupt count cannot make us
 // allocate gigabytes.
-#include "gguf_reader.h"
+#include "mftk/gguf_reader.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -17,7 +17,7 @@
 
 #include "mftk/error.h"
 
-namespace mftk::core {
+namespace mftk {
 
 uint64_t GgufTensorInfo::elements() const {
   uint64_t n = 1;
@@ -354,4 +354,4 @@ std::string_view GgufFile::data(const GgufTensorInfo& tensor) const {
   return {impl_->bytes + impl_->data_offset + tensor.offset, size_t(tensor.nbytes)};
 }
 
-}  // namespace mftk::core
+}  // namespace mftk

@@ -1,12 +1,12 @@
-// Ollama Modelfiles for mftk's GGUF files (see ollama_modelfile.h).
-#include "ollama_modelfile.h"
+// Ollama Modelfiles for mftk's GGUF files (see mftk/ollama_modelfile.h).
+#include "mftk/ollama_modelfile.h"
 
 #include <filesystem>
 #include <fstream>
 
 #include <fmt/format.h>
 
-namespace mftk::core {
+namespace mftk {
 
 namespace fs = std::filesystem;
 
@@ -83,4 +83,4 @@ std::string OllamaModelfile::text() const {
   return out;
 }
 
-}  // namespace mftk::core
+}  // namespace mftk

@@ -14,7 +14,6 @@
 #include <optional>
 #include <set>
 #include <sstream>
-#include <unistd.h>
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -24,6 +23,7 @@
 #include "mftk/error.h"
 #include "mftk/log.h"
 #include "mftk/model.h"
+#include "mftk/output_path.h"
 #include "mftk/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -105,28 +105,6 @@ json number_json(double v) {
   // 16 rather than 16.0, as PEFT's int-typed lora_alpha is usually written.
   if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 1e15) return json(static_cast<int64_t>(v));
   return json(v);
-}
-
-// Writes text to path via a temporary file and a rename (atomic on POSIX).
-void write_file_atomically(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.parent_path() / fmt::format(".{}.tmp-{}", path.filename().string(), ::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(fmt::format("lora: cannot write {}", tmp.string()), "check that the folder is writable");
-    out << text;
-    out.flush();
-    if (!out) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      throw Error(fmt::format("lora: writing {} failed", tmp.string()), "check free disk space");
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    throw Error(fmt::format("lora: cannot move {} into place as {}: {}", tmp.string(), path.string(), ec.message()));
-  }
 }
 
 }  // namespace
@@ -471,7 +449,8 @@ void LoRAAdapter::save(const std::string& dir, const std::string& base_model) co
       {"rank_pattern", json::object()},
       {"alpha_pattern", json::object()},
   };
-  write_file_atomically(folder / kConfigFile, config.dump(2) + "\n");
+  // Through the SDK's one atomic write (temporary beside it, fsync, rename, fsync the folder).
+  write_file_atomic((folder / kConfigFile).string(), config.dump(2) + "\n");
   log::info("lora: saved {} tensors to {}", tensors.size(), (folder / kWeightsFile).string());
 }
 

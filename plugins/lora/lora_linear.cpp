@@ -10,11 +10,6 @@
 
 namespace mftk::lora {
 
-double lora_scaling(double alpha, int64_t r, bool use_rslora) {
-  MFTK_CHECK(r >= 1, "lora: rank r must be at least 1, got {}", r);
-  return use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
-}
-
 LoRALinear::LoRALinear(std::shared_ptr<LinearOp> inner, int64_t in_features, int64_t out_features,
                        const LoRALinearOptions& options)
     : inner_(std::move(inner)),

@@ -18,6 +18,7 @@
 #include <c10/core/Device.h>
 
 #include "mftk/linear_slot.h"
+#include "mftk/peft_config.h"
 
 namespace mftk::lora {
 
@@ -35,8 +36,8 @@ struct LoRALinearOptions {
   at::Device device = at::kCPU;  // where A and B live: the inner weight's device
 };
 
-// alpha / r, or alpha / sqrt(r) with rsLoRA.
-double lora_scaling(double alpha, int64_t r, bool use_rslora);
+// alpha / r, or alpha / sqrt(r) with rsLoRA: the SDK's rule (mftk/peft_config.h).
+using ::mftk::lora_scaling;
 
 class LoRALinear final : public LinearOp {
  public:

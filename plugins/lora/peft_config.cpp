@@ -1,131 +1,29 @@
 // adapter_config.json (PEFT) -> LoRAOptions: what LoRAAdapter::load takes
-// from the file (see peft_config.h). Kept apart from lora_adapter.cpp so the
-// parse has no libtorch code in it and can be fuzzed on its own (fuzz/).
+// from the file (see peft_config.h). The parse itself is the SDK's
+// (mftk/peft_config.h), shared with the gguf_lora exporter.
 #include "peft_config.h"
-
-#include <fstream>
-#include <sstream>
-
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
-
-#include "mftk/error.h"
-#include "mftk/log.h"
 
 namespace mftk::lora {
 
-using json = nlohmann::json;
+namespace {
 
-LoRAOptions read_peft_config(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw Error(fmt::format("lora: {} not found", path),
-                "an adapter folder holds adapter_config.json and adapter_model.safetensors (PEFT save_pretrained)");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return parse_peft_config(buffer.str(), path);
-}
-
-LoRAOptions parse_peft_config(const std::string& text, const std::string& where) {
-  json c;
-  try {
-    c = json::parse(text);
-  } catch (const json::exception& e) {
-    throw Error(fmt::format("lora: {}: not valid JSON: {}", where, e.what()), "re-save the adapter");
-  }
-  if (!c.is_object()) throw Error(fmt::format("lora: {}: expected a JSON object", where), "re-save the adapter");
-
-  auto bad = [&](const std::string& key, const std::string& why, const std::string& hint = {}) {
-    return UsageError(fmt::format("lora: {}: {} {}", where, key, why), hint);
-  };
-  auto has = [&](const char* key) { return c.contains(key) && !c[key].is_null(); };
-  auto unsupported = [&](const std::string& key, const std::string& what) {
-    return bad(key, fmt::format("= {}: {} is not supported yet", c[key].dump(), what),
-               "convert the adapter to plain LoRA with PEFT first, or train it with mftk");
-  };
-
-  if (!c.contains("peft_type") || !c["peft_type"].is_string())
-    throw bad("peft_type", "is missing; this is not a PEFT adapter config",
-              "a PEFT LoRA adapter_config.json has \"peft_type\": \"LORA\"");
-  if (c["peft_type"].get<std::string>() != "LORA")
-    throw bad("peft_type", fmt::format("is \"{}\"; the lora plugin loads only \"LORA\" adapters",
-                                       c["peft_type"].get<std::string>()),
-              "use the adapter plugin made for this PEFT method");
-
+LoRAOptions lora_options(const PeftLoraConfig& c) {
   LoRAOptions o;
-  if (!c.contains("r") || !c["r"].is_number_integer() || c["r"].get<int64_t>() < 1)
-    throw bad("r", fmt::format("must be a positive integer, found {}", c.value("r", json()).dump()));
-  o.r = c["r"].get<int64_t>();
-  o.alpha = 8.0;  // PEFT's default when the key is absent
-  if (has("lora_alpha")) {
-    if (!c["lora_alpha"].is_number()) throw bad("lora_alpha", "must be a number");
-    o.alpha = c["lora_alpha"].get<double>();
-  }
-  o.dropout = 0.0;
-  if (has("lora_dropout")) {
-    if (!c["lora_dropout"].is_number()) throw bad("lora_dropout", "must be a number");
-    o.dropout = c["lora_dropout"].get<double>();
-    if (!(o.dropout >= 0.0 && o.dropout < 1.0)) throw bad("lora_dropout", "must be in [0, 1)");
-  }
-  if (has("use_rslora")) {
-    if (!c["use_rslora"].is_boolean()) throw bad("use_rslora", "must be true or false");
-    o.use_rslora = c["use_rslora"].get<bool>();
-  }
-
-  if (!has("target_modules"))
-    throw bad("target_modules", "is missing", "the adapter's config must list the modules it adapts");
-  const json& tm = c["target_modules"];
-  if (tm.is_string()) {
-    if (tm.get<std::string>() != kAllLinear)
-      throw bad("target_modules", fmt::format("is the regular expression \"{}\"; regex target_modules are not "
-                                              "supported yet", tm.get<std::string>()),
-                "re-save the adapter with target_modules as a list of module names");
-    o.target_modules = {kAllLinear};
-  } else if (tm.is_array() && !tm.empty()) {
-    o.target_modules.clear();
-    for (const auto& e : tm) {
-      if (!e.is_string()) throw bad("target_modules", "must list strings");
-      o.target_modules.push_back(e.get<std::string>());
-    }
-  } else {
-    throw bad("target_modules", "must be a non-empty list of module names");
-  }
-
-  o.modules_to_save.clear();
-  if (has("modules_to_save")) {
-    if (!c["modules_to_save"].is_array()) throw bad("modules_to_save", "must be a list of module names or null");
-    for (const auto& e : c["modules_to_save"]) {
-      if (!e.is_string()) throw bad("modules_to_save", "must list strings");
-      o.modules_to_save.push_back(e.get<std::string>());
-    }
-  }
-
-  for (const char* key : {"rank_pattern", "alpha_pattern"})
-    if (has(key) && !(c[key].is_object() && c[key].empty()))
-      throw unsupported(key, "per-module rank/alpha");
-  if (has("use_dora") && c["use_dora"] != json(false)) throw unsupported("use_dora", "DoRA");
-  if (has("lora_bias") && c["lora_bias"] != json(false)) throw unsupported("lora_bias", "a bias on lora_B");
-  if (has("bias") && c["bias"] != json("none")) throw unsupported("bias", "training the base biases");
-  if (has("layers_to_transform")) throw unsupported("layers_to_transform", "adapting only some layers");
-  if (has("exclude_modules") && !(c["exclude_modules"].is_array() && c["exclude_modules"].empty()))
-    throw unsupported("exclude_modules", "excluding modules");
-  if (has("layer_replication")) throw unsupported("layer_replication", "duplicating layers");
-  if (has("trainable_token_indices")) throw unsupported("trainable_token_indices", "trainable tokens");
-  if (has("init_lora_weights") && c["init_lora_weights"].is_string()) {
-    const std::string init = c["init_lora_weights"].get<std::string>();
-    // These inits rewrite the base weights when PEFT loads the adapter.
-    for (const char* changes_base : {"pissa", "olora", "corda", "loftq"})
-      if (init.rfind(changes_base, 0) == 0)
-        throw bad("init_lora_weights", fmt::format("= \"{}\" changes the base weights when the adapter is "
-                                                   "loaded; not supported yet", init),
-                  "convert it to a plain LoRA adapter with PEFT (path_initial_model_for_weight_conversion)");
-  }
-  if (has("fan_in_fan_out") && c["fan_in_fan_out"] == json(true))
-    log::warn("lora: {}: fan_in_fan_out = true applies to Conv1D layers only; ignored for linear layers, as "
-              "PEFT does", where);
-  if (has("task_type") && c["task_type"] != json("CAUSAL_LM"))
-    log::warn("lora: {}: task_type is {}, loading it into a causal LM anyway", where, c["task_type"].dump());
+  o.r = c.r;
+  o.alpha = c.alpha;
+  o.dropout = c.dropout;
+  o.use_rslora = c.use_rslora;
+  o.target_modules = c.target_modules;
+  o.modules_to_save = c.modules_to_save;
   return o;
 }
+
+}  // namespace
+
+LoRAOptions parse_peft_config(const std::string& text, const std::string& where) {
+  return lora_options(parse_peft_lora_config(text, where));
+}
+
+LoRAOptions read_peft_config(const std::string& path) { return lora_options(read_peft_lora_config(path)); }
 
 }  // namespace mftk::lora

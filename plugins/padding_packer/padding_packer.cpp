@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <numeric>
 
-#include "batching.h"
 #include "mftk/error.h"
+#include "mftk/rows.h"
 
 namespace mftk::padding_packer {
 
@@ -15,7 +15,7 @@ std::vector<size_t> row_order(const std::vector<size_t>& lengths, const PaddingP
   std::iota(order.begin(), order.end(), size_t{0});
   if (!options.group_by_length) return order;
   MFTK_CHECK(options.bucket_size > 0, "padding packer: bucket_size must be positive, got {}", options.bucket_size);
-  core::SplitMix64 rng(seed);
+  SplitMix64 rng(seed);
   for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.below(i)]);
   const auto bucket = static_cast<size_t>(options.bucket_size);
   for (size_t begin = 0; begin < order.size(); begin += bucket) {
@@ -51,8 +51,8 @@ std::vector<PackedRow> PaddingPacker::pack(const std::vector<Example>& examples,
   rows.reserve(kept.size());
   for (size_t item : row_order(lengths, options_, options.seed)) {
     PackedRow row;
-    core::append_document(row, examples[kept[item]], lengths[item]);
-    if (options.pad_to_sequence_len) core::pad_row(row, capacity, options.pad_id);
+    append_document(row, examples[kept[item]], lengths[item]);
+    if (options.pad_to_sequence_len) pad_row(row, capacity, options.pad_id);
     stats.real_tokens += static_cast<int64_t>(lengths[item]);
     stats.total_tokens += static_cast<int64_t>(row.ids.size());
     rows.push_back(std::move(row));

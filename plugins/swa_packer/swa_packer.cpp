@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <numeric>
 
-#include "batching.h"
 #include "mftk/error.h"
+#include "mftk/rows.h"
 
 namespace mftk::swa_packer {
 
@@ -87,10 +87,10 @@ std::vector<PackedRow> SwaPacker::pack(const std::vector<Example>& examples, con
   for (const std::vector<size_t>& bin : first_fit_decreasing(lengths, capacity)) {
     PackedRow row;
     for (size_t item : bin) {
-      core::append_document(row, examples[kept[item]], lengths[item]);
+      append_document(row, examples[kept[item]], lengths[item]);
       stats.real_tokens += static_cast<int64_t>(lengths[item]);
     }
-    if (options.pad_to_sequence_len) core::pad_row(row, capacity, options.pad_id);
+    if (options.pad_to_sequence_len) pad_row(row, capacity, options.pad_id);
     stats.total_tokens += static_cast<int64_t>(row.ids.size());
     rows.push_back(std::move(row));
   }

@@ -42,11 +42,11 @@
 
 #include "gguf/ggml_quants.h"
 #include "gguf/kquants.h"
-#include "gguf_format.h"
+#include "mftk/gguf_format.h"
 
 namespace {
 
-using mftk::core::GgmlType;
+using mftk::GgmlType;
 
 // ggml's ABI, as ggml.h declares it (stable across the releases
 // node-llama-cpp has shipped): the enum values are the GGUF type ids.
@@ -362,7 +362,7 @@ int main(int argc, char** argv) {
       continue;
     }
     if (size_t(t->blck_size) != f.block || t->type_size != f.block_bytes ||
-        mftk::core::ggml_row_bytes(f.type, f.block) != f.block_bytes)
+        mftk::ggml_row_bytes(f.type, f.block) != f.block_bytes)
       fail(std::string(f.ggml_name) + ": block size/bytes differ from ggml's");
     ggml.quantize_init(int(f.type));
   }
