@@ -186,6 +186,11 @@ struct LoRAAdapter::Wrapped {
 struct LoRAAdapter::SavedSlot {
   std::string slot_name;
   std::shared_ptr<LinearOp> op;  // the trainable dense copy now in the slot
+  // The base op, put back while the adapter is disabled (a DPO reference is
+  // the base); it is the base's own op, so keeping it costs a copy only when
+  // loading had converted the weight.
+  std::shared_ptr<LinearOp> original;
+  LinearSlot* slot = nullptr;
   at::Tensor weight;             // fp32 copy, requires grad
   at::Tensor bias;               // fp32 copy or undefined
   std::optional<at::ScalarType> base_dtype;
@@ -332,6 +337,8 @@ void LoRAAdapter::inject(Model& model) {
     s.weight.requires_grad_(true);
     if (s.bias.defined()) s.bias.requires_grad_(true);
     s.op = make_dense_linear(s.weight, s.bias);
+    s.original = slot->op;
+    s.slot = slot;
     slot->op = s.op;
     const int64_t n = s.weight.numel() + (s.bias.defined() ? s.bias.numel() : 0);
     extra_count += n;
@@ -394,7 +401,14 @@ void LoRAAdapter::set_training(bool on) {
 }
 
 void LoRAAdapter::set_enabled(bool on) {
+  if (!on && !saved_tensors_.empty())
+    throw UsageError(fmt::format("lora: the adapter cannot be switched off: modules_to_save trains {} in place, "
+                                 "so the base values are gone (a DPO reference model would include the training)",
+                                 saved_tensors_.front().name),
+                     "leave embed_tokens out of modules_to_save for a run that needs the base model (dpo)");
   for (auto& w : wrapped_) w.op->set_enabled(on);
+  if (merged_) return;
+  for (auto& s : saved_slots_) s.slot->op = on ? s.op : s.original;
 }
 
 // ---------------------------------------------------------------------------
