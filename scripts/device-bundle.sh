@@ -10,7 +10,8 @@
 # tool carries; device-check.sh says so if the machine has none).
 #
 # usage: scripts/device-bundle.sh [OUT_DIR]     (default: device-bundle/)
-# Writes OUT_DIR/debs/*.deb, OUT_DIR/tools/*.deb and OUT_DIR/MANIFEST
+# Writes OUT_DIR/debs/*.deb, OUT_DIR/tools/*.deb, OUT_DIR/tokenizer/ (Mistral's v1
+# tokenizer, when ../shared has it) and OUT_DIR/MANIFEST
 # (package, version, file, bytes, sha256), and prints the total size.
 # Needs the network (the Debian mirror); not part of ctest.
 set -euo pipefail
@@ -73,6 +74,15 @@ for p in "${tools[@]}"; do
   ls "${p}"_*.deb >/dev/null 2>&1 || { echo "device-bundle: apt-get download did not fetch $p" >&2; exit 1; }
 done
 
+# Mistral's own tokenizer (vocab 32000), so the GPU benchmark's checkpoint has
+# the real 7B shape, embeddings and head included; from the shared data folder
+# the tests use, when this checkout has one.
+tokenizers=$here/../shared/data/mistral-tokenizers
+if [[ -f $tokenizers/tokenizer.model.v1 ]]; then
+  mkdir -p "$out.partial/tokenizer"
+  cp "$tokenizers/tokenizer.model.v1" "$tokenizers/LICENCE" "$out.partial/tokenizer/"
+fi
+
 cd "$out.partial"
 {
   echo "# mftk device bundle: made $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(. /etc/os-release; echo "$PRETTY_NAME") by scripts/device-bundle.sh"
@@ -80,9 +90,12 @@ cd "$out.partial"
   for f in debs/*.deb tools/*.deb; do
     echo "${f%%/*} $(dpkg-deb -f "$f" Package) $(dpkg-deb -f "$f" Version) $f $(stat -c %s "$f") $(sha256sum "$f" | cut -d' ' -f1)"
   done
+  for f in tokenizer/*; do
+    [[ -f $f ]] && echo "tokenizer $(basename "$f") - $f $(stat -c %s "$f") $(sha256sum "$f" | cut -d' ' -f1)"
+  done
 } > MANIFEST
 
-total=$(du -cb debs/*.deb tools/*.deb MANIFEST | tail -1 | cut -f1)
+total=$(du -cb . | tail -1 | cut -f1)
 if (( total >= limit_bytes )); then
   echo "device-bundle: $total bytes: over the 64 MB the device run tool carries" >&2
   exit 1

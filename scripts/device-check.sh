@@ -160,7 +160,14 @@ cmd "$env_line; '$build/bin/mftk' run '$tiny/cpu.toml' > '$out/tiny-run-cpu.log'
 # --- 6. the benchmark -----------------------------------------------------------
 step "benchmark: 7B-shape LoRA and QLoRA ($layers layers, seq $seq, batch $batch, $steps timed steps) vs transformers + PEFT"
 big=$work/bench
-cmd "$env_line; '$build/bin/mftk' init --preset mistral-7b-v0.1 --layers $layers --dtype bf16 --vocab 2000 --seed 1 --out '$big/base' > '$out/bench-init.log' 2>&1"
+# Mistral 7B's shape, fewer layers: with the bundle's Mistral tokenizer the
+# real vocabulary (32000), else a trained one of 2000 (embeddings and head smaller).
+if [[ -f $bundle/tokenizer/tokenizer.model.v1 ]]; then
+  init_shape="--preset mistral-7b-v0.1 --tokenizer '$bundle/tokenizer/tokenizer.model.v1'"
+else
+  init_shape="--preset tiny --hidden 4096 --intermediate 14336 --heads 32 --kv-heads 8 --head-dim 128 --sliding-window 4096 --max-position 32768 --vocab 2000"
+fi
+cmd "$env_line; '$build/bin/mftk' init $init_shape --layers $layers --dtype bf16 --seed 1 --out '$big/base' > '$out/bench-init.log' 2>&1"
 cmd "python3 '$here/scripts/device_check_data.py' data '$big' --docs $(((warmup + steps) * batch + 4)) --words $((seq * 2))"
 for case in lora qlora; do
   cmd "python3 '$here/scripts/device_check_data.py' recipe '$big' --device cuda --seq $seq --batch $batch --steps $((warmup + steps)) --log-every $warmup $([[ $case == qlora ]] && echo --nf4) > '$big/$case.toml'"

@@ -161,8 +161,12 @@ def cmd_report(a):
         for p in peers:
             p["peak_gpu_mib"] = (mem.get("peak_mib") or 0) - (mem.get("baseline_mib") or 0) if mem else None
             rows.append(p)
+    config = read_json(os.path.join(a.work, "bench", "base", "config.json"), {})
     result = {
-        "shape": {"preset": "mistral-7b-v0.1", "layers": a.layers, "vocab": 2000, "seq": a.seq, "batch": a.batch,
+        "shape": {"config": {k: config.get(k) for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                                        "num_key_value_heads", "num_hidden_layers", "vocab_size",
+                                                        "sliding_window")},
+                  "seq": a.seq, "batch": a.batch,
                   "dtype": "bf16 base, fp32 LoRA r=8 alpha=16 on the 7 projections"},
         "gpu": open(os.path.join(out, "gpu.txt")).read().strip() if os.path.exists(os.path.join(out, "gpu.txt")) else None,
         "torch": open(os.path.join(out, "torch.txt")).read().strip() if os.path.exists(os.path.join(out, "torch.txt")) else None,
@@ -181,7 +185,7 @@ def cmd_report(a):
     print(f"tests: {result['tests_passed']} | generic kernels forced: {result['tests_generic_passed']}")
     print(f"tiny run: {result['tiny_run_device']}")
     print(f"tiny fp32 run, final loss cpu vs cuda: {result['tiny_cpu_vs_cuda']}")
-    print(f"7B shape, {a.layers} layers, seq {a.seq}, batch {a.batch}:")
+    print(f"7B shape ({config.get('num_hidden_layers')} layers, vocab {config.get('vocab_size')}), seq {a.seq}, batch {a.batch}:")
     print(f"{'case':6} {'side':32} {'tokens/s':>10} {'peak GPU MiB':>13} {'final loss':>10}")
     for r in rows:
         if r.get("skipped"):
