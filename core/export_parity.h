@@ -32,6 +32,7 @@
 #include <c10/core/ScalarType.h>
 #include <nlohmann/json.hpp>
 
+#include "defaults.h"
 #include "mftk/batch.h"
 #include "mftk/config.h"
 #include "mftk/tensor.h"
@@ -104,7 +105,7 @@ class ParityReference {
 
 // One artefact's verdict, for the log, summary.json and report.html.
 struct ParityCheck {
-  std::string kind;   // "merge", "saved model", or the exporter's name ("gguf")
+  std::string kind;   // "merge", "saved model", or the exporter's name
   std::string table;  // the recipe table that sets its threshold ("validate", "export[0]"); empty on the CLI
   std::string path;   // the artefact
   bool checked = false;
@@ -124,7 +125,7 @@ struct ParityCheck {
 // plugin and keys (path replaced by the artefact's folder), and the dtypes
 // the trained model ran in, so both sides compute alike.
 struct ArtefactModelSource {
-  std::string plugin = "mistral";
+  std::string plugin = kDefaultModelPlugin;
   Config config;  // the [model] table; empty: the plugin's defaults
   at::ScalarType compute_dtype = at::kFloat;
   std::optional<at::ScalarType> weight_dtype;

@@ -11,7 +11,9 @@
 #include <spdlog/spdlog.h>
 
 #include "chat_template.h"
+#include "model_tools.h"
 #include "mftk/error.h"
+#include "mftk/packer.h"
 #include "mftk/tokenizer.h"
 #include "plan.h"
 #include "recipe.h"
@@ -21,10 +23,6 @@ namespace mftk::core {
 namespace fs = std::filesystem;
 
 namespace {
-
-// Packers that keep rows longer than the sliding window correct: documents
-// never share attention and each token sees at most the window.
-bool window_aware(const std::string& packer) { return packer == "swa_packer"; }
 
 constexpr double kMaxLoraLearningRate = 2e-4;  // the top of the usual LoRA range for Mistral-7B (1e-4..2e-4)
 constexpr int64_t kMaxLoraRank7B = 128;
@@ -37,12 +35,16 @@ std::optional<LintWarning> warn(std::string rule, std::string message, std::stri
 }
 
 std::optional<LintWarning> sliding_window_rule(const LintFacts& f) {
-  if (!f.sliding_window || f.sequence_len <= *f.sliding_window || window_aware(f.packer)) return std::nullopt;
+  // A packer declaring the trait keeps rows longer than the window correct:
+  // documents never share attention and each token sees at most the window.
+  if (!f.sliding_window || f.sequence_len <= *f.sliding_window || f.packer_window_aware) return std::nullopt;
   return warn("sliding-window",
               fmt::format("[training] sequence_len {} is above the model's sliding window {}, and packer '{}' is not "
                           "window-aware",
                           f.sequence_len, *f.sliding_window, f.packer),
-              fmt::format("set [packer] plugin = \"swa_packer\", or sequence_len <= {}", *f.sliding_window));
+              fmt::format("set [packer] plugin to a packer with the {} trait (`mftk plugins --keys NAME` shows a "
+                          "packer's traits), or sequence_len <= {}",
+                          kTraitRespectsSlidingWindow, *f.sliding_window));
 }
 
 std::optional<LintWarning> chat_template_rule(const LintFacts& f) {
@@ -181,6 +183,7 @@ LintFacts lint_facts(const Recipe& recipe, const Plan* plan) {
   if (training.get_int("max_steps") > 0) f.total_steps = training.get_int("max_steps");
   if (plan) {
     f.packer = plan->training.packer;
+    f.packer_window_aware = plan->training.packer_window_aware;
     f.model_known = true;
     f.model_parameters = plan->model.parameters();
     f.sliding_window = plan->model.sliding_window;
@@ -197,6 +200,7 @@ LintFacts lint_facts(const Recipe& recipe, const Plan* plan) {
 
 LintFacts lint_facts_without_data(const Recipe& recipe, Registry& registry) {
   LintFacts f = lint_facts(recipe, nullptr);
+  f.packer_window_aware = packer_respects_sliding_window(registry, f.packer);
   const auto* model = recipe.component("model");
   if (!model || !fs::exists(fs::path(model->config.get_string("path")) / "config.json")) return f;
   const ModelFacts m = read_model_facts(recipe, registry);

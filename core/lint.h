@@ -37,6 +37,7 @@ struct LintFacts {
   bool eval_dataset = false;           // some [[datasets]] has split = "eval"
   bool instruction_data = false;       // some dataset is instruction or chat rows
   std::string packer;                  // the packer the run uses
+  bool packer_window_aware = false;    // it declares the respects_sliding_window trait
   // [adapter] (LoRA-style keys; empty adapter: full fine-tuning)
   std::string adapter;
   int64_t lora_r = 0;

@@ -14,6 +14,7 @@
 
 #include "batching.h"
 #include "chat_template.h"
+#include "defaults.h"
 #include "mftk/adapter.h"
 #include "mftk/error.h"
 #include "mftk/linear_slot.h"
@@ -88,30 +89,51 @@ ModelBundle load_model_bundle(Registry& registry, const ModelBundleOptions& o) {
   return b;
 }
 
-std::string stored_quantizer_plugin(const std::string& model_dir) {
+std::string stored_quantizer_plugin(Registry& registry, const std::string& model_dir) {
   const auto path = std::filesystem::path(model_dir) / "config.json";
   std::ifstream in(path);
   if (!in) return "";  // the model plugin reports a missing config.json
   const auto config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
   if (config.is_discarded() || !config.is_object() || !config.contains("quantization_config")) return "";
+  const std::string stored = config["quantization_config"].dump();
+  // Every quantizer is asked, so each library on the search path is loaded
+  // first; the core itself knows no stored format.
+  registry.scan();
+  std::vector<std::string> registered, claimed;
+  for (const ComponentInfo* info : registry.components(Kind::quantizer)) {
+    const std::string& name = info->spec.name;
+    registered.push_back(name);
+    std::unique_ptr<Quantizer> quantizer;
+    try {
+      quantizer = registry.create<Quantizer>(Kind::quantizer, name,
+                                             component_config(registry, Kind::quantizer, name, "quantize"));
+    } catch (const UsageError& e) {  // a quantizer with required keys cannot be asked without them
+      log::debug("model: quantizer '{}' not asked about {}: {}", name, path.string(), e.what());
+      continue;
+    }
+    if (quantizer->reads_stored_format(stored)) claimed.push_back(name);
+  }
+  if (claimed.size() == 1) return claimed.front();
   const auto& q = config["quantization_config"];
   const std::string method = q.is_object() ? q.value("quant_method", std::string()) : std::string();
-  const bool four_bit = q.is_object() && q.value("load_in_4bit", false);
-  const std::string type = q.is_object() ? q.value("bnb_4bit_quant_type", std::string("fp4")) : std::string();
-  if (method == "bitsandbytes" && four_bit && type == "nf4") return "nf4";
-  std::string what = method.empty() ? std::string("an unnamed method") : "\"" + method + "\"";
-  if (method == "bitsandbytes") what += four_bit ? " 4-bit " + type : " 8-bit";
-  throw UsageError(fmt::format("{}: quantization_config says the weights are quantised with {}, which mftk cannot "
-                               "load (it loads plain checkpoints and bitsandbytes 4-bit NF4 ones)",
-                               path.string(), what),
-                   "point [model] path at the unquantised checkpoint; `mftk quantize --plugin nf4` makes an "
-                   "NF4 folder from it");
+  const std::string what = method.empty() ? std::string("an unnamed method") : "\"" + method + "\"";
+  if (claimed.size() > 1)
+    throw UsageError(fmt::format("{}: quantization_config ({}) is claimed by more than one quantizer: {}",
+                                 path.string(), what, fmt::join(claimed, ", ")),
+                     "name the one to load it with in [quantize] plugin, or remove the other's library from the "
+                     "plugin search path");
+  throw UsageError(fmt::format("{}: quantization_config says the weights are quantised with {} ({}), a format no "
+                               "registered quantizer reads (registered: {})",
+                               path.string(), what, stored.size() > 200 ? stored.substr(0, 200) + "..." : stored,
+                               registered.empty() ? std::string("none") : fmt::format("{}", fmt::join(registered, ", "))),
+                   "point [model] path at the unquantised checkpoint (`mftk quantize` writes a stored format mftk "
+                   "reads), or add the plugin that reads this format to [plugins] search_paths");
 }
 
 std::unique_ptr<Quantizer> quantizer_for_checkpoint(Registry& registry, const std::string& model_dir,
                                                     std::unique_ptr<Quantizer> requested,
                                                     const std::string& requested_plugin) {
-  const std::string stored = stored_quantizer_plugin(model_dir);
+  const std::string stored = stored_quantizer_plugin(registry, model_dir);
   if (stored.empty()) return requested;
   if (requested) {
     if (requested_plugin != stored)
@@ -222,9 +244,13 @@ std::unique_ptr<Packer> make_recipe_packer(const Recipe& recipe, Registry& regis
     if (name) *name = ref->plugin;
     return registry.create<Packer>(Kind::packer, ref->plugin, ref->config);
   }
-  const std::string fallback = recipe.section("training").get_bool("sample_packing") ? "swa_packer" : "padding";
+  const std::string fallback = default_packer(recipe.section("training").get_bool("sample_packing"));
   if (name) *name = fallback;
   return registry.create<Packer>(Kind::packer, fallback, component_config(registry, Kind::packer, fallback, "packer"));
+}
+
+bool packer_respects_sliding_window(Registry& registry, const std::string& name) {
+  return registry.find(Kind::packer, name).spec.has_trait(kTraitRespectsSlidingWindow);
 }
 
 // ---------------------------------------------------------------------------

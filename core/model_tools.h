@@ -10,6 +10,7 @@
 //          mftk::core::encode_prompt,
 //          mftk::core::tokenization_json, mftk::core::TopToken, mftk::core::TokenLogprobs,
 //          mftk::core::compute_logprobs, mftk::core::logprobs_json, mftk::core::make_recipe_packer,
+//          mftk::core::packer_respects_sliding_window,
 //          mftk::core::DocumentCheck, mftk::core::relative_difference, mftk::core::RowVerdict,
 //          mftk::core::PackingVerdict, mftk::core::judge_packing, mftk::core::measure_packing,
 //          mftk::core::select_rows_to_verify
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "chat_template.h"
+#include "defaults.h"
 #include "mftk/batch.h"
 #include "mftk/config.h"
 #include "mftk/plugin.h"
@@ -47,9 +49,9 @@ Config component_config(Registry& registry, Kind kind, const std::string& plugin
 
 struct ModelBundleOptions {
   std::string model_dir;
-  std::string model_plugin = "mistral";
+  std::string model_plugin = kDefaultModelPlugin;
   std::string adapter_dir;  // empty: no adapter
-  std::string adapter_plugin = "lora";
+  std::string adapter_plugin = kDefaultAdapterPlugin;
   bool bf16 = false;        // bf16 weights and compute; fp32 otherwise
 };
 
@@ -65,10 +67,12 @@ struct ModelBundle {
 };
 ModelBundle load_model_bundle(Registry& registry, const ModelBundleOptions& options);
 
-// The quantizer plugin a checkpoint folder was saved with, from config.json's
-// quantization_config ("nf4" for a bitsandbytes 4-bit NF4 folder), or ""
-// for a plain checkpoint. Formats mftk cannot load are a UsageError.
-std::string stored_quantizer_plugin(const std::string& model_dir);
+// The quantizer a checkpoint folder saved quantised loads with: the one
+// registered quantizer whose reads_stored_format claims config.json's
+// quantization_config (every library on the search path is asked), or ""
+// for a plain checkpoint. A format none claims, or more than one, is a
+// UsageError naming the registered quantizers.
+std::string stored_quantizer_plugin(Registry& registry, const std::string& model_dir);
 
 // The quantizer to load `model_dir` with: `requested` (the recipe's
 // [quantize], may be null) when the folder is plain or was saved by that
@@ -116,6 +120,9 @@ std::string logprobs_json(const TokenLogprobs& result, bool with_top);
 // The recipe's [packer], or swa_packer / padding as [training] sample_packing
 // says (what `mftk run` uses). `name` receives the component's name.
 std::unique_ptr<Packer> make_recipe_packer(const Recipe& recipe, Registry& registry, std::string* name = nullptr);
+// Whether the packer component `name` declares the respects_sliding_window
+// trait (ComponentSpec::traits; mftk/packer.h).
+bool packer_respects_sliding_window(Registry& registry, const std::string& name);
 
 // ---------------------------------------------------------------------------
 // The packing check.

@@ -129,12 +129,14 @@ void check_objective_data(const std::string& objective, bool wants_pairs, bool h
     throw UsageError(fmt::format("[objective] {} trains on preference pairs, and the recipe's datasets are not "
                                  "type = \"preference\"",
                                  objective),
-                     "give each [[datasets]] entry type = \"preference\" (rows {\"prompt\", \"chosen\", "
-                     "\"rejected\"}), or use [objective] plugin = \"sft\"");
+                     fmt::format("give each [[datasets]] entry type = \"preference\" (rows {{\"prompt\", "
+                                 "\"chosen\", \"rejected\"}}), or use [objective] plugin = \"{}\"",
+                                 kDefaultObjectivePlugin));
   if (!wants_pairs && has_pairs)
     throw UsageError(fmt::format("the datasets are type = \"preference\", and [objective] {} trains on documents",
                                  objective),
-                     "set [objective] plugin = \"dpo\" (or \"orpo\") to train on preference pairs");
+                     "set [objective] plugin to an objective that trains on preference pairs (`mftk plugins` "
+                     "lists the objectives)");
 }
 
 NamedTensors make_all_trainable(Model& model) {
@@ -164,7 +166,8 @@ LoadedModel load_model(const Recipe& recipe, Registry& registry, bool bf16, c10:
   const auto* ref = recipe.component("model");
   if (!ref)
     throw UsageError(fmt::format("{}: the recipe has no [model] table", recipe.path()),
-                     "add [model] with plugin = \"mistral\" and path = \"<checkpoint folder>\"");
+                     fmt::format("add [model] with plugin = \"{}\" and path = \"<checkpoint folder>\"",
+                                 kDefaultModelPlugin));
   LoadedModel lm;
   lm.path = ref->config.get_string("path");
   const auto* quantize = recipe.component("quantize");
@@ -341,7 +344,7 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   } else {
     std::string packer_name;
     auto packer = make_component<Packer>(recipe, registry, "packer", Kind::packer,
-                                         training.get_bool("sample_packing") ? "swa_packer" : "padding", &packer_name);
+                                         default_packer(training.get_bool("sample_packing")), &packer_name);
     train_rows = packer->pack(data.train, po, train_stats);
     eval_rows = packer->pack(data.eval, po, eval_stats);
     for (const auto& line : describe_packing(data.train, train_rows, train_stats, po.sequence_len)) spdlog::info("packing ({}): {}", packer_name, line);
@@ -349,7 +352,8 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
 
   // 4. Optimizer.
   std::string optimizer_name;
-  auto optimizer = make_component<Optimizer>(recipe, registry, "optimizer", Kind::optimizer, "adamw", &optimizer_name);
+  auto optimizer = make_component<Optimizer>(recipe, registry, "optimizer", Kind::optimizer, kDefaultOptimizerPlugin,
+                                             &optimizer_name);
   optimizer->attach(trainable);
   const nlohmann::json placement = observed_placement(model, trainable, *optimizer);
   spdlog::info("placement: {} (device {})", placement.dump(), device.str());

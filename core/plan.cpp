@@ -122,7 +122,8 @@ ModelFacts read_model_facts(const Recipe& recipe, Registry& registry) {
   const auto* ref = recipe.component("model");
   if (!ref)
     throw UsageError(fmt::format("{}: the recipe has no [model] table", recipe.path()),
-                     "add [model] with plugin = \"mistral\" and path = \"<checkpoint folder>\"");
+                     fmt::format("add [model] with plugin = \"{}\" and path = \"<checkpoint folder>\"",
+                                 kDefaultModelPlugin));
   ModelFacts f;
   f.path = ref->config.get_string("path");
   const auto config_path = fs::path(f.path) / "config.json";
@@ -183,7 +184,7 @@ TrainingFacts training_facts(const Recipe& recipe) {
   }
   if (const auto* o = recipe.component("optimizer")) f.optimizer = o->plugin;
   if (const auto* p = recipe.component("packer")) f.packer = p->plugin;
-  else f.packer = t.get_bool("sample_packing") ? "swa_packer" : "padding";
+  else f.packer = default_packer(t.get_bool("sample_packing"));
   if (const auto* o = recipe.component("objective")) f.objective = o->plugin;
   if (const auto* m = recipe.component("model"); m && m->config.has("attention_chunk"))
     f.attention_chunk = m->config.get_int("attention_chunk");
@@ -396,6 +397,7 @@ DataPlan plan_data(const Recipe& recipe, Registry& registry, const ModelFacts& m
   training.preference_pairs = is_preference_data(options);
   if (training.preference_pairs) {  // as the pipeline packs them: one pair per row
     training.packer = "one preference pair per row";
+    training.packer_window_aware = false;
     rows = pack_preference_pairs(data.train, po, train_stats);
     eval_rows = pack_preference_pairs(data.eval, po, eval_stats);
   } else {
@@ -471,6 +473,7 @@ Plan make_plan(const Recipe& recipe, Registry& registry, const PlanOptions& opti
   const int64_t runtime = resident_bytes();
   p.model = read_model_facts(recipe, registry);
   p.training = training_facts(recipe);
+  p.training.packer_window_aware = packer_respects_sliding_window(registry, p.training.packer);
   p.data = plan_data(recipe, registry, p.model, p.training);
   p.steps = plan_steps(recipe, p.training, p.data);
   p.memory = estimate_memory(p.model, p.training, p.data, p.device, runtime);

@@ -34,6 +34,8 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "defaults.h"
+
 namespace mftk::core {
 
 class Recipe;
@@ -80,10 +82,11 @@ struct TrainingFacts {
   double lora_alpha = 0, lora_dropout = 0;
   std::vector<std::string> target_modules;
   std::vector<std::string> modules_to_save;
-  std::string optimizer = "adamw";
+  std::string optimizer = kDefaultOptimizerPlugin;
   std::string packer;      // the packer the run uses
+  bool packer_window_aware = false;  // it declares the respects_sliding_window trait
   int64_t attention_chunk = 128;
-  std::string objective = "sft";  // the [objective] plugin
+  std::string objective = kDefaultObjectivePlugin;  // the [objective] plugin
   bool preference_pairs = false;  // type = "preference" data: one pair (two sequences) per row
 };
 TrainingFacts training_facts(const Recipe& recipe);

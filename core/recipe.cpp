@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include "defaults.h"
 #include "device.h"
 #include "registry.h"
 
@@ -354,7 +355,7 @@ Recipe Recipe::parse(const std::string& text, const std::string& name, const std
       errors.push_back(fmt::format("{}: [{}] plugin: missing required key (the name of the {} plugin to use, "
                                    "e.g. plugin = \"{}\")",
                                    raw.where.str(), tname, to_string(comps.at(base)),
-                                   base == "model" ? "mistral" : base == "adapter" ? "lora" : "..."));
+                                   base == "model" ? kDefaultModelPlugin : base == "adapter" ? kDefaultAdapterPlugin : "..."));
     }
   }
   if (!errors.empty()) throw UsageError(fmt::format("{}", fmt::join(errors, "\n")), "fix the lines above; "

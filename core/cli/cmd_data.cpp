@@ -42,7 +42,8 @@ struct LoadedRecipe {
     const auto* ref = recipe.component("model");
     if (!ref)
       throw UsageError(fmt::format("{}: the recipe has no [model] table", recipe.path()),
-                       "add [model] with plugin = \"mistral\" and path = \"<checkpoint folder>\"");
+                       fmt::format("add [model] with plugin = \"{}\" and path = \"<checkpoint folder>\"",
+                                   core::kDefaultModelPlugin));
     return *ref;
   }
   core::Recipe recipe;
@@ -56,11 +57,11 @@ PackOptions pack_options_for(const core::Recipe& recipe, const Model& model) {
   return po;
 }
 
-// The adapter plugin for --adapter: the recipe's [adapter] (with its keys), else lora.
+// The adapter plugin for --adapter: the recipe's [adapter] (with its keys), else the default one.
 std::unique_ptr<Adapter> load_recipe_adapter(LoadedRecipe& r, const std::string& dir, Model& model) {
   if (const auto* ref = r.recipe.component("adapter"))
     return core::load_adapter(r.registry, ref->plugin, dir, model, &ref->config);
-  return core::load_adapter(r.registry, "lora", dir, model);
+  return core::load_adapter(r.registry, core::kDefaultAdapterPlugin, dir, model);
 }
 
 }  // namespace

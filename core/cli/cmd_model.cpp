@@ -14,6 +14,7 @@
 #include "cli/commands.h"
 #include <nlohmann/json.hpp>
 
+#include "defaults.h"
 #include "export_parity.h"
 #include "generate.h"
 #include "fs_util.h"
@@ -271,7 +272,7 @@ void add_model_commands(CLI::App& app) {
   }
   {
     struct QuantizeArgs {
-      std::string plugin = "nf4", model, out;
+      std::string plugin = core::kDefaultQuantizerPlugin, model, out;
       std::vector<std::string> sets;
     };
     auto a = std::make_shared<QuantizeArgs>();

@@ -56,7 +56,8 @@ void validate_recipe(core::Recipe& recipe, core::Registry& registry) {
   for (const auto& e : recipe.exports()) build(e);
   if (!recipe.component("model"))
     throw UsageError(fmt::format("{}: the recipe has no [model] table", recipe.path()),
-                     "add [model] with plugin = \"mistral\" and path = \"<checkpoint folder>\"");
+                     fmt::format("add [model] with plugin = \"{}\" and path = \"<checkpoint folder>\"",
+                                 core::kDefaultModelPlugin));
   std::printf("recipe %s is valid\n", recipe.path().c_str());
   for (const auto& l : lines) std::printf("%s\n", l.c_str());
   std::printf("  %zu dataset(s)\n", recipe.datasets().size());
@@ -136,7 +137,8 @@ void add_recipe_commands(CLI::App& app) {
       auto libs = registry.scan();
       if (!keys_of->empty()) {
         bool found = false;
-        for (Kind k : {Kind::model, Kind::adapter, Kind::quantizer, Kind::packer, Kind::optimizer, Kind::exporter})
+        for (Kind k : {Kind::model, Kind::adapter, Kind::quantizer, Kind::packer, Kind::optimizer, Kind::exporter,
+                       Kind::objective})
           for (const auto* c : registry.components(k)) {
             if (c->spec.name != *keys_of) continue;
             found = true;

@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
+#include "defaults.h"
 #include "mftk/abi.h"
 #include "mftk/error.h"
 #include "stage.h"
@@ -160,8 +161,10 @@ int main(int argc, char** argv) {
                                 console_sink);
   } catch (const std::bad_alloc&) {
     return report_library_error(app, "out of memory", "out of memory (std::bad_alloc)",
-                                "lower micro_batch_size or sequence_len, quantize the base ([quantize] plugin = "
-                                "\"nf4\"), or see `mftk plan` for what the run holds",
+                                fmt::format("lower micro_batch_size or sequence_len, quantize the base ([quantize] "
+                                            "plugin = \"{}\"), or see `mftk plan` for what the run holds",
+                                            mftk::core::kDefaultQuantizerPlugin)
+                                    .c_str(),
                                 verbose, console_sink);
   } catch (const std::exception& e) {
     const std::string message = e.what();

@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "mftk/error.h"
 #include "mftk/log.h"
@@ -53,6 +54,14 @@ Nf4Quantizer::Nf4Quantizer(Nf4Options options) : options_(std::move(options)) {
   if (!is_bitsandbytes_blocksize(options_.blocksize))
     throw UsageError(fmt::format("nf4: blocksize {} is not a power of two between 32 and 4096", options_.blocksize),
                      "QLoRA uses 64");
+}
+
+bool Nf4Quantizer::reads_stored_format(const std::string& quantization_config) const {
+  const auto q = nlohmann::json::parse(quantization_config, nullptr, /*allow_exceptions=*/false);
+  if (q.is_discarded() || !q.is_object()) return false;
+  // bitsandbytes' own default quant type is fp4, so a missing one is not NF4.
+  return q.value("quant_method", std::string()) == "bitsandbytes" && q.value("load_in_4bit", false) &&
+         q.value("bnb_4bit_quant_type", std::string("fp4")) == "nf4";
 }
 
 bool Nf4Quantizer::wants(const std::string& slot_name) const {

@@ -55,6 +55,9 @@ class Nf4Quantizer final : public Quantizer {
   // saved with; nullptr for a slot stored dense.
   std::shared_ptr<LinearOp> load_quantized(const std::string& slot_name, const CheckpointReader& checkpoint,
                                            at::ScalarType compute_dtype) override;
+  // A bitsandbytes 4-bit NF4 quantization_config (what transformers and
+  // `mftk quantize` write); not 8-bit, FP4 or another method.
+  bool reads_stored_format(const std::string& quantization_config) const override;
 
   const Nf4Options& options() const { return options_; }
   int64_t slots_quantized() const { return slots_; }

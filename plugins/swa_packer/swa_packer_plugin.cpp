@@ -1,6 +1,7 @@
 // libmftk-swa_packer: registers the "swa_packer" packer component.
 #include <memory>
 
+#include "mftk/packer.h"
 #include "mftk/plugin.h"
 #include "swa_packer.h"
 
@@ -14,7 +15,10 @@ void register_components(mftk::Registrar& registrar) {
        {
            mftk::KeySpec::string("strategy", std::string("ffd"), "bin-packing algorithm: first-fit decreasing")
                .one_of({"ffd"}),
-       }},
+       },
+       // Rows longer than the model's window stay correct: doc_ids keep
+       // documents apart and the model's attention applies the window.
+       {mftk::kTraitRespectsSlidingWindow}},
       [](const mftk::Config&) { return std::make_unique<mftk::swa_packer::SwaPacker>(); });
 }
 

@@ -30,6 +30,7 @@ LintFacts clean() {
   f.val_set_size = 0.02;
   f.instruction_data = true;
   f.packer = "swa_packer";
+  f.packer_window_aware = true;  // what swa_packer declares
   f.adapter = "lora";
   f.lora_r = 16;
   f.lora_alpha = 32;
@@ -73,12 +74,14 @@ TEST(LintRules, EveryRuleHasATest) {
 }
 
 TEST(LintRules, SlidingWindowWithoutWindowAwarePacking) {
-  expect_only("sliding-window", [](LintFacts& f) { f.sequence_len = 8192, f.packer = "padding"; });
+  expect_only("sliding-window", [](LintFacts& f) {
+    f.sequence_len = 8192, f.packer = "padding", f.packer_window_aware = false;
+  });
   // Same length with the window-aware packer, or within the window: silent.
   LintFacts f = clean();
   f.sequence_len = 8192;
   EXPECT_TRUE(fired(f).empty());
-  f.packer = "padding", f.sequence_len = 4096;
+  f.packer = "padding", f.packer_window_aware = false, f.sequence_len = 4096;
   EXPECT_TRUE(fired(f).empty());
 }
 

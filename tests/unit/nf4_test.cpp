@@ -690,10 +690,10 @@ TEST(Nf4Qlora, SavedFolderLoadsAsStoredAndComputesWhatQuantisingAtLoadDoes) {
   mftk::nf4::Nf4Options options;
   options.double_quant = true;
   mftk::nf4::quantize_checkpoint(dense_dir, q_dir, options);
-  EXPECT_EQ(mftk::core::stored_quantizer_plugin(q_dir), "nf4");
-  EXPECT_EQ(mftk::core::stored_quantizer_plugin(dense_dir), "");
-
   mftk::core::Registry registry;
+  EXPECT_EQ(mftk::core::stored_quantizer_plugin(registry, q_dir), "nf4");
+  EXPECT_EQ(mftk::core::stored_quantizer_plugin(registry, dense_dir), "");
+
   mftk::core::ModelBundle at_load = load_mistral(registry, dense_dir, nf4_quantizer(registry, {{"double_quant", true}}));
   // No [quantize]: the quantizer is picked from config.json.
   mftk::core::ModelBundle stored =

@@ -31,6 +31,12 @@ struct PackStats {
   double efficiency() const { return total_tokens ? double(real_tokens) / double(total_tokens) : 0.0; }
 };
 
+// ComponentSpec trait of a packer whose rows stay correct when they are
+// longer than the model's sliding window (PackOptions::sliding_window): no
+// token attends across documents or further back than the window. `mftk
+// lint` warns when sequence_len exceeds the window and the packer lacks it.
+inline constexpr const char* kTraitRespectsSlidingWindow = "respects_sliding_window";
+
 class Packer {
  public:
   virtual ~Packer() = default;

@@ -42,6 +42,15 @@ struct ComponentSpec {
   std::string name;     // lowercase [a-z0-9_.]; third parties use "vendor.name"
   std::string summary;  // one line for `mftk plugins`
   std::vector<KeySpec> keys;  // recipe keys besides `plugin`
+  // Capabilities the core asks about instead of spelling a component's name
+  // (sdk/docs/writing-a-plugin.md lists the ones it knows, e.g. a packer's
+  // "respects_sliding_window"); a trait the core does not know is ignored.
+  std::vector<std::string> traits;
+  bool has_trait(const std::string& trait) const {
+    for (const auto& t : traits)
+      if (t == trait) return true;
+    return false;
+  }
 };
 
 template <class Interface>

@@ -34,6 +34,14 @@ class Quantizer {
     (void)slot_name, (void)checkpoint, (void)compute_dtype;
     return nullptr;
   }
+  // Whether load_quantized reads a checkpoint whose config.json says it was
+  // saved quantised: `quantization_config` is that object as JSON text. The
+  // core asks every registered quantizer (default keys) and loads the folder
+  // with the one that claims it; a format no quantizer claims is refused.
+  virtual bool reads_stored_format(const std::string& quantization_config) const {
+    (void)quantization_config;
+    return false;
+  }
 };
 
 }  // namespace mftk
