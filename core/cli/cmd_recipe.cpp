@@ -56,8 +56,7 @@ void validate_recipe(core::Recipe& recipe, core::Registry& registry) {
   for (const auto& e : recipe.exports()) build(e);
   if (!recipe.component("model"))
     throw UsageError(fmt::format("{}: the recipe has no [model] table", recipe.path()),
-                     fmt::format("add [model] with plugin = \"{}\" and path = \"<checkpoint folder>\"",
-                                 core::kDefaultModelPlugin));
+                     "add [model] with plugin = \"mistral\" and path = \"<checkpoint folder>\"");
   std::printf("recipe %s is valid\n", recipe.path().c_str());
   for (const auto& l : lines) std::printf("%s\n", l.c_str());
   std::printf("  %zu dataset(s)\n", recipe.datasets().size());
@@ -158,7 +157,8 @@ void add_recipe_commands(CLI::App& app) {
           }
         if (!found) {
           std::vector<std::string> names;
-          for (Kind k : {Kind::model, Kind::adapter, Kind::quantizer, Kind::packer, Kind::optimizer, Kind::exporter})
+          for (Kind k : {Kind::model, Kind::adapter, Kind::quantizer, Kind::packer, Kind::optimizer, Kind::exporter,
+                       Kind::objective})
             for (const auto* c : registry.components(k)) names.push_back(c->spec.name);
           throw UsageError(fmt::format("no plugin component named '{}'. Found: {}", *keys_of, fmt::join(names, ", ")));
         }
