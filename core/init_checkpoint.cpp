@@ -1,20 +1,27 @@
-// Random Mistral checkpoints for tests, benchmarks and the quickstart.
+// Random checkpoints for tests, benchmarks and the quickstart. The model
+// plugin owns the shapes (presets, config.json) and draws the weights; the
+// core adds the tokenizer and the transformers side files.
 #include "init_checkpoint.h"
 
 #include <filesystem>
+#include <optional>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "defaults.h"
 #include "fs_util.h"
 #include "mftk/error.h"
-#include "mftk/safetensors.h"
+#include "mftk/model.h"
+#include "mftk/plugin.h"
 #include "mftk/tokenizer.h"
-#include "model_presets.h"
 #include "mftk/output_path.h"
+#include "model_tools.h"
+#include "registry.h"
 #include "pipeline.h"
 #include "tokenizer_train.h"
 
@@ -23,36 +30,6 @@ namespace mftk::core {
 namespace fs = std::filesystem;
 
 namespace {
-
-struct TensorPlan {
-  std::string name;
-  std::vector<int64_t> shape;
-  bool is_norm = false;
-};
-
-// Hugging Face's order: embeddings, then each layer, then the final norm and lm_head.
-std::vector<TensorPlan> plan_tensors(const nlohmann::json& c) {
-  const int64_t H = c["hidden_size"], I = c["intermediate_size"], L = c["num_hidden_layers"],
-                nh = c["num_attention_heads"], nkv = c["num_key_value_heads"], V = c["vocab_size"];
-  const int64_t D = c.contains("head_dim") && !c["head_dim"].is_null() ? c["head_dim"].get<int64_t>() : H / nh;
-  std::vector<TensorPlan> out;
-  out.push_back({"model.embed_tokens.weight", {V, H}});
-  for (int64_t l = 0; l < L; ++l) {
-    const std::string p = fmt::format("model.layers.{}.", l);
-    out.push_back({p + "input_layernorm.weight", {H}, true});
-    out.push_back({p + "self_attn.q_proj.weight", {nh * D, H}});
-    out.push_back({p + "self_attn.k_proj.weight", {nkv * D, H}});
-    out.push_back({p + "self_attn.v_proj.weight", {nkv * D, H}});
-    out.push_back({p + "self_attn.o_proj.weight", {H, nh * D}});
-    out.push_back({p + "post_attention_layernorm.weight", {H}, true});
-    out.push_back({p + "mlp.gate_proj.weight", {I, H}});
-    out.push_back({p + "mlp.up_proj.weight", {I, H}});
-    out.push_back({p + "mlp.down_proj.weight", {H, I}});
-  }
-  out.push_back({"model.norm.weight", {H}, true});
-  if (!c.value("tie_word_embeddings", false)) out.push_back({"lm_head.weight", {V, H}});
-  return out;
-}
 
 at::ScalarType parse_dtype(const std::string& s) {
   if (s == "f32" || s == "float32") return at::kFloat;
@@ -135,18 +112,34 @@ int64_t write_random_checkpoint(const InitOptions& o) {
   const std::string& out = guard.path();
   const std::string tok_path = (fs::path(out) / "tokenizer.model").string();
 
+  // 0. The model plugin, made through the registry, owns the presets.
+  const std::string plugin = o.model_plugin.empty() ? std::string(kDefaultModelPlugin) : o.model_plugin;
+  Registry registry;
+  auto model = registry.create<Model>(Kind::model, plugin,
+                                      component_config(registry, Kind::model, plugin, "model", {{"path", out}}));
+  std::optional<ModelPreset> preset;
+  std::vector<std::string> names;
+  for (auto& p : model->presets()) {
+    names.push_back(p.name);
+    if (p.name == o.preset) preset = p;
+  }
+  if (!preset)  // the plugin's own message lists its presets
+    (void)model->preset_config(o.preset, 0);
+  if (!preset)
+    throw UsageError(fmt::format("unknown model preset '{}' for model plugin '{}'. Known presets: {}", o.preset,
+                                 plugin, fmt::join(names, ", ")));
+  const bool fixed_vocab = preset->vocab_size > 0;
+
   // 1. Tokenizer: given, or trained on the shipped corpus.
-  const bool big = o.preset.rfind("mistral-7b", 0) == 0;
   if (!o.tokenizer.empty()) {
     if (!fs::exists(o.tokenizer)) throw UsageError(fmt::format("--tokenizer {}: no such file", o.tokenizer));
     fs::copy_file(o.tokenizer, tok_path);
   } else {
-    if (big)
-      throw UsageError(fmt::format("preset '{}' needs Mistral's own tokenizer (vocab 32000/32768), which mftk "
+    if (fixed_vocab)
+      throw UsageError(fmt::format("preset '{}' needs the tokenizer it ships with (vocab {}), which mftk "
                                    "cannot train from its small corpus",
-                                   o.preset),
-                       "pass --tokenizer PATH/tokenizer.model (e.g. ../shared/data/mistral-tokenizers/"
-                       "tokenizer.model.v3 for mistral-7b-v0.3)");
+                                   o.preset, preset->vocab_size),
+                       preset->tokenizer_hint);
     if (o.corpus.empty() || !fs::exists(o.corpus))
       throw UsageError(fmt::format("tokenizer corpus '{}' not found", o.corpus),
                        "run from the mftk source folder, pass --corpus FILE, or --tokenizer FILE");
@@ -155,11 +148,11 @@ int64_t write_random_checkpoint(const InitOptions& o) {
   auto tokenizer = Tokenizer::load(tok_path);
 
   // 2. config.json
-  nlohmann::json config = mistral_preset_config(o.preset, big ? 0 : tokenizer->vocab_size());
-  if (big && config["vocab_size"].get<int64_t>() != tokenizer->vocab_size())
+  nlohmann::json config = nlohmann::json::parse(model->preset_config(o.preset, fixed_vocab ? 0 : tokenizer->vocab_size()));
+  if (fixed_vocab && config["vocab_size"].get<int64_t>() != tokenizer->vocab_size())
     throw UsageError(fmt::format("preset '{}' has vocab_size {}, the tokenizer {} has {}", o.preset,
                                  config["vocab_size"].get<int64_t>(), o.tokenizer, tokenizer->vocab_size()),
-                     "mistral-7b-v0.1 goes with tokenizer.model.v1, mistral-7b-v0.3 with tokenizer.model.v3");
+                     preset->tokenizer_hint);
   for (const auto& [key, value] : o.overrides) {
     if (!config.contains(key) && key != "head_dim")
       throw UsageError(fmt::format("mftk init: '{}' is not a config.json key of the preset", key));
@@ -209,49 +202,20 @@ int64_t write_random_checkpoint(const InitOptions& o) {
   nlohmann::json gc = {{"_from_model_config", true}, {"bos_token_id", 1}, {"eos_token_id", 2}};
   write_file_atomic((fs::path(out) / "generation_config.json").string(), gc.dump(2) + "\n");
 
-  // 4. Weights, streamed shard by shard (huggingface_hub's split rule).
-  const auto plan = plan_tensors(config);
-  const int64_t elem = int64_t(c10::elementSize(dtype));
-  std::vector<std::vector<const TensorPlan*>> shards(1);
-  uint64_t shard_bytes = 0, total_bytes = 0;
-  int64_t params = 0;
-  for (const auto& t : plan) {
-    int64_t n = 1;
-    for (auto d : t.shape) n *= d;
-    params += n;
-    const uint64_t bytes = uint64_t(n * elem);
-    total_bytes += bytes;
-    if (!shards.back().empty() && shard_bytes + bytes > o.max_shard_bytes) {
-      shards.emplace_back();
-      shard_bytes = 0;
-    }
-    shards.back().push_back(&t);
-    shard_bytes += bytes;
-  }
-  const double stddev = config.value("initializer_range", 0.02);
-  at::Generator gen = at::detail::createCPUGenerator(o.seed);
-  nlohmann::json weight_map = nlohmann::json::object();
-  for (size_t s = 0; s < shards.size(); ++s) {
-    const std::string file = shards.size() == 1 ? "model.safetensors"
-                                                : fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, shards.size());
-    std::vector<SafetensorsWriter::Decl> decls;
-    for (const auto* t : shards[s]) decls.push_back({t->name, dtype, t->shape});
-    SafetensorsWriter writer((fs::path(out) / file).string(), decls);
-    for (const auto* t : shards[s]) {
-      at::Tensor w = t->is_norm ? at::ones(t->shape, at::kFloat)
-                                : at::empty(t->shape, at::kFloat).normal_(0.0, stddev, gen);
-      writer.write(t->name, w.to(dtype));
-      weight_map[t->name] = file;
-    }
-    writer.finish();
-  }
-  if (shards.size() > 1) {
-    nlohmann::json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
-    write_file_atomic((fs::path(out) / "model.safetensors.index.json").string(), index.dump(2) + "\n");
-  }
+  // 4. Weights, streamed by the model plugin (shards + index above max_shard_bytes).
+  model->load_config(out);
+  RandomWeightsJob job;
+  job.dir = out;
+  job.seed = o.seed;
+  job.dtype = dtype;
+  job.max_shard_bytes = o.max_shard_bytes;
+  const int64_t params = model->write_random_weights(job);
+  size_t shards = 0;
+  for (const auto& e : fs::directory_iterator(out))
+    if (e.path().extension() == ".safetensors") ++shards;
   guard.commit();
   spdlog::info("mftk init: {} ({} parameters, {}, {} shard(s)) -> {}", o.preset, params, hf_dtype_name(dtype),
-               shards.size(), o.out);
+               shards, o.out);
   return params;
 }
 

@@ -1,4 +1,6 @@
-// `mftk init`: a random Mistral checkpoint in real Hugging Face layout.
+// `mftk init`: a random checkpoint in real Hugging Face layout, in the shape
+// of a preset the model plugin offers (Model::presets), with the weights the
+// plugin writes (Model::write_random_weights).
 //
 // defines: mftk::core::InitOptions, mftk::core::write_random_checkpoint
 #pragma once
@@ -10,6 +12,7 @@
 namespace mftk::core {
 
 struct InitOptions {
+  std::string model_plugin;  // empty: kDefaultModelPlugin (core/defaults.h)
   std::string preset = "tiny";
   std::map<std::string, int64_t> overrides;  // config.json key -> value (num_hidden_layers, ...)
   bool sliding_window_null = false;          // --sliding-window 0

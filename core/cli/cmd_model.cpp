@@ -200,7 +200,10 @@ void add_model_commands(CLI::App& app) {
     auto sliding = std::make_shared<int64_t>(-1);
     auto chat = std::make_shared<std::string>("v3");
     auto* cmd = app.add_subcommand("init", "write a random checkpoint in Hugging Face layout");
-    cmd->add_option("--preset", o->preset, "tiny | small | mistral-7b-v0.1 | mistral-7b-v0.3")->capture_default_str();
+    cmd->add_option("--plugin", o->model_plugin, "model plugin whose presets and weights to use (default: the "
+                    "default model plugin)");
+    cmd->add_option("--preset", o->preset, "a preset the model plugin offers (an unknown name lists them)")
+        ->capture_default_str();
     cmd->add_option("--out", o->out, "checkpoint folder to write")->required();
     cmd->add_option("--seed", o->seed, "random seed for the weights")->capture_default_str();
     cmd->add_option("--dtype", o->dtype, "f32 | bf16 | f16 (default: the preset's)");

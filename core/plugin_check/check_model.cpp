@@ -4,7 +4,11 @@
 //   causal                changing token k never moves a logit at a position < k
 //   documents separate    a document packed after another scores as it does alone
 //   kv cache              decode() token by token equals one full forward pass
+//   description           architecture() names tensors the model holds, with their shapes
+#include <map>
+
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "mftk/model.h"
 #include "plugin_check/check_support.h"
@@ -29,7 +33,7 @@ void check_model(Registry& registry, const ComponentInfo& component, TinyModelSo
     model = source.load(component.spec.name);
   });
   if (!made) {
-    for (const char* c : {"forward shapes", "causal", "documents separate", "kv cache"})
+    for (const char* c : {"forward shapes", "causal", "documents separate", "kv cache", "description"})
       checker.report(c, CheckOutcome::skip, "the model could not be created from default keys and the checkpoint path");
     return;
   }
@@ -83,6 +87,30 @@ void check_model(Registry& registry, const ComponentInfo& component, TinyModelSo
                                     "alone (max relative difference {:.3g}); attention must follow doc_ids and "
                                     "position_ids (batch.h)",
                                     d));
+  });
+  checker.run("description", [&] {
+    // Exporters place tensors by this table and the core finds the head by
+    // it: each entry must be a tensor the model holds, at the stated shape.
+    const ModelArchitecture arch = model->architecture();
+    if (arch.tensors.empty()) throw CheckSkipped("architecture() describes no tensors");
+    std::map<std::string, std::vector<int64_t>> held;
+    for (const auto& [name, t] : model->named_parameters()) held[name] = t.sizes().vec();
+    std::map<std::string, std::vector<int64_t>> slots;
+    for (const LinearSlot* slot : model->linear_slots())
+      slots[slot->name + ".weight"] = slot->op->dense_weight(at::kFloat).sizes().vec();
+    for (const auto& t : arch.tensors) {
+      const auto& where = t.in_slot ? slots : held;
+      const auto it = where.find(t.name);
+      if (it == where.end())
+        throw CheckFailed(fmt::format("architecture() lists '{}' ({}), which the model does not hold", t.name,
+                                      t.in_slot ? "in linear_slots()" : "in named_parameters()"));
+      if (it->second != t.shape)
+        throw CheckFailed(fmt::format("architecture() gives '{}' shape [{}], the model holds [{}]", t.name,
+                                      fmt::join(t.shape, ", "), fmt::join(it->second, ", ")));
+    }
+    if (!arch.head_slot.empty() && !slots.count(arch.head_slot + ".weight"))
+      throw CheckFailed(fmt::format("architecture() names head slot '{}', which linear_slots() lacks", arch.head_slot));
+    checker.note(fmt::format("{} tensors, head '{}'", arch.tensors.size(), arch.head_slot));
   });
   checker.run("kv cache", [&] {
     const auto ids = random_ids(1, kLen, shape.vocab_size, 4);

@@ -53,7 +53,7 @@ struct MistralConfig {
   // Reads <dir>/config.json.
   static MistralConfig load(const std::string& dir);
   // A named shape (tiny, small, mistral-7b-v0.1, mistral-7b-v0.3), from the
-  // preset table in core/model_presets.cpp.
+  // preset table in model_presets.cpp.
   static MistralConfig preset(const std::string& name, int64_t vocab_size);
 
   // The Hugging Face config.json object (keys sorted, as transformers writes).

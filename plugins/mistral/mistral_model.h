@@ -59,6 +59,12 @@ class MistralModel final : public Model {
   void set_training(bool on) override { training_ = on; }
   at::ScalarType compute_dtype() const override { return compute_dtype_; }
 
+  // model_description.cpp: the tensor table and `mftk init`'s presets and weights.
+  ModelArchitecture architecture() const override;
+  std::vector<ModelPreset> presets() const override;
+  std::string preset_config(const std::string& preset, int64_t vocab_size) const override;
+  int64_t write_random_weights(const RandomWeightsJob& job) override;
+
   const MistralConfig& config() const { return config_; }
   // Query rows per attention block (tests compare block sizes).
   void set_attention_chunk(int64_t rows) { options_.attention_chunk = rows; }

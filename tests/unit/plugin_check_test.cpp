@@ -57,7 +57,9 @@ std::map<std::pair<std::string, std::string>, std::string> outcomes(const std::s
 }
 
 const std::map<std::string, std::vector<std::string>> kChecksOfKind = {
-    {"model", {"keys documented", "defaults valid", "forward shapes", "causal", "documents separate", "kv cache"}},
+    {"model",
+     {"keys documented", "defaults valid", "forward shapes", "causal", "documents separate", "kv cache",
+      "description"}},
     {"adapter",
      {"keys documented", "defaults valid", "identity at init", "gradients own tensors", "disabled equals base",
       "merged equals unmerged", "save/load round trip"}},
@@ -96,6 +98,7 @@ TEST(PluginCheck, EachFlawFailsTheCheckItBreaks) {
       {"model:conf.model_ignores_documents", {"documents separate"}},
       {"model:conf.model_forgets_cache", {"kv cache"}},
       {"model:conf.model_short_logits", {"forward shapes"}},
+      {"model:conf.model_misdescribed", {"description"}},  // states a shape its tensor does not have
       {"adapter:conf.adapter", {}},
       {"adapter:conf.adapter_starts_nonzero", {"identity at init"}},
       {"adapter:conf.adapter_trains_base", {"gradients own tensors"}},

@@ -1,6 +1,8 @@
 // Model plugins: a causal LM loaded from a Hugging Face checkpoint folder.
 //
-// defines: mftk::ModelShape, mftk::LoadOptions, mftk::DecodeState, mftk::Model
+// defines: mftk::ModelShape, mftk::TensorRole, mftk::ModelTensor, mftk::ModelArchitecture,
+//          mftk::ModelPreset, mftk::RandomWeightsJob, mftk::LoadOptions, mftk::DecodeState,
+//          mftk::Model, mftk::open_model
 #pragma once
 
 #include <cstdint>
@@ -13,6 +15,7 @@
 #include <c10/core/ScalarType.h>
 
 #include "mftk/batch.h"
+#include "mftk/error.h"
 #include "mftk/linear_slot.h"
 #include "mftk/tensor.h"
 
@@ -37,6 +40,47 @@ struct ModelShape {
   double rms_norm_eps = 1e-5;
   bool tie_word_embeddings = false;
   at::ScalarType checkpoint_dtype = at::kFloat;
+};
+
+// What a tensor does in a decoder-only transformer, so exporters can place it
+// (llama.cpp names, AWQ's scaling groups, RoPE row order) without knowing the
+// plugin's names. `other`: no standard place; exporters refuse it.
+enum class TensorRole {
+  embedding, attn_norm, attn_q, attn_k, attn_v, attn_output,
+  ffn_norm, ffn_gate, ffn_up, ffn_down, output_norm, output, other,
+};
+
+struct ModelTensor {
+  std::string name;            // Hugging Face checkpoint name
+  TensorRole role = TensorRole::other;
+  int64_t layer = -1;          // decoder layer; -1 for tensors outside the layers
+  std::vector<int64_t> shape;  // [out, in] for linears
+  bool in_slot = false;        // the weight of the LinearSlot named `name` less ".weight"
+};
+
+// The model's description of itself, from config.json alone (valid after
+// load_config). Exporters and the core read this instead of knowing a model.
+// The defaults are Hugging Face's *ForCausalLM names; an empty table means
+// "not described", which exporters refuse.
+struct ModelArchitecture {
+  std::vector<ModelTensor> tensors;  // every checkpoint tensor, state-dict order; no head when tied
+  std::string head_slot = "lm_head";                   // the LinearSlot that makes the logits
+  std::string embedding = "model.embed_tokens.weight";  // the tensor a tied head shares
+};
+
+// A named shape `mftk init` can write.
+struct ModelPreset {
+  std::string name;
+  int64_t vocab_size = 0;      // 0: the tokenizer's size; else the tokenizer must have this many
+  std::string tokenizer_hint;  // for a fixed vocabulary: which tokenizer to pass
+};
+
+// `mftk init`: random weights for the config.json already in `dir`.
+struct RandomWeightsJob {
+  std::string dir;
+  uint64_t seed = 0;
+  at::ScalarType dtype = at::kFloat;
+  uint64_t max_shard_bytes = 0;  // split into model-0000i-of-0000n + index above this
 };
 
 struct LoadOptions {
@@ -84,6 +128,27 @@ class Model {
   virtual void set_gradient_checkpointing(bool on) = 0;
   virtual void set_training(bool on) = 0;
   virtual at::ScalarType compute_dtype() const = 0;
+
+  // The tensor table, head and embedding (valid after load_config).
+  virtual ModelArchitecture architecture() const { return {}; }
+
+  // `mftk init`: the presets, a preset's config.json text (vocab_size: the
+  // tokenizer's), and random weights (returns the parameter count; the
+  // config.json in job.dir has been read with load_config first).
+  virtual std::vector<ModelPreset> presets() const { return {}; }
+  virtual std::string preset_config(const std::string& preset, int64_t vocab_size) const {
+    (void)vocab_size;
+    throw UsageError("this model plugin has no presets (asked for '" + preset + "')");
+  }
+  virtual int64_t write_random_weights(const RandomWeightsJob& job) {
+    throw UsageError("this model plugin cannot write random weights (for " + job.dir + ")");
+  }
 };
+
+// Host service (mftk's core implements it): the model plugin `plugin` (empty:
+// the default model plugin) made through the registry for checkpoint `dir`,
+// with its config.json read; weights not loaded. Exporters use it when
+// ExportJob::model is null.
+std::unique_ptr<Model> open_model(const std::string& dir, const std::string& plugin = {});
 
 }  // namespace mftk

@@ -41,6 +41,21 @@ constexpr MistralPreset kPresets[] = {
 
 }  // namespace
 
+std::vector<ModelPreset> mistral_presets() {
+  std::vector<ModelPreset> out;
+  for (const auto& p : kPresets) {
+    ModelPreset preset;
+    preset.name = p.name;
+    preset.vocab_size = p.vocab_size;
+    if (p.vocab_size > 0)
+      preset.tokenizer_hint =
+          "pass --tokenizer PATH/tokenizer.model (mistral-7b-v0.1 goes with ../shared/data/mistral-tokenizers/"
+          "tokenizer.model.v1, mistral-7b-v0.3 with tokenizer.model.v3)";
+    out.push_back(std::move(preset));
+  }
+  return out;
+}
+
 std::vector<std::string> mistral_preset_names() {
   std::vector<std::string> names;
   for (const auto& p : kPresets) names.emplace_back(p.name);
