@@ -19,14 +19,10 @@
 #include "mftk/output_path.h"
 #include "mftk/safetensors.h"
 #include "mftk/tokenizer.h"
-#include "mistral_config.h"
-#include "mistral_model.h"
-#include "tensor_names.h"
 
 namespace mftk::awq {
 
 namespace fs = std::filesystem;
-using mistral::TensorRole;
 
 std::vector<KeySpec> awq_keys() {
   return {
@@ -63,18 +59,19 @@ AwqOptions awq_options_from_config(const Config& config) {
   return o;
 }
 
-void check_awq_shapes(const mistral::MistralConfig& config, int64_t group_size) {
+void check_awq_shapes(const ModelShape& config, int64_t group_size) {
+  const int64_t q_dim = config.num_heads * config.head_dim, kv_dim = config.num_kv_heads * config.head_dim;
   const std::vector<std::pair<const char*, int64_t>> inputs = {
       {"hidden_size (q/k/v/gate/up in_features)", config.hidden_size},
-      {"num_attention_heads x head_dim (o_proj in_features)", config.q_dim()},
+      {"num_attention_heads x head_dim (o_proj in_features)", q_dim},
       {"intermediate_size (down_proj in_features)", config.intermediate_size}};
   for (const auto& [what, n] : inputs)
     if (n % group_size != 0)
       throw UsageError(fmt::format("awq: group_size {} does not divide {} = {}", group_size, what, n),
                        "--set group_size=N with N dividing every linear's input size (e.g. 32 or 64)");
   const std::vector<std::pair<const char*, int64_t>> outputs = {
-      {"hidden_size", config.hidden_size}, {"kv heads x head_dim", config.kv_dim()},
-      {"q heads x head_dim", config.q_dim()}, {"intermediate_size", config.intermediate_size}};
+      {"hidden_size", config.hidden_size}, {"kv heads x head_dim", kv_dim},
+      {"q heads x head_dim", q_dim}, {"intermediate_size", config.intermediate_size}};
   for (const auto& [what, n] : outputs)
     if (n % 8 != 0)
       throw UsageError(fmt::format("awq: {} = {} is not a multiple of 8: AutoAWQ's GEMM layout packs 8 output "
@@ -87,20 +84,34 @@ nlohmann::json awq_quantization_config(int64_t group_size) {
           {"bits", 4},             {"version", "gemm"},    {"modules_to_not_convert", nullptr}};
 }
 
-std::vector<ScalingGroup> mistral_scaling_groups(const mistral::MistralConfig& config, int64_t layer) {
-  auto module = [&](TensorRole r) { return mistral::hf_module_name(r, layer); };
+std::vector<ScalingGroup> scaling_groups(const ModelArchitecture& architecture, const ModelShape& config,
+                                         int64_t layer) {
+  auto tensor = [&](TensorRole r) -> const std::string& {
+    for (const auto& t : architecture.tensors)
+      if (t.layer == layer && t.role == r) return t.name;
+    throw UsageError(fmt::format("awq: the model describes no {} tensor in layer {} (Model::architecture)",
+                                 static_cast<int>(r), layer),
+                     "AWQ needs a decoder layer of norm, q/k/v/o attention and a gated MLP");
+  };
+  auto module = [&](TensorRole r) {
+    const std::string& name = tensor(r);
+    const std::string suffix = ".weight";
+    return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0
+               ? name.substr(0, name.size() - suffix.size())
+               : name;
+  };
   std::vector<ScalingGroup> groups;
-  groups.push_back({mistral::hf_tensor_name(TensorRole::input_norm, layer), true,
-                    {module(TensorRole::q_proj), module(TensorRole::k_proj), module(TensorRole::v_proj)}});
+  groups.push_back({tensor(TensorRole::attn_norm), true,
+                    {module(TensorRole::attn_q), module(TensorRole::attn_k), module(TensorRole::attn_v)}});
   // v_proj's output channel c is o_proj's input channel c only when there
   // is one v head per q head; with GQA each v channel feeds several o_proj
   // columns, so no single row division can absorb a per-column scale
   // (AutoAWQ skips it too): o_proj gets clip and rounding only.
-  const bool v_absorbs = config.kv_dim() == config.q_dim();
-  groups.push_back({v_absorbs ? module(TensorRole::v_proj) : "", false, {module(TensorRole::o_proj)}});
-  groups.push_back({mistral::hf_tensor_name(TensorRole::post_attention_norm, layer), true,
-                    {module(TensorRole::gate_proj), module(TensorRole::up_proj)}});
-  groups.push_back({module(TensorRole::up_proj), false, {module(TensorRole::down_proj)}});
+  const bool v_absorbs = config.num_kv_heads == config.num_heads;
+  groups.push_back({v_absorbs ? module(TensorRole::attn_v) : "", false, {module(TensorRole::attn_output)}});
+  groups.push_back({tensor(TensorRole::ffn_norm), true,
+                    {module(TensorRole::ffn_gate), module(TensorRole::ffn_up)}});
+  groups.push_back({module(TensorRole::ffn_up), false, {module(TensorRole::ffn_down)}});
   return groups;
 }
 
@@ -150,7 +161,11 @@ double relative_error(const at::Tensor& x, const at::Tensor& reference, const at
 ExportReport export_awq(const ExportJob& job, const AwqOptions& o) {
   const auto start = std::chrono::steady_clock::now();
   const int64_t G = o.group_size;
-  const auto config = mistral::MistralConfig::load(job.model_dir);
+  // The checkpoint described by the model plugin (its shape and tensor
+  // table), and loaded by it when the caller passes no model to run.
+  std::unique_ptr<Model> own = open_model(job.model_dir);
+  const ModelShape config = own->shape();
+  const ModelArchitecture architecture = own->architecture();
   check_awq_shapes(config, G);
   const fs::path out(job.out);
   std::error_code ec;
@@ -167,22 +182,17 @@ ExportReport export_awq(const ExportJob& job, const AwqOptions& o) {
   for (const auto& r : rows) tokens += int64_t(r.size());
   std::vector<std::vector<ScalingGroup>> layers;
   std::vector<std::string> recorded;
-  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
-    layers.push_back(mistral_scaling_groups(config, layer));
+  for (int64_t layer = 0; layer < config.num_layers; ++layer) {
+    layers.push_back(scaling_groups(architecture, config, layer));
     for (const auto& g : layers.back()) recorded.push_back(g.linears.front());
   }
   std::map<std::string, std::shared_ptr<ActivationRecord>> records;
   {
-    std::unique_ptr<mistral::MistralModel> own;
     Model* model = job.model;
     if (!model) {
-      mistral::MistralModelOptions mo;
-      mo.path = job.model_dir;
-      own = std::make_unique<mistral::MistralModel>(mo);
       LoadOptions lo;
       lo.path = job.model_dir;
       lo.compute_dtype = at::kFloat;
-      own->load_config(job.model_dir);
       own->load(lo);
       model = own.get();
     }
@@ -190,6 +200,7 @@ ExportReport export_awq(const ExportJob& job, const AwqOptions& o) {
     run_calibration(*model, rows);
     records = recorders.records();
   }
+  own.reset();  // the weights are read from the checkpoint from here on
   spdlog::info("awq: calibration on {} rows, {} tokens; searches score on up to {} sampled tokens", rows.size(),
                tokens, o.sample_tokens);
 

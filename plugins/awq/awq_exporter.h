@@ -31,10 +31,7 @@
 
 #include "mftk/config.h"
 #include "mftk/exporter.h"
-
-namespace mftk::mistral {
-struct MistralConfig;
-}
+#include "mftk/model.h"
 
 namespace mftk::awq {
 
@@ -53,7 +50,7 @@ AwqOptions awq_options_from_config(const Config& config);
 
 // Every decoder linear must split into whole groups along its input and
 // into whole int32 words along its output; a UsageError naming group_size otherwise.
-void check_awq_shapes(const mistral::MistralConfig& config, int64_t group_size);
+void check_awq_shapes(const ModelShape& shape, int64_t group_size);
 
 // {"quant_method": "awq", "zero_point": true, "group_size": G, "bits": 4,
 //  "version": "gemm", "modules_to_not_convert": null} (docs/formats.md §5.4, AWQ config).
@@ -68,11 +65,14 @@ struct ScalingGroup {
   bool prev_is_norm = false;
   std::vector<std::string> linears;  // module names; linears[0]'s input is the one recorded
 };
-// The four groups of one layer, in the order they are applied.
-std::vector<ScalingGroup> mistral_scaling_groups(const mistral::MistralConfig& config, int64_t layer);
+// The four groups of decoder layer `layer`, in the order they are applied,
+// found by role in the model's own tensor table (Model::architecture).
+std::vector<ScalingGroup> scaling_groups(const ModelArchitecture& architecture, const ModelShape& shape,
+                                         int64_t layer);
 
 // Writes job.out from job.model_dir. Runs job.model when given (the
-// pipeline's merged model), else loads job.model_dir itself. Calibration:
+// pipeline's merged model), else loads job.model_dir through the default
+// model plugin (open_model); the tensor table is that plugin's. Calibration:
 // options.calibration_file when set, else job.calibration_rows (documents,
 // concatenated and cut into calibration_len rows), else a UsageError.
 ExportReport export_awq(const ExportJob& job, const AwqOptions& options);

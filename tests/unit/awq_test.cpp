@@ -306,7 +306,7 @@ TEST(AwqExport, MultiHeadModelScalesOprojThroughVproj) {
 TEST(AwqExport, RefusesGroupSizeNotDividingInFeatures) {
   auto config = mftk::mistral::MistralConfig::load(tt::tiny_checkpoint(2));
   try {
-    mftk::awq::check_awq_shapes(config, 128);
+    mftk::awq::check_awq_shapes(config.to_shape(), 128);
     ADD_FAILURE() << "group_size 128 accepted for hidden_size 64";
   } catch (const mftk::UsageError& e) {
     const std::string what = e.what();
@@ -314,7 +314,7 @@ TEST(AwqExport, RefusesGroupSizeNotDividingInFeatures) {
     EXPECT_NE(what.find("hidden_size"), std::string::npos) << what;
     EXPECT_NE(e.hint().find("--set group_size="), std::string::npos) << e.hint();
   }
-  EXPECT_NO_THROW(mftk::awq::check_awq_shapes(config, 32));
+  EXPECT_NO_THROW(mftk::awq::check_awq_shapes(config.to_shape(), 32));
 
   tt::ScratchDir dir("awq_refuse");
   mftk::ExportJob job;
