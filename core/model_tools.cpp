@@ -313,8 +313,9 @@ class ProbeParameters {
  public:
   explicit ProbeParameters(Model& model) {
     at::NoGradGuard no_grad;
+    const ModelArchitecture arch = model.architecture();  // the model names its embedding and head
     for (auto& [name, t] : model.named_parameters()) {
-      if (name.find("embed_tokens") == std::string::npos) continue;
+      if (name != arch.embedding) continue;
       embedding_ = t;
       embedding_data_ = t.detach();
       embedding_.set_data(t.detach().to(at::kFloat).clone());
@@ -322,7 +323,7 @@ class ProbeParameters {
       tensors_.push_back(embedding_);
     }
     for (LinearSlot* slot : model.linear_slots()) {
-      if (slot->name != "lm_head") continue;
+      if (slot->name != arch.head_slot) continue;
       lm_head_ = slot;
       lm_head_op_ = slot->op;
       at::Tensor w = slot->op->dense_weight(at::kFloat).clone().requires_grad_(true);

@@ -201,8 +201,9 @@ void save_hf_checkpoint(Model& model, const std::string& source_dir, const std::
   // trained in full as a LoRA modules_to_save) is written, and config.json
   // unties it: dropping it would save another model than the one trained.
   bool untied_head = false;
+  const std::string head = model.architecture().head_slot;  // the model names its head
   for (auto* slot : model.linear_slots()) {
-    if (slot->name == "lm_head" && shape.tie_word_embeddings) {
+    if (slot->name == head && shape.tie_word_embeddings) {
       if (slot_holds_model_tensor(*slot, named)) continue;
       untied_head = true;
     }

@@ -96,11 +96,12 @@ TrainOptions TrainOptions::from_recipe(const Recipe& r) {
   return o;
 }
 
-// The slot named lm_head (Hugging Face's name) lists its op's tensors (a
-// LoRA op its A and B, a dense one its weight, which is the embedding when tied).
+// The head slot the model names (Model::architecture) lists its op's tensors
+// (a LoRA op its A and B, a dense one its weight, the embedding when tied).
 std::optional<std::vector<at::Tensor>> head_trainable_tensors(Model& model) {
+  const std::string head = model.architecture().head_slot;
   for (const LinearSlot* slot : model.linear_slots()) {
-    if (slot->name != "lm_head") continue;
+    if (slot->name != head) continue;
     std::vector<at::Tensor> out;
     for (const auto& [name, t] : slot->op->parameters())
       if (t.defined() && t.requires_grad()) out.push_back(t);
