@@ -6,6 +6,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include "device.h"
 #include "mftk/error.h"
 #include "mftk/model.h"
 
@@ -42,7 +43,9 @@ Generation generate(Model& model, const std::vector<int32_t>& prompt, const Gene
   Generation out;
   auto state = model.start_decode(int64_t(prompt.size()) + o.max_new_tokens);
   const auto t0 = std::chrono::steady_clock::now();
-  at::Tensor ids = at::tensor(std::vector<int64_t>(prompt.begin(), prompt.end()), at::kLong);
+  // Token ids go where the weights are (the logits come back to the host in pick()).
+  const c10::Device device = model_device(model);
+  at::Tensor ids = at::tensor(std::vector<int64_t>(prompt.begin(), prompt.end()), at::kLong).to(device);
   at::Tensor hidden = model.decode(*state, ids);
   auto t_first = t0;
   for (int64_t i = 0; i < o.max_new_tokens; ++i) {
@@ -58,7 +61,7 @@ Generation generate(Model& model, const std::vector<int32_t>& prompt, const Gene
       break;
     }
     if (i + 1 == o.max_new_tokens) break;
-    hidden = model.decode(*state, at::tensor({int64_t(next)}, at::kLong));
+    hidden = model.decode(*state, at::tensor({int64_t(next)}, at::kLong).to(device));
   }
   const double rest = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_first).count();
   if (out.tokens.size() > 1 && rest > 0) out.tokens_per_second = double(out.tokens.size() - 1) / rest;
