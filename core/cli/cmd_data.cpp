@@ -132,9 +132,19 @@ void add_data_commands(CLI::App& app) {
       auto tok = Tokenizer::load(path);
       auto data = core::prepare_data(r.recipe, *tok, *force ? core::CacheMode::rebuild : core::CacheMode::read_write);
       for (const auto& line : core::describe_data(data)) std::printf("%s\n", line.c_str());
+      const PackOptions po = pack_options_for(r.recipe, *model);
+      if (core::is_preference_data(core::data_options_from_recipe(r.recipe))) {  // as a run packs them
+        for (const auto& [split, examples] : {std::pair{"train", &data.train}, std::pair{"eval", &data.eval}}) {
+          PackStats stats;
+          const auto rows = core::pack_preference_pairs(*examples, po, stats);
+          std::printf("%s: %zu preference pairs -> %zu rows (one pair each), %lld pairs longer than sequence_len %lld "
+                      "dropped\n",
+                      split, examples->size() / 2, rows.size(), (long long)stats.dropped, (long long)po.sequence_len);
+        }
+        return;
+      }
       std::string packer_name;
       auto packer = core::make_recipe_packer(r.recipe, r.registry, &packer_name);
-      const PackOptions po = pack_options_for(r.recipe, *model);
       const std::vector<std::pair<std::string, const std::vector<Example>*>> splits = {{"train", &data.train},
                                                                                        {"eval", &data.eval}};
       for (const auto& [split, examples] : splits) {
