@@ -39,6 +39,21 @@ namespace mftk::core {
 
 namespace fs = std::filesystem;
 
+const char* to_string(PluginLoadStatus status) {
+  switch (status) {
+    case PluginLoadStatus::ok: return "ok";
+    case PluginLoadStatus::not_found: return "not found";
+    case PluginLoadStatus::failed_to_open: return "failed to open";
+    case PluginLoadStatus::not_a_plugin: return "not an mftk plugin";
+    case PluginLoadStatus::bad_handshake: return "bad handshake";
+    case PluginLoadStatus::abi_mismatch: return "ABI mismatch";
+    case PluginLoadStatus::fingerprint_mismatch: return "fingerprint mismatch";
+    case PluginLoadStatus::duplicate_name: return "duplicate name";
+    case PluginLoadStatus::registration_failed: return "register failed";
+  }
+  return "?";
+}
+
 const char* host_fingerprint() { return MFTK_BUILD_FINGERPRINT; }
 
 namespace {
@@ -154,33 +169,46 @@ void Registry::load_library(const std::string& path) {
   lib.load(boost::dll::fs::path(path), boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local, ec);
   if (ec) {
     const char* why = dlerror();
-    throw UsageError(fmt::format("could not load plugin library '{}': {}", path, why ? why : ec.message()),
-                     "check that the file is a shared library built for this machine and that its "
-                     "dependencies are installed (ldd shows missing ones)");
+    std::error_code exists_ec;
+    const auto status =
+        fs::exists(path, exists_ec) ? PluginLoadStatus::failed_to_open : PluginLoadStatus::not_found;
+    throw PluginLoadError(status,
+                          fmt::format("could not load plugin library '{}': {}", path, why ? why : ec.message()),
+                          "check that the file is a shared library built for this machine and that its "
+                          "dependencies are installed (ldd shows missing ones)");
   }
   if (!lib.has(MFTK_PLUGIN_ENTRY_SYMBOL))
-    throw UsageError(fmt::format("file is not an mftk plugin: {} not found in '{}'", MFTK_PLUGIN_ENTRY_SYMBOL, path),
-                     "plugins export their entry with the MFTK_PLUGIN(...) macro from <mftk/plugin.h>");
+    throw PluginLoadError(PluginLoadStatus::not_a_plugin,
+                          fmt::format("file is not an mftk plugin: {} not found in '{}'", MFTK_PLUGIN_ENTRY_SYMBOL, path),
+                          "plugins export their entry with the MFTK_PLUGIN(...) macro from <mftk/plugin.h>");
   auto entry = lib.get<const MftkPluginInfo*()>(MFTK_PLUGIN_ENTRY_SYMBOL);
   const MftkPluginInfo* info = entry();
-  if (!info) throw UsageError(fmt::format("plugin '{}': {} returned NULL", path, MFTK_PLUGIN_ENTRY_SYMBOL));
+  if (!info)
+    throw PluginLoadError(PluginLoadStatus::bad_handshake,
+                          fmt::format("plugin '{}': {} returned NULL", path, MFTK_PLUGIN_ENTRY_SYMBOL));
   // abi_version is the first field of every handshake version: safe to read.
   if (info->abi_version != MFTK_PLUGIN_ABI_VERSION)
-    throw UsageError(fmt::format("plugin '{}' ({}): ABI version {}, this mftk expects {}",
-                                 info->name ? info->name : "?", path, info->abi_version, MFTK_PLUGIN_ABI_VERSION),
-                     fmt::format("rebuild the plugin against the mftk {} SDK", MFTK_SDK_VERSION));
+    throw PluginLoadError(PluginLoadStatus::abi_mismatch,
+                          fmt::format("plugin '{}' ({}): ABI version {}, this mftk expects {}",
+                                      info->name ? info->name : "?", path, info->abi_version,
+                                      MFTK_PLUGIN_ABI_VERSION),
+                          fmt::format("rebuild the plugin against the mftk {} SDK", MFTK_SDK_VERSION));
   if (info->struct_size < sizeof(MftkPluginInfo))
-    throw UsageError(fmt::format("plugin '{}': handshake struct is {} bytes, expected {}", path, info->struct_size,
-                                 sizeof(MftkPluginInfo)));
+    throw PluginLoadError(PluginLoadStatus::bad_handshake,
+                          fmt::format("plugin '{}': handshake struct is {} bytes, expected {}", path,
+                                      info->struct_size, sizeof(MftkPluginInfo)));
   const std::string name = info->name ? info->name : "";
   if (auto diff = fingerprint_difference(info->build_fingerprint ? info->build_fingerprint : "", host_fingerprint());
       !diff.empty())
-    throw UsageError(fmt::format("plugin '{}' ({}): {}", name, path, diff),
-                     "rebuild the plugin against the libtorch and compiler this mftk was built with");
+    throw PluginLoadError(PluginLoadStatus::fingerprint_mismatch, fmt::format("plugin '{}' ({}): {}", name, path, diff),
+                          "rebuild the plugin against the libtorch and compiler this mftk was built with");
   if (auto it = impl_->library_names.find(name); it != impl_->library_names.end())
-    throw UsageError(fmt::format("two plugin libraries are both named '{}': '{}' and '{}'", name, it->second, path),
-                     "remove one of them from the plugin search path");
-  if (!info->register_components) throw UsageError(fmt::format("plugin '{}' ({}): no register function", name, path));
+    throw PluginLoadError(PluginLoadStatus::duplicate_name,
+                          fmt::format("two plugin libraries are both named '{}': '{}' and '{}'", name, it->second, path),
+                          "remove one of them from the plugin search path");
+  if (!info->register_components)
+    throw PluginLoadError(PluginLoadStatus::bad_handshake,
+                          fmt::format("plugin '{}' ({}): no register function", name, path));
 
   impl_->loading_path = path;
   impl_->registered_now.clear();
@@ -191,7 +219,8 @@ void Registry::load_library(const std::string& path) {
     info->register_components(static_cast<Registrar*>(this));
   } catch (const std::exception& e) {
     impl_->loading_path.clear();
-    throw UsageError(fmt::format("plugin '{}' ({}) failed to register its components: {}", name, path, e.what()));
+    throw PluginLoadError(PluginLoadStatus::registration_failed,
+                          fmt::format("plugin '{}' ({}) failed to register its components: {}", name, path, e.what()));
   }
   impl_->loading_path.clear();
   impl_->library_names[name] = path;
@@ -240,20 +269,20 @@ std::vector<PluginLibraryStatus> Registry::scan() {
         const auto key = fs::weakly_canonical(f, cec).string();
         const bool already = impl_->libraries.count(key) != 0;
         if (!already) load_library(st.path);
-        st.status = "ok";
+        st.status = PluginLoadStatus::ok;
         for (const auto& [name, path] : impl_->library_names)
           if (path == st.path || fs::weakly_canonical(path, cec).string() == key) st.name = name;
         for (const auto& [id, c] : impl_->components)
           if (c.library_path == st.path || fs::weakly_canonical(c.library_path, cec).string() == key)
             st.components.push_back(fmt::format("{}:{}", to_string(id.first), id.second));
-      } catch (const std::exception& e) {
+      } catch (const PluginLoadError& e) {
         st.detail = e.what();
-        const std::string m = e.what();
-        st.status = m.find("not an mftk plugin") != std::string::npos ? "not an mftk plugin"
-                    : m.find("could not load") != std::string::npos   ? "failed to open"
-                    : m.find("ABI version") != std::string::npos      ? "ABI mismatch"
-                    : m.find("fingerprint field") != std::string::npos ? "fingerprint mismatch"
-                                                                       : "register failed";
+        st.status = e.status();
+      } catch (const std::exception& e) {
+        // Not one of load_library's own refusals (the loader library or the
+        // file system threw): the library did not open.
+        st.detail = e.what();
+        st.status = PluginLoadStatus::failed_to_open;
       }
       // Version string from the handshake, even for refused plugins.
       if (void* h = dlopen(st.path.c_str(), RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD)) {

@@ -1,7 +1,8 @@
 // Finds plugin libraries, checks their handshake, and creates components
 // by kind and name. Private to the core (plugins see only mftk::Registrar).
 //
-// defines: mftk::core::PluginLibraryStatus, mftk::core::Registry
+// defines: mftk::core::PluginLoadStatus, mftk::core::PluginLoadError, mftk::core::PluginLibraryStatus,
+//          mftk::core::Registry
 #pragma once
 
 #include <map>
@@ -9,17 +10,47 @@
 #include <string>
 #include <vector>
 
+#include "mftk/error.h"
 #include "mftk/plugin.h"
 
 namespace mftk::core {
+
+// Why a plugin library did not load, as a value: callers (`mftk plugins`,
+// `mftk plugin check`, tests) branch on it rather than on a message's words,
+// which are free to change.
+enum class PluginLoadStatus {
+  ok,
+  not_found,             // no file at that path
+  failed_to_open,        // the dynamic loader refused it (not a shared library, missing dependency)
+  not_a_plugin,          // a shared library without the mftk entry point
+  bad_handshake,         // the entry returned NULL, a short handshake struct or no register function
+  abi_mismatch,          // built against another plugin ABI version
+  fingerprint_mismatch,  // built with another libtorch, compiler or standard library
+  duplicate_name,        // a library of the same plugin name is already loaded
+  registration_failed,   // its register function threw
+};
+
+// The words `mftk plugins` prints: "ok", "not an mftk plugin", "ABI mismatch", ...
+const char* to_string(PluginLoadStatus status);
+
+// A plugin library that could not be loaded: a UsageError (exit 2) that also
+// says why as a PluginLoadStatus.
+class PluginLoadError : public UsageError {
+ public:
+  PluginLoadError(PluginLoadStatus status, std::string message, std::string hint = {})
+      : UsageError(std::move(message), std::move(hint)), status_(status) {}
+  PluginLoadStatus status() const { return status_; }
+
+ private:
+  PluginLoadStatus status_;
+};
 
 // What `mftk plugins` prints for every library file it finds.
 struct PluginLibraryStatus {
   std::string path;
   std::string name;      // from the handshake, if it got that far
   std::string version;
-  std::string status;    // ok | not an mftk plugin | failed to open | ABI mismatch |
-                         // fingerprint mismatch | register failed
+  PluginLoadStatus status = PluginLoadStatus::ok;
   std::string detail;    // the full error, empty when ok
   std::vector<std::string> components;  // "model:mistral"
 };
@@ -41,7 +72,7 @@ class Registry : public Registrar {
   // (the build tree and an installed tree both), the install prefix's plugin dir.
   const std::vector<std::string>& search_paths() const { return search_paths_; }
 
-  // Loads one library file; throws mftk::UsageError with the reason.
+  // Loads one library file; throws PluginLoadError (a UsageError) with the reason.
   void load_library(const std::string& path);
   // The component `name` of `kind`, loading libmftk-<name>.so or, failing
   // that, every library on the search path. Throws UsageError listing the

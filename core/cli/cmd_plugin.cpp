@@ -102,8 +102,8 @@ std::vector<Target> resolve(core::Registry& registry, const std::vector<std::str
     Target t{stem, "", {}};
     try {
       registry.load_library(a);
-    } catch (const UsageError& e) {
-      t.load_error = e.what();
+    } catch (const core::PluginLoadError& e) {
+      t.load_error = fmt::format("{}: {}", core::to_string(e.status()), e.what());
     }
     t.components = components_of(registry, a);
     targets.push_back(std::move(t));
@@ -123,7 +123,8 @@ std::vector<Target> resolve(core::Registry& registry, const std::vector<std::str
       }
       if (!wanted) continue;
       Target t{lib.name.empty() ? fs::path(lib.path).stem().string() : lib.name, "", {}};
-      if (lib.status != "ok") t.load_error = fmt::format("{}: {}", lib.status, lib.detail);
+      if (lib.status != core::PluginLoadStatus::ok)
+        t.load_error = fmt::format("{}: {}", core::to_string(lib.status), lib.detail);
       t.components = components_of(registry, lib.path);
       targets.push_back(std::move(t));
     }

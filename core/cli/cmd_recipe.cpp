@@ -169,7 +169,7 @@ void add_recipe_commands(CLI::App& app) {
       std::printf("\n%-18s %-10s %-22s %-34s %s\n", "library", "version", "status", "components", "path");
       for (const auto& l : libs) {
         std::printf("%-18s %-10s %-22s %-34s %s\n", l.name.empty() ? "?" : l.name.c_str(),
-                    l.version.empty() ? "-" : l.version.c_str(), l.status.c_str(),
+                    l.version.empty() ? "-" : l.version.c_str(), core::to_string(l.status),
                     fmt::format("{}", fmt::join(l.components, " ")).c_str(), l.path.c_str());
         if (!l.detail.empty()) std::printf("  -> %s\n", l.detail.c_str());
       }

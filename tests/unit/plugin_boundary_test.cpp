@@ -174,7 +174,7 @@ TEST(PluginBoundary, CoreSpellsNoFirstPartyPluginNameOutsideTheDefaultsTable) {
   mftk::core::Registry registry;
   std::set<std::string> names;
   for (const auto& lib : registry.scan()) {
-    ASSERT_EQ(lib.status, "ok") << lib.path << ": " << lib.detail;
+    ASSERT_EQ(lib.status, mftk::core::PluginLoadStatus::ok) << lib.path << ": " << lib.detail;
     for (const auto& component : lib.components) names.insert(component.substr(component.find(':') + 1));
   }
   ASSERT_GE(names.size(), 9u) << "the build's plugins were not found";

@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 
 #include "mftk/exporter.h"
 #include "mftk/model.h"
@@ -13,6 +14,8 @@
 
 namespace fs = std::filesystem;
 using mftk::Kind;
+using mftk::core::PluginLoadError;
+using mftk::core::PluginLoadStatus;
 using mftk::core::Registry;
 
 namespace {
@@ -88,12 +91,55 @@ TEST(PluginRegistry, RefusesLibraryWithoutEntryPoint) {
 }
 
 TEST(PluginRegistry, ScanReportsEachLibraryWithItsStatus) {
-  Registry r({dir_with({"fixture_good", "fixture_wrong_abi", "fixture_not_plugin"})});
-  std::map<std::string, std::string> status;
-  for (const auto& s : r.scan()) status[fs::path(s.path).filename().string()] = s.status;
-  EXPECT_EQ(status["libmftk-fixture_good.so"], "ok");
-  EXPECT_EQ(status["libmftk-fixture_wrong_abi.so"], "ABI mismatch");
-  EXPECT_EQ(status["libmftk-fixture_not_plugin.so"], "not an mftk plugin");
+  Registry r({dir_with({"fixture_good", "fixture_wrong_abi", "fixture_wrong_torch", "fixture_not_plugin"})});
+  std::map<std::string, PluginLoadStatus> status;
+  std::map<std::string, std::string> words;
+  for (const auto& s : r.scan()) {
+    status[fs::path(s.path).filename().string()] = s.status;
+    words[fs::path(s.path).filename().string()] = mftk::core::to_string(s.status);
+  }
+  // (The scan also reports the real plugins on the default search path.)
+  for (const char* f : {"libmftk-fixture_good.so", "libmftk-fixture_wrong_abi.so", "libmftk-fixture_wrong_torch.so",
+                        "libmftk-fixture_not_plugin.so"})
+    ASSERT_EQ(status.count(f), 1u) << f;
+  EXPECT_EQ(status["libmftk-fixture_good.so"], PluginLoadStatus::ok);
+  EXPECT_EQ(status["libmftk-fixture_wrong_abi.so"], PluginLoadStatus::abi_mismatch);
+  EXPECT_EQ(status["libmftk-fixture_wrong_torch.so"], PluginLoadStatus::fingerprint_mismatch);
+  EXPECT_EQ(status["libmftk-fixture_not_plugin.so"], PluginLoadStatus::not_a_plugin);
+  // The words `mftk plugins` prints for them.
+  EXPECT_EQ(words["libmftk-fixture_good.so"], "ok");
+  EXPECT_EQ(words["libmftk-fixture_wrong_abi.so"], "ABI mismatch");
+  EXPECT_EQ(words["libmftk-fixture_not_plugin.so"], "not an mftk plugin");
+}
+
+// The status a refused library carries, as load_library throws it: one per
+// way the fixtures (and a missing path, a file that is no shared library, a
+// second library of the same name) fail to load.
+TEST(PluginRegistry, LoadFailuresCarryATypedStatus) {
+  auto status_of = [](Registry& r, const std::string& path) {
+    try {
+      r.load_library(path);
+    } catch (const PluginLoadError& e) {
+      return e.status();
+    }
+    return PluginLoadStatus::ok;
+  };
+  auto dir = dir_with({"fixture_good", "fixture_wrong_abi", "fixture_wrong_torch", "fixture_not_plugin"});
+  const auto junk = fs::path(dir) / "libmftk-junk.so";
+  std::ofstream(junk) << "not an ELF file\n";
+  auto other = dir_with({});
+  fs::copy_file(fs::path(dir) / "libmftk-fixture_good.so", fs::path(other) / "libmftk-fixture_good_copy.so");
+
+  Registry r({dir});
+  EXPECT_EQ(status_of(r, dir + "/libmftk-fixture_good.so"), PluginLoadStatus::ok);
+  EXPECT_EQ(status_of(r, dir + "/libmftk-fixture_wrong_abi.so"), PluginLoadStatus::abi_mismatch);
+  EXPECT_EQ(status_of(r, dir + "/libmftk-fixture_wrong_torch.so"), PluginLoadStatus::fingerprint_mismatch);
+  EXPECT_EQ(status_of(r, dir + "/libmftk-fixture_not_plugin.so"), PluginLoadStatus::not_a_plugin);
+  EXPECT_EQ(status_of(r, dir + "/libmftk-absent.so"), PluginLoadStatus::not_found);
+  EXPECT_EQ(status_of(r, junk.string()), PluginLoadStatus::failed_to_open);
+  EXPECT_EQ(status_of(r, other + "/libmftk-fixture_good_copy.so"), PluginLoadStatus::duplicate_name);
+  // Still a UsageError (exit 2) for callers that only know that.
+  EXPECT_THROW(r.load_library(dir + "/libmftk-fixture_wrong_abi.so"), mftk::UsageError);
 }
 
 TEST(PluginRegistry, DuplicateLibraryNameIsAnError) {
