@@ -765,3 +765,82 @@ TEST(MistralLoad, QuantizerReceivesTheSlotsItWants) {
                                               "model.layers.0.mlp.down_proj", "model.layers.1.mlp.gate_proj",
                                               "model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj"}));
 }
+
+// The description exporters and the core read (mftk/model.h) is the
+// checkpoint's own table: the same names and shapes as the files hold,
+// roles at the places transformers' modeling_mistral.py puts them.
+TEST(MistralDescription, ArchitectureIsTheCheckpointsTensorTable) {
+  for (const bool tied : {false, true}) {
+    TestModel m(small_config(4, 2, 5, tied), 81);
+    const mftk::ModelArchitecture arch = m.model->architecture();
+    const auto reader = mftk::CheckpointReader::open(m.dir.str());
+    std::set<std::string> described;
+    for (const auto& t : arch.tensors) {
+      described.insert(t.name);
+      ASSERT_TRUE(reader.contains(t.name)) << t.name;
+      EXPECT_EQ(reader.info(t.name).shape, t.shape) << t.name;
+    }
+    const auto names = reader.names();
+    EXPECT_EQ(described, std::set<std::string>(names.begin(), names.end()));
+    EXPECT_EQ(described.count("lm_head.weight"), tied ? 0u : 1u);
+    EXPECT_EQ(arch.head_slot, "lm_head");
+    EXPECT_EQ(arch.embedding, "model.embed_tokens.weight");
+    // 1 embedding + 2 layers x 9 + final norm (+ head).
+    EXPECT_EQ(arch.tensors.size(), tied ? 20u : 21u);
+    auto find = [&](mftk::TensorRole role, int64_t layer) -> const mftk::ModelTensor* {
+      for (const auto& t : arch.tensors)
+        if (t.role == role && t.layer == layer) return &t;
+      return nullptr;
+    };
+    const auto* k = find(mftk::TensorRole::attn_k, 1);
+    ASSERT_NE(k, nullptr);
+    EXPECT_EQ(k->name, "model.layers.1.self_attn.k_proj.weight");
+    EXPECT_EQ(k->shape, (std::vector<int64_t>{2 * 8, 32}));  // kv heads x head_dim, hidden
+    EXPECT_TRUE(k->in_slot);
+    const auto* norm = find(mftk::TensorRole::ffn_norm, 0);
+    ASSERT_NE(norm, nullptr);
+    EXPECT_EQ(norm->name, "model.layers.0.post_attention_layernorm.weight");
+    EXPECT_FALSE(norm->in_slot);
+    EXPECT_EQ(find(mftk::TensorRole::output, -1) != nullptr, !tied);
+  }
+}
+
+// `mftk init`'s side of the plugin: the presets' shipped vocabularies and
+// random weights as documented (norms 1, the rest N(0, initializer_range)),
+// split into shards with an index when they exceed max_shard_bytes.
+TEST(MistralDescription, PresetsAndRandomWeights) {
+  mftk::mistral::MistralModel model;
+  std::map<std::string, int64_t> vocab;
+  for (const auto& p : model.presets()) vocab[p.name] = p.vocab_size;
+  EXPECT_EQ(vocab, (std::map<std::string, int64_t>{
+                       {"tiny", 0}, {"small", 0}, {"mistral-7b-v0.1", 32000}, {"mistral-7b-v0.3", 32768}}));
+  EXPECT_THROW(model.preset_config("mistral-8b", 0), mftk::UsageError);
+
+  MistralTempDir dir;
+  auto c = small_config(4, 2, 5);
+  c.hidden_size = 64;
+  c.head_dim = 16;
+  c.intermediate_size = 128;
+  c.save(dir.str());
+  model.load_config(dir.str());
+  mftk::RandomWeightsJob job;
+  job.dir = dir.str();
+  job.seed = 5;
+  job.max_shard_bytes = 40000;  // a few tensors per file
+  const int64_t params = model.write_random_weights(job);
+  EXPECT_TRUE(fs::exists(fs::path(dir.str()) / "model.safetensors.index.json"));
+  const auto reader = mftk::CheckpointReader::open(dir.str());
+  int64_t counted = 0;
+  for (const auto& t : model.architecture().tensors) {
+    const at::Tensor w = reader.get(t.name).to(at::kFloat);
+    EXPECT_EQ(w.sizes().vec(), t.shape) << t.name;
+    counted += w.numel();
+    if (t.shape.size() == 1) {
+      EXPECT_TRUE(w.eq(1).all().item<bool>()) << t.name;
+    } else {
+      EXPECT_NEAR(w.mean().item<double>(), 0.0, 0.01) << t.name;
+      EXPECT_NEAR(w.std().item<double>(), 0.02, 0.002) << t.name;
+    }
+  }
+  EXPECT_EQ(params, counted);
+}
