@@ -68,6 +68,8 @@ const std::map<std::string, std::vector<std::string>> kChecksOfKind = {
     {"packer", {"keys documented", "defaults valid", "no token lost", "documents separate"}},
     {"optimizer", {"keys documented", "defaults valid", "step decreases quadratic", "state resumes exactly"}},
     {"exporter", {"keys documented", "defaults valid", "writes only under out", "refuses foreign path"}},
+    // "token cross-entropy" applies to the default objective only (checked below).
+    {"objective", {"keys documented", "defaults valid", "units counted up front", "sums, not means"}},
 };
 
 std::string kind_of(const std::string& component) { return component.substr(0, component.find(':')); }
@@ -79,12 +81,15 @@ TEST(PluginCheck, EveryFirstPartyPluginPassesEveryCheck) {
   for (const std::string component :
        {"model:mistral", "adapter:lora", "quantizer:nf4", "packer:swa_packer", "packer:padding", "optimizer:adamw",
         "optimizer:sgd", "optimizer:adamw_8bit", "optimizer:paged_adamw_8bit", "exporter:gguf", "exporter:awq",
-        "exporter:nf4"})
+        "exporter:nf4", "objective:sft", "objective:dpo", "objective:orpo"})
     for (const auto& check : kChecksOfKind.at(kind_of(component))) {
       const auto it = got.find({component, check});
       ASSERT_NE(it, got.end()) << component << " / " << check << " missing in:\n" << r.out;
       EXPECT_EQ(it->second, "PASS") << component << " / " << check << "\n" << r.out;
     }
+  const auto sft = got.find({"objective:sft", "token cross-entropy"});
+  ASSERT_NE(sft, got.end()) << r.out;
+  EXPECT_EQ(sft->second, "PASS") << r.out;
 }
 
 TEST(PluginCheck, EachFlawFailsTheCheckItBreaks) {
@@ -121,6 +126,9 @@ TEST(PluginCheck, EachFlawFailsTheCheckItBreaks) {
       {"exporter:conf.names", {}},
       {"exporter:conf.names_writes_beside", {"writes only under out"}},
       {"exporter:conf.names_replaces_anything", {"refuses foreign path"}},
+      {"objective:conf.objective", {}},
+      {"objective:conf.objective_returns_means", {"sums, not means"}},
+      {"objective:conf.objective_counts_every_token", {"units counted up front"}},
   };
   for (const auto& [component, fails] : must_fail)
     for (const auto& check : kChecksOfKind.at(kind_of(component))) {
