@@ -8,7 +8,7 @@
 #include <fmt/ranges.h>
 
 #include "mftk/error.h"
-#include "optimizer_state.h"
+#include "mftk/optimizer_state.h"
 
 namespace mftk::adamw {
 
@@ -30,20 +30,12 @@ std::vector<KeySpec> adamw_keys() {
 }
 
 AdamWOptions adamw_options_from_config(const Config& config) {
+  const AdamHyperparameters h = adam_hyperparameters_from_config(config);  // the SDK's checks
   AdamWOptions o;
-  o.weight_decay = config.get_number("weight_decay");
-  o.beta1 = config.get_number("beta1");
-  o.beta2 = config.get_number("beta2");
-  o.eps = config.get_number("eps");
-  if (!(o.weight_decay >= 0.0) || !std::isfinite(o.weight_decay))
-    config.fail("weight_decay", fmt::format("must be a finite number >= 0, got {}", o.weight_decay),
-                "0.0 (no decay) or 0.01 are usual");
-  if (!(o.beta1 >= 0.0 && o.beta1 < 1.0))
-    config.fail("beta1", fmt::format("must be in [0, 1), got {}", o.beta1), "0.9 is the usual value");
-  if (!(o.beta2 >= 0.0 && o.beta2 < 1.0))
-    config.fail("beta2", fmt::format("must be in [0, 1), got {}", o.beta2), "0.999 is the usual value");
-  if (!(o.eps >= 0.0) || !std::isfinite(o.eps))
-    config.fail("eps", fmt::format("must be a finite number >= 0, got {}", o.eps), "1e-8 is the usual value");
+  o.weight_decay = h.weight_decay;
+  o.beta1 = h.beta1;
+  o.beta2 = h.beta2;
+  o.eps = h.eps;
   return o;
 }
 
@@ -115,13 +107,13 @@ NamedTensors AdamW::state() const {
 
 void AdamW::load_state(const NamedTensors& state) {
   if (!attached_) throw Error("adamw: load_state() before attach(); attach the trainable tensors first");
-  StateReader reader(state, kName);
+  OptimizerStateReader reader(state, kName);
   const int64_t step = reader.step();
   // Read everything before changing anything: a bad state leaves us as we were.
   std::vector<std::pair<at::Tensor, at::Tensor>> moments;
   for (const auto& slot : slots_)
-    moments.emplace_back(reader.float_like(slot.name + ".exp_avg", slot.param),
-                         reader.float_like(slot.name + ".exp_avg_sq", slot.param));
+    moments.emplace_back(reader.take(slot.name + ".exp_avg", at::kFloat, slot.param.sizes()),
+                         reader.take(slot.name + ".exp_avg_sq", at::kFloat, slot.param.sizes()));
   reader.finish();
   at::NoGradGuard no_grad;
   for (size_t i = 0; i < slots_.size(); ++i) {

@@ -7,7 +7,7 @@
 #include <fmt/ranges.h>
 
 #include "mftk/error.h"
-#include "optimizer_state.h"
+#include "mftk/optimizer_state.h"
 
 namespace mftk::adamw {
 
@@ -85,12 +85,12 @@ NamedTensors Sgd::state() const {
 
 void Sgd::load_state(const NamedTensors& state) {
   if (!attached_) throw Error("sgd: load_state() before attach(); attach the trainable tensors first");
-  StateReader reader(state, kName);
+  OptimizerStateReader reader(state, kName);
   const int64_t step = reader.step();
   std::vector<at::Tensor> buffers;
   for (const auto& slot : slots_) {
     const std::string key = slot.name + ".momentum_buffer";
-    buffers.push_back(reader.has(key) ? reader.float_like(key, slot.param) : at::Tensor());
+    buffers.push_back(reader.has(key) ? reader.take(key, at::kFloat, slot.param.sizes()) : at::Tensor());
   }
   reader.finish();
   for (size_t i = 0; i < slots_.size(); ++i)

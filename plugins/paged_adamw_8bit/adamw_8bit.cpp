@@ -16,6 +16,7 @@
 
 #include "mftk/error.h"
 #include "mftk/kernels.h"
+#include "mftk/optimizer_state.h"
 
 namespace mftk::paged_adamw_8bit {
 
@@ -25,6 +26,8 @@ constexpr int64_t kMin8bitFloor = 4096;
 // Blocks per parallel task: ~16k elements, enough to amortise the fork.
 constexpr int64_t kGrainBlocks = 64;
 constexpr int64_t kGrainElements = 16384;
+// Blocks per slice of the device-generic 8-bit update (2^20 elements).
+constexpr int64_t kGenericSliceBlocks = 4096;
 
 struct AdamW8bit::Slot {
   std::string name;
@@ -242,62 +245,6 @@ void update_float32_generic(const at::Tensor& g, at::Tensor& p, at::Tensor& m, a
 }
 
 // Saved tensors by name; reports missing, malformed and unused entries.
-class StateReader {
- public:
-  StateReader(const NamedTensors& state, std::string optimizer) : optimizer_(std::move(optimizer)) {
-    for (const auto& [name, t] : state)
-      if (!tensors_.emplace(name, t).second)
-        throw Error(fmt::format("{} state: tensor '{}' appears twice", optimizer_, name),
-                    "the checkpoint is damaged; resume from an earlier one");
-  }
-  bool has(const std::string& name) const { return tensors_.count(name) != 0; }
-  at::Tensor take(const std::string& name, at::ScalarType dtype, at::IntArrayRef shape) {
-    auto it = tensors_.find(name);
-    if (it == tensors_.end())
-      throw Error(fmt::format("{} state: '{}' is missing", optimizer_, name),
-                  "the checkpoint was saved for other trainable tensors, by another optimizer or with another "
-                  "min_8bit_size; resume with the recipe that wrote it");
-    used_.insert(name);
-    const at::Tensor& t = it->second;
-    if (t.scalar_type() != dtype)
-      throw Error(fmt::format("{} state: '{}' has dtype {}, expected {}", optimizer_, name,
-                              c10::toString(t.scalar_type()), c10::toString(dtype)),
-                  "was it saved with another min_8bit_size? resume with the recipe that wrote it");
-    if (!t.sizes().equals(shape))
-      throw Error(fmt::format("{} state: '{}' has shape {}, expected {}", optimizer_, name, t.sizes(), shape),
-                  "the checkpoint was saved for a different adapter shape; resume with its recipe");
-    return t.contiguous();
-  }
-  int64_t step() {
-    auto it = tensors_.find("step");
-    if (it == tensors_.end()) throw Error(fmt::format("{} state: 'step' is missing", optimizer_));
-    used_.insert("step");
-    const at::Tensor& t = it->second;
-    if (t.numel() != 1 || at::isFloatingType(t.scalar_type()))
-      throw Error(fmt::format("{} state: 'step' must be one integer, got {} values of dtype {}", optimizer_,
-                              t.numel(), c10::toString(t.scalar_type())));
-    const int64_t step = t.item<int64_t>();
-    if (step < 0) throw Error(fmt::format("{} state: 'step' is negative ({})", optimizer_, step));
-    return step;
-  }
-  void finish() const {
-    std::vector<std::string> unused;
-    for (const auto& [name, t] : tensors_)
-      if (!used_.count(name)) unused.push_back(name);
-    if (unused.empty()) return;
-    const size_t count = unused.size();
-    if (unused.size() > 5) unused.resize(5);
-    throw Error(fmt::format("{} state: {} saved tensor(s) belong to no trainable tensor, e.g. {}", optimizer_,
-                            count, fmt::join(unused, ", ")),
-                "the checkpoint was saved for other trainable tensors; resume with the recipe that wrote it");
-  }
-
- private:
-  std::map<std::string, at::Tensor> tensors_;
-  std::set<std::string> used_;
-  std::string optimizer_;
-};
-
 CodeValues code_values_from(const at::Tensor& t) {
   CodeValues out;
   const at::Tensor host = t.to(at::kCPU).contiguous();  // host bookkeeping: the CodeBook is host data
@@ -340,20 +287,12 @@ std::vector<KeySpec> adamw_8bit_keys(bool paged) {
 AdamW8bitOptions adamw_8bit_options_from_config(const Config& config, bool paged) {
   AdamW8bitOptions o;
   o.paged = paged;
-  o.weight_decay = config.get_number("weight_decay");
-  o.beta1 = config.get_number("beta1");
-  o.beta2 = config.get_number("beta2");
-  o.eps = config.get_number("eps");
+  const AdamHyperparameters h = adam_hyperparameters_from_config(config);  // the SDK's checks, as adamw's
+  o.weight_decay = h.weight_decay;
+  o.beta1 = h.beta1;
+  o.beta2 = h.beta2;
+  o.eps = h.eps;
   o.min_8bit_size = config.get_int("min_8bit_size");
-  if (!(o.weight_decay >= 0.0) || !std::isfinite(o.weight_decay))
-    config.fail("weight_decay", fmt::format("must be a finite number >= 0, got {}", o.weight_decay),
-                "0.0 (no decay) or 0.01 are usual");
-  if (!(o.beta1 >= 0.0 && o.beta1 < 1.0))
-    config.fail("beta1", fmt::format("must be in [0, 1), got {}", o.beta1), "0.9 is the usual value");
-  if (!(o.beta2 >= 0.0 && o.beta2 < 1.0))
-    config.fail("beta2", fmt::format("must be in [0, 1), got {}", o.beta2), "0.999 is the usual value");
-  if (!(o.eps >= 0.0) || !std::isfinite(o.eps))
-    config.fail("eps", fmt::format("must be a finite number >= 0, got {}", o.eps), "1e-8 is the usual value");
   if (o.min_8bit_size < 0)
     config.fail("min_8bit_size", fmt::format("must be >= 0, got {}", o.min_8bit_size), "4096 is the default");
   const int64_t block_size = config.get_int("block_size");
@@ -391,20 +330,11 @@ AdamW8bit::~AdamW8bit() = default;
 void AdamW8bit::attach(const NamedTensors& params) {
   const std::string name = optimizer_name(options_.paged);
   if (attached_) throw Error(name + ": attach() was called twice; create a new optimizer instead");
-  if (params.empty())
-    throw Error(name + ": attach() got no trainable tensors",
-                "the adapter or model marked nothing trainable; check the [adapter] table");
-  std::set<std::string> seen;
+  check_trainable(params, name);  // the SDK's checks, as every optimizer makes them
   std::vector<int64_t> blocks;
   for (const auto& [pname, param] : params) {
-    if (pname.empty() || pname == "step" || pname == "qmap1" || pname == "qmap2")
+    if (pname == "qmap1" || pname == "qmap2")  // this optimizer's own state names
       throw Error(fmt::format("{}: a trainable tensor has the reserved name '{}'", name, pname));
-    if (!seen.insert(pname).second)
-      throw Error(fmt::format("{}: trainable tensor '{}' is listed twice", name, pname));
-    if (!param.defined()) throw Error(fmt::format("{}: trainable tensor '{}' is undefined", name, pname));
-    if (!at::isFloatingType(param.scalar_type()))
-      throw Error(fmt::format("{}: trainable tensor '{}' has dtype {}; only floating-point tensors can be optimised",
-                              name, pname, c10::toString(param.scalar_type())));
     Slot slot;
     slot.name = pname;
     slot.param = param;
@@ -458,7 +388,21 @@ void AdamW8bit::step(double lr) {
         };
         BlockState state{gather(&BlockSpan::codes_m), gather(&BlockSpan::codes_v), gather(&BlockSpan::absmax_m),
                          gather(&BlockSpan::absmax_v)};
-        update_8bit_generic(g.view({-1}), flat, state, *tables, k);
+        // A slice of blocks at a time: the update's float32 temporaries
+        // (about ten per element) stay a few MiB for any parameter size.
+        const at::Tensor g_flat = g.view({-1});
+        for (int64_t b0 = 0; b0 < slot.blocks; b0 += kGenericSliceBlocks) {
+          const int64_t nb = std::min(kGenericSliceBlocks, slot.blocks - b0);
+          const int64_t first = b0 * kBlockSize, count = std::min(nb * kBlockSize, slot.numel - first);
+          BlockState part{state.codes_m.narrow(0, b0, nb), state.codes_v.narrow(0, b0, nb),
+                          state.absmax_m.narrow(0, b0, nb), state.absmax_v.narrow(0, b0, nb)};
+          at::Tensor p_part = flat.narrow(0, first, count);
+          update_8bit_generic(g_flat.narrow(0, first, count), p_part, part, *tables, k);
+          state.codes_m.narrow(0, b0, nb).copy_(part.codes_m);
+          state.codes_v.narrow(0, b0, nb).copy_(part.codes_v);
+          state.absmax_m.narrow(0, b0, nb).copy_(part.absmax_m);
+          state.absmax_v.narrow(0, b0, nb).copy_(part.absmax_v);
+        }
         for (const BlockSpan& span : spans) {
           span.codes_m.copy_(state.codes_m.narrow(0, span.first_block, span.count));
           span.codes_v.copy_(state.codes_v.narrow(0, span.first_block, span.count));
@@ -537,7 +481,9 @@ NamedTensors AdamW8bit::state() const {
 void AdamW8bit::load_state(const NamedTensors& state) {
   const std::string name = optimizer_name(options_.paged);
   if (!attached_) throw Error(name + ": load_state() before attach(); attach the trainable tensors first");
-  StateReader reader(state, name);
+  OptimizerStateReader reader(state, name,
+                              "the checkpoint was saved for other trainable tensors, by another optimizer or with "
+                              "another min_8bit_size; resume with the recipe that wrote it");
   const int64_t step = reader.step();
   // Validate everything before changing anything.
   std::unique_ptr<CodeBook> map_m, map_v;

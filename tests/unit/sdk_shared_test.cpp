@@ -1,15 +1,19 @@
 // What first-party plugins share through the SDK (issue 17): the row rules
 // (mftk/rows.h), the GGUF reader (mftk/gguf_reader.h), the one atomic file
 // write (mftk/atomic_file.h) and PEFT's adapter_config.json reader with the
-// LoRA scaling rule (mftk/peft_config.h). Each is checked through its SDK
+// LoRA scaling rule (mftk/peft_config.h), and the optimizer state reader
+// (mftk/optimizer_state.h). Each is checked through its SDK
 // name, against hand-worked cases and written-out formulas.
 #include <gtest/gtest.h>
 #include <unistd.h>
+
+#include <ATen/ATen.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -21,6 +25,7 @@
 #include "mftk/chat_format.h"
 #include "mftk/error.h"
 #include "mftk/gguf_reader.h"
+#include "mftk/optimizer_state.h"
 #include "mftk/output_path.h"
 #include "mftk/peft_config.h"
 #include "mftk/rows.h"
@@ -190,6 +195,48 @@ TEST(SdkPeftConfig, TheLoraPluginReadsTheSameConfig) {
 TEST(SdkChatFormat, Names) {
   EXPECT_STREQ(mftk::chat_format_name(mftk::ChatFormat::v1), "v1");
   EXPECT_STREQ(mftk::chat_format_name(mftk::ChatFormat::v3), "v3");
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const mftk::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(SdkOptimizerState, TakesByNameDtypeAndShapeAndRefusesTheRest) {
+  const mftk::NamedTensors state = {{"step", at::scalar_tensor(int64_t{7}, at::kLong)},
+                                    {"w.m", at::ones({2, 3})},
+                                    {"w.q", at::zeros({4}, at::kByte)}};
+  {
+    mftk::OptimizerStateReader reader(state, "acme");
+    EXPECT_EQ(reader.step(), 7);
+    EXPECT_TRUE(at::equal(reader.take("w.m", at::kFloat, {2, 3}), at::ones({2, 3})));
+    EXPECT_EQ(reader.take("w.q", at::kByte, {4}).numel(), 4);
+    EXPECT_NO_THROW(reader.finish());
+  }
+  mftk::OptimizerStateReader reader(state, "acme");
+  EXPECT_NE(error_of([&] { reader.take("w.v", at::kFloat, {2, 3}); }).find("acme state: 'w.v' is missing"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { reader.take("w.m", at::kDouble, {2, 3}); }).find("'w.m' has dtype Float, expected Double"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { reader.take("w.m", at::kFloat, {3, 2}); }).find("'w.m' has shape [2, 3], expected [3, 2]"),
+            std::string::npos);
+  // step and w.q were never taken by this reader (w.m was, by the failed calls above).
+  EXPECT_NE(error_of([&] { reader.finish(); }).find("2 saved tensor(s) belong to no trainable tensor"),
+            std::string::npos);
+  EXPECT_THROW(mftk::OptimizerStateReader({{"step", at::scalar_tensor(-1.5)}}, "acme").step(), mftk::Error);
+  EXPECT_THROW(mftk::OptimizerStateReader({{"a", at::ones({1})}, {"a", at::ones({1})}}, "acme"), mftk::Error);
+}
+
+TEST(SdkOptimizerState, CheckTrainable) {
+  EXPECT_NO_THROW(mftk::check_trainable({{"w", at::ones({2})}}, "acme"));
+  EXPECT_THROW(mftk::check_trainable({}, "acme"), mftk::Error);
+  EXPECT_THROW(mftk::check_trainable({{"step", at::ones({2})}}, "acme"), mftk::Error);
+  EXPECT_THROW(mftk::check_trainable({{"w", at::ones({2})}, {"w", at::ones({2})}}, "acme"), mftk::Error);
+  EXPECT_THROW(mftk::check_trainable({{"w", at::ones({2}, at::kLong)}}, "acme"), mftk::Error);
 }
 
 }  // namespace
