@@ -210,24 +210,27 @@ LoRAAdapter::LoRAAdapter(LoRAOptions options) : options_(std::move(options)) {
 LoRAAdapter::~LoRAAdapter() = default;
 
 // ---------------------------------------------------------------------------
-// inject
+// inject, in four steps: select the targets, count the base, freeze it,
+// wrap or copy what trains; then report what was done.
 
-void LoRAAdapter::inject(Model& model) {
-  if (injected_)
-    throw Error("lora: inject() was already called on this adapter",
-                "create a new adapter for another model; one adapter wraps one model once");
-  const std::vector<LinearSlot*> slots = model.linear_slots();
-  NamedTensors named = model.named_parameters();
+namespace {
 
-  // Where new tensors go when a slot exposes no dense weight (packed base).
-  at::Device fallback_device = at::kCPU;
-  for (const auto& [n, t] : named)
-    if (t.defined()) { fallback_device = t.device(); break; }
+// What one inject() touches, chosen before anything changes.
+struct InjectTargets {
+  std::vector<LinearSlot*> lora_slots;  // wrapped in a LoRALinear
+  std::vector<LinearSlot*> full_slots;  // modules_to_save slots: trained as a dense copy
+  std::vector<std::pair<std::string, at::Tensor>> full_tensors;  // modules_to_save tensors outside the slots
+  std::set<std::string> targets_hit;  // target_modules entries that matched (all-linear: the slots' last names)
+};
 
-  // 1. Which slots get LoRA, which are trained in full.
-  const bool all_linear = is_all_linear(options_.target_modules);
-  std::set<std::string> targets_hit, saves_hit;
-  std::vector<LinearSlot*> lora_slots, full_slots;
+// Matches target_modules and modules_to_save against the model's slots and
+// tensors; refuses a module in both lists, targets that match nothing and a
+// modules_to_save entry that matches nothing.
+InjectTargets select_targets(const LoRAOptions& options, const std::vector<LinearSlot*>& slots,
+                             const NamedTensors& named) {
+  InjectTargets out;
+  const bool all_linear = is_all_linear(options.target_modules);
+  std::set<std::string> saves_hit;
   std::vector<std::string> slot_names;
   for (LinearSlot* slot : slots) {
     slot_names.push_back(slot->name);
@@ -235,48 +238,50 @@ void LoRAAdapter::inject(Model& model) {
     if (all_linear) {
       if (!is_lm_head(slot->name)) {
         is_target = true;
-        targets_hit.insert(last_component(slot->name));
+        out.targets_hit.insert(last_component(slot->name));
       }
     } else {
-      for (const auto& t : options_.target_modules)
-        if (name_matches(slot->name, t)) { is_target = true; targets_hit.insert(t); }
+      for (const auto& t : options.target_modules)
+        if (name_matches(slot->name, t)) { is_target = true; out.targets_hit.insert(t); }
     }
-    for (const auto& m : options_.modules_to_save)
+    for (const auto& m : options.modules_to_save)
       if (name_matches(slot->name, m)) { is_saved = true; saves_hit.insert(m); }
     if (is_target && is_saved)
       throw UsageError(fmt::format("[adapter] modules_to_save: '{}' is also matched by target_modules; a module "
                                    "is either adapted with LoRA or trained in full", slot->name),
                        "remove it from one of the two lists");
-    if (is_target) lora_slots.push_back(slot);
-    if (is_saved) full_slots.push_back(slot);
+    if (is_target) out.lora_slots.push_back(slot);
+    if (is_saved) out.full_slots.push_back(slot);
   }
-  if (lora_slots.empty())
+  if (out.lora_slots.empty())
     throw UsageError(fmt::format("[adapter] target_modules: {} matched none of the model's {} linear slots ({})",
-                                 fmt::join(options_.target_modules, ", "), slots.size(), some_names(slot_names)),
+                                 fmt::join(options.target_modules, ", "), slots.size(), some_names(slot_names)),
                      "use suffixes of those names, e.g. \"q_proj\" or \"mlp.down_proj\", or [\"all-linear\"]");
   if (!all_linear)
-    for (const auto& t : options_.target_modules)
-      if (!targets_hit.count(t)) log::warn("lora: target_modules entry '{}' matched no linear slot", t);
+    for (const auto& t : options.target_modules)
+      if (!out.targets_hit.count(t)) log::warn("lora: target_modules entry '{}' matched no linear slot", t);
 
-  std::vector<std::pair<std::string, at::Tensor>> full_tensors;
   for (const auto& [n, t] : named) {
     if (!t.defined()) continue;
     const std::string module = module_of(n);
-    for (const auto& m : options_.modules_to_save)
+    for (const auto& m : options.modules_to_save)
       if (!module.empty() && name_matches(module, m)) {
         saves_hit.insert(m);
-        full_tensors.emplace_back(n, t);
+        out.full_tensors.emplace_back(n, t);
         break;
       }
   }
-  for (const auto& m : options_.modules_to_save)
+  for (const auto& m : options.modules_to_save)
     if (!saves_hit.count(m))
       throw UsageError(fmt::format("[adapter] modules_to_save: '{}' matches no module of the model (linear slots: "
                                    "{})", m, some_names(slot_names)),
                        "name a linear layer such as \"lm_head\" or a tensor's module such as \"embed_tokens\"");
+  return out;
+}
 
-  // 2. The count before anything changes (PEFT's "all params" counts a
-  //    tensor shared by two modules once, e.g. tied lm_head/embed_tokens).
+// The model's parameter count before anything changes (PEFT's "all params"
+// counts a tensor shared by two modules once, e.g. tied lm_head/embed_tokens).
+int64_t count_base_parameters(const std::vector<LinearSlot*>& slots, const NamedTensors& named) {
   std::set<const void*> seen;
   int64_t base_count = 0;
   for (const auto& [n, t] : named)
@@ -288,22 +293,57 @@ void LoRAAdapter::inject(Model& model) {
     base_count += slot->in_features * slot->out_features;
     if (const at::Tensor* b = find_param(params, "bias")) base_count += b->numel();
   }
+  return base_count;
+}
 
-  // 3. Freeze everything, then make the chosen tensors trainable.
+// No base tensor trains unless a later step makes it.
+void freeze_base(const std::vector<LinearSlot*>& slots, NamedTensors& named) {
   for (auto& [n, t] : named)
     if (t.defined() && t.requires_grad()) t.requires_grad_(false);
   for (LinearSlot* slot : slots)
     for (auto& [n, t] : slot->op->parameters())
       if (t.defined() && t.is_leaf() && t.requires_grad()) t.requires_grad_(false);
+}
 
+}  // namespace
+
+void LoRAAdapter::inject(Model& model) {
+  if (injected_)
+    throw Error("lora: inject() was already called on this adapter",
+                "create a new adapter for another model; one adapter wraps one model once");
+  const std::vector<LinearSlot*> slots = model.linear_slots();
+  NamedTensors named = model.named_parameters();
+
+  InjectTargets targets = select_targets(options_, slots, named);
+  const int64_t base_count = count_base_parameters(slots, named);
+  freeze_base(slots, named);
+
+  // Where new tensors go when a slot exposes no dense weight (packed base).
+  at::Device fallback_device = at::kCPU;
+  for (const auto& [n, t] : named)
+    if (t.defined()) { fallback_device = t.device(); break; }
+  const int64_t lora_count = wrap_lora_slots(targets.lora_slots, fallback_device);
+  const int64_t saved_slot_count = copy_saved_slots(targets.full_slots, named);
+  const int64_t saved_tensor_count = train_saved_tensors(targets.full_tensors);
+
+  // adapter_config.json's target_modules: what matched ("all-linear" is
+  // expanded, as PEFT does before it saves).
+  matched_targets_.assign(targets.targets_hit.begin(), targets.targets_hit.end());
+  trainable_count_ = lora_count + saved_slot_count + saved_tensor_count;
+  total_count_ = base_count + lora_count + saved_slot_count;
+  injected_ = true;
+  log_injection(slots.size());
+}
+
+int64_t LoRAAdapter::wrap_lora_slots(const std::vector<LinearSlot*>& slots, at::Device fallback_device) {
   LoRALinearOptions lo;
   lo.r = options_.r;
   lo.alpha = options_.alpha;
   lo.dropout = options_.dropout;
   lo.use_rslora = options_.use_rslora;
   lo.init = options_.init;
-  int64_t extra_count = 0, trainable = 0;
-  for (LinearSlot* slot : lora_slots) {
+  int64_t added = 0;
+  for (LinearSlot* slot : slots) {
     Wrapped w;
     w.slot_name = slot->name;
     const NamedTensors params = slot->op->parameters();
@@ -314,12 +354,15 @@ void LoRAAdapter::inject(Model& model) {
     w.op = std::make_shared<LoRALinear>(slot->op, slot->in_features, slot->out_features, lo);
     w.op->set_training(training_);
     slot->op = w.op;
-    const int64_t n = options_.r * (slot->in_features + slot->out_features);
-    extra_count += n;
-    trainable += n;
+    added += options_.r * (slot->in_features + slot->out_features);
     wrapped_.push_back(std::move(w));
   }
-  for (LinearSlot* slot : full_slots) {
+  return added;
+}
+
+int64_t LoRAAdapter::copy_saved_slots(const std::vector<LinearSlot*>& slots, const NamedTensors& named) {
+  int64_t added = 0;
+  for (LinearSlot* slot : slots) {
     SavedSlot s;
     s.slot_name = slot->name;
     s.base_dtype = float_weight_dtype(*slot->op);
@@ -340,12 +383,15 @@ void LoRAAdapter::inject(Model& model) {
     s.original = slot->op;
     s.slot = slot;
     slot->op = s.op;
-    const int64_t n = s.weight.numel() + (s.bias.defined() ? s.bias.numel() : 0);
-    extra_count += n;
-    trainable += n;
+    added += s.weight.numel() + (s.bias.defined() ? s.bias.numel() : 0);
     saved_slots_.push_back(std::move(s));
   }
-  for (auto& [n, t] : full_tensors) {
+  return added;
+}
+
+int64_t LoRAAdapter::train_saved_tensors(std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+  int64_t trainable = 0;
+  for (auto& [n, t] : tensors) {
     // The Model interface cannot swap a tensor, so the model's own tensor is
     // made trainable in place: a private writable copy of its storage first
     // (weights loaded zero-copy are views of a read-only file mapping).
@@ -360,16 +406,13 @@ void LoRAAdapter::inject(Model& model) {
     trainable += t.numel();
     saved_tensors_.push_back({n, t});
   }
+  return trainable;
+}
 
-  // adapter_config.json's target_modules: what matched ("all-linear" is
-  // expanded, as PEFT does before it saves).
-  matched_targets_.assign(targets_hit.begin(), targets_hit.end());
-  trainable_count_ = trainable;
-  total_count_ = base_count + extra_count;
-  injected_ = true;
+void LoRAAdapter::log_injection(size_t slot_count) const {
   log::info("lora: r={} alpha={} scaling={:.4g}{} on {} of {} linear slots ({}){}", options_.r, options_.alpha,
             lora_scaling(options_.alpha, options_.r, options_.use_rslora), options_.use_rslora ? " (rsLoRA)" : "",
-            wrapped_.size(), slots.size(), fmt::join(matched_targets_, ", "),
+            wrapped_.size(), slot_count, fmt::join(matched_targets_, ", "),
             options_.modules_to_save.empty()
                 ? std::string()
                 : fmt::format("; trained in full: {}", fmt::join(options_.modules_to_save, ", ")));

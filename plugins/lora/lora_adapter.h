@@ -64,6 +64,13 @@ class LoRAAdapter final : public Adapter {
   struct SavedSlot;      // one slot trained in full (modules_to_save)
   struct SavedTensor;    // one non-slot tensor trained in full
 
+  // inject()'s steps after the targets are chosen; each returns the
+  // parameters it made trainable.
+  int64_t wrap_lora_slots(const std::vector<LinearSlot*>& slots, at::Device fallback_device);
+  int64_t copy_saved_slots(const std::vector<LinearSlot*>& slots, const NamedTensors& named);
+  int64_t train_saved_tensors(std::vector<std::pair<std::string, at::Tensor>>& tensors);
+  void log_injection(size_t slot_count) const;
+
   LoRAOptions options_;
   bool injected_ = false;
   bool merged_ = false;
