@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <set>
 
 #include <ATen/ATen.h>
@@ -51,8 +52,6 @@ constexpr int64_t kLossChunk = 1024;               // core/trainer.cpp kLossChun
 constexpr int64_t kWidenChunkBytes = 64ll << 20;   // core/linear_slot.cpp widen_chunk_rows
 constexpr int64_t kMaskCacheBytes = 64ll << 20;    // plugins/mistral AttentionPlan cache_bytes
 constexpr int64_t kCudaContextBytes = 600ll << 20; // CUDA context + cuBLAS workspace of a libtorch process
-constexpr int64_t kEightBitBlock = 256;            // paged_adamw_8bit block_size
-constexpr int64_t kEightBitMinElements = 4096;     // below this, 8-bit optimizers keep fp32 state
 
 // VmRSS of this process now.
 int64_t resident_bytes() {
@@ -191,6 +190,23 @@ TrainingFacts training_facts(const Recipe& recipe) {
   return f;
 }
 
+void ask_planning_hooks(TrainingFacts& t, const Recipe* recipe, Registry& registry) {
+  const auto* opt_ref = recipe ? recipe->component("optimizer") : nullptr;
+  std::shared_ptr<const Optimizer> optimizer =
+      registry.create<Optimizer>(Kind::optimizer, t.optimizer,
+                                 opt_ref ? opt_ref->config
+                                         : component_config(registry, Kind::optimizer, t.optimizer, "optimizer"));
+  t.optimizer_state = [optimizer](int64_t n) { return optimizer->plan_state(n); };
+  const auto probe = optimizer->plan_state(1);
+  t.optimizer_state_on_host = probe && probe->on_host;
+  const auto* obj_ref = recipe ? recipe->component("objective") : nullptr;
+  const auto objective =
+      registry.create<Objective>(Kind::objective, t.objective,
+                                 obj_ref ? obj_ref->config
+                                         : component_config(registry, Kind::objective, t.objective, "objective"));
+  t.objective_note = objective->plan_note(!t.adapter.empty());
+}
+
 // ---------------------------------------------------------------------------
 // The memory model.
 
@@ -287,22 +303,12 @@ MemoryEstimate estimate_memory(const ModelFacts& m, const TrainingFacts& t, cons
       fmt::format("{} trainable parameters in fp32{}", trainable,
                   full_ft ? "" : fmt::format(" ({} r {} on {})", t.adapter, t.lora_r, fmt::join(t.target_modules, ","))));
   add("gradients", trainable * 4, "one fp32 gradient per trainable parameter");
-  int64_t opt = 0;
-  std::string opt_detail;
-  if (t.optimizer == "paged_adamw_8bit" || t.optimizer == "adamw_8bit") {
-    // Two uint8 moments plus one fp32 absmax per 256-element block each;
-    // the estimate treats every tensor as large enough for 8-bit state.
-    opt = trainable * 2 + 2 * 4 * ((trainable + kEightBitBlock - 1) / kEightBitBlock);
-    opt_detail = fmt::format("8-bit: 2 moments x 1 byte + absmax per {} (fp32 state would be {})", kEightBitBlock,
-                             format_bytes(trainable * 8));
-    (void)kEightBitMinElements;
-  } else if (t.optimizer == "sgd") {
-    opt = trainable * 4;
-    opt_detail = "one fp32 momentum buffer (0 without momentum)";
-  } else {
-    opt = trainable * 8;
-    opt_detail = fmt::format("fp32: 2 moments x 4 bytes (8-bit state would be {})", format_bytes(trainable * 2));
-  }
+  // The optimizer's planning hook; without one, two fp32 moments per parameter.
+  std::optional<OptimizerStatePlan> state = t.optimizer_state ? t.optimizer_state(trainable) : std::nullopt;
+  if (!state)
+    state = OptimizerStatePlan{trainable * 8, "the plugin gave no figure (plan_state): 2 fp32 moments assumed", false};
+  const int64_t opt = state->bytes;
+  const std::string opt_detail = state->detail;
   add("optimizer state", opt, fmt::format("{}: {}", t.optimizer, opt_detail));
 
   // 3. Activations kept for backward. Per token and layer (elements):
@@ -474,6 +480,7 @@ Plan make_plan(const Recipe& recipe, Registry& registry, const PlanOptions& opti
   p.model = read_model_facts(recipe, registry);
   p.training = training_facts(recipe);
   p.training.packer_window_aware = packer_respects_sliding_window(registry, p.training.packer);
+  ask_planning_hooks(p.training, &recipe, registry);
   p.data = plan_data(recipe, registry, p.model, p.training);
   p.steps = plan_steps(recipe, p.training, p.data);
   p.memory = estimate_memory(p.model, p.training, p.data, p.device, runtime);
@@ -577,11 +584,11 @@ void measure_steps(const Recipe& recipe, Registry& registry, int64_t steps, Plan
 // ---------------------------------------------------------------------------
 // Output.
 
-std::vector<std::pair<std::string, std::string>> plan_placement(PlanDevice device, const std::string& optimizer) {
+std::vector<std::pair<std::string, std::string>> plan_placement(PlanDevice device, bool optimizer_state_on_host) {
   const std::string d = device == PlanDevice::cuda ? "cuda" : "cpu";
   return {{"weights", d},
           {"trainable", d},
-          {"optimizer_state", optimizer == "paged_adamw_8bit" ? "cpu" : d},
+          {"optimizer_state", optimizer_state_on_host ? "cpu" : d},
           {"activations", d},
           {"data", "cpu"}};
 }
@@ -601,7 +608,7 @@ std::string format_plan(const Plan& p) {
   out += fmt::format("plan for {} on {}\n", p.recipe_path, p.device == PlanDevice::cpu ? "cpu (this machine)" : "cuda");
   {
     std::vector<std::string> on_device, on_host;
-    for (const auto& [part, where] : plan_placement(p.device, t.optimizer))
+    for (const auto& [part, where] : plan_placement(p.device, t.optimizer_state_on_host))
       (where == "cuda" ? on_device : on_host).push_back(part);
     out += p.device == PlanDevice::cpu
                ? "  placement: everything on the cpu\n"
@@ -637,13 +644,8 @@ std::string format_plan(const Plan& p) {
     out += fmt::format("  objective {}: a row is one preference pair, two sequences (the prompt in both); "
                        "micro_batch_size counts pairs\n",
                        t.objective);
-  // dpo's reference model (plugins/preference): with an adapter, the base with it switched off.
-  if (t.objective == "dpo")
-    out += t.adapter.empty()
-               ? "  reference: one forward pass without gradients over every row before training (log-probabilities "
-                 "kept in memory: 4 bytes per sequence)\n"
-               : "  reference: one more forward pass without gradients per micro-batch (the adapter switched off), "
-                 "about a third more compute per step; no second copy of the weights\n";
+  // What the objective adds (a reference model's passes), in its own words.
+  if (!t.objective_note.empty()) out += fmt::format("  {}\n", t.objective_note);
   if (p.time.measured_steps > 0)
     out += fmt::format("  time: {:.2f} s per step (median of {} measured here), {:.0f} tokens/s -> {:.1f} min for {} steps; "
                        "peak RSS while measuring {}\n",
@@ -680,7 +682,7 @@ nlohmann::json plan_json(const Plan& p) {
   nlohmann::json hist = nlohmann::json::array();
   for (const auto& [bound, count] : p.data.histogram) hist.push_back({bound, count});
   nlohmann::json placement = nlohmann::json::object();
-  for (const auto& [part, where] : plan_placement(p.device, p.training.optimizer)) placement[part] = where;
+  for (const auto& [part, where] : plan_placement(p.device, p.training.optimizer_state_on_host)) placement[part] = where;
   return {{"device", p.device == PlanDevice::cpu ? "cpu" : "cuda"},
           {"placement", placement},
           {"device_memory", p.device_memory},

@@ -27,6 +27,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -35,6 +36,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "defaults.h"
+#include "mftk/optimizer.h"
 
 namespace mftk::core {
 
@@ -88,8 +90,17 @@ struct TrainingFacts {
   int64_t attention_chunk = 128;
   std::string objective = kDefaultObjectivePlugin;  // the [objective] plugin
   bool preference_pairs = false;  // type = "preference" data: one pair (two sequences) per row
+  // The components' planning hooks (ask_planning_hooks). Hand-made facts may
+  // leave them empty: the estimate then uses core's generic figures and says so.
+  std::function<std::optional<OptimizerStatePlan>(int64_t)> optimizer_state;  // Optimizer::plan_state
+  bool optimizer_state_on_host = false;  // what plan_state says (paged state)
+  std::string objective_note;            // Objective::plan_note
 };
 TrainingFacts training_facts(const Recipe& recipe);
+// Creates the optimizer and objective `t` names (with the recipe's keys when
+// `recipe` has their tables, else their defaults) and keeps what their
+// planning hooks say in `t`.
+void ask_planning_hooks(TrainingFacts& t, const Recipe* recipe, Registry& registry);
 
 struct MemoryPart {
   std::string name;    // "base weights", "adapter", ...
@@ -168,13 +179,14 @@ void measure_steps(const Recipe& recipe, Registry& registry, int64_t steps, Plan
 std::string format_plan(const Plan& plan);
 nlohmann::json plan_json(const Plan& plan);
 
-// What lives where in a run on `device` with `optimizer`: (part, device type)
-// for weights, trainable (adapter or full weights, and their gradients),
-// optimizer_state, activations and data; "cpu" or "cuda". Data (tokenized
-// examples, packed rows) stays on the host and goes over one micro-batch at a
-// time; paged_adamw_8bit keeps its 8-bit state in host pages. The run writes
-// what it observed, under the same names, into summary.json ("placement").
-std::vector<std::pair<std::string, std::string>> plan_placement(PlanDevice device, const std::string& optimizer);
+// What lives where in a run on `device`: (part, device type) for weights,
+// trainable (adapter or full weights, and their gradients), optimizer_state,
+// activations and data; "cpu" or "cuda". Data (tokenized examples, packed
+// rows) stays on the host and goes over one micro-batch at a time; an
+// optimizer whose plan_state says on_host (a paged one) keeps its state in
+// host pages. The run writes what it observed, under the same names, into
+// summary.json ("placement").
+std::vector<std::pair<std::string, std::string>> plan_placement(PlanDevice device, bool optimizer_state_on_host);
 // The PlanDevice a run of `device_setting` ([training] device) uses on this
 // machine: cuda/cuda:N -> cuda, cpu -> cpu, auto -> cuda only when this
 // libtorch has CUDA and a GPU is visible.

@@ -43,6 +43,10 @@ class AdamW final : public Optimizer {
   NamedTensors state() const override;
   void load_state(const NamedTensors& state) override;
   int64_t state_bytes() const override;
+  // Two float32 moments per parameter.
+  std::optional<OptimizerStatePlan> plan_state(int64_t trainable_parameters) const override {
+    return OptimizerStatePlan{trainable_parameters * 8, "fp32: 2 moments x 4 bytes per parameter", false};
+  }
 
   int64_t steps_taken() const { return step_; }
 

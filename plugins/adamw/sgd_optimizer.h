@@ -38,6 +38,11 @@ class Sgd final : public Optimizer {
   NamedTensors state() const override;
   void load_state(const NamedTensors& state) override;
   int64_t state_bytes() const override;
+  // One float32 momentum buffer per parameter, none without momentum.
+  std::optional<OptimizerStatePlan> plan_state(int64_t trainable_parameters) const override {
+    if (options_.momentum == 0.0) return OptimizerStatePlan{0, "no state (momentum = 0)", false};
+    return OptimizerStatePlan{trainable_parameters * 4, "one fp32 momentum buffer per parameter", false};
+  }
 
  private:
   struct Slot {

@@ -69,6 +69,16 @@ class AdamW8bit final : public Optimizer {
   void load_state(const NamedTensors& state) override;
   // Pages + float32 moments of the small parameters.
   int64_t state_bytes() const override;
+  // Two uint8 moments plus one float32 absmax per block each, counting every
+  // tensor as large enough for 8-bit state; paged state lives in host memory.
+  std::optional<OptimizerStatePlan> plan_state(int64_t trainable_parameters) const override {
+    const int64_t blocks = (trainable_parameters + kBlockSize - 1) / kBlockSize;
+    return OptimizerStatePlan{trainable_parameters * 2 + 2 * 4 * blocks,
+                              "8-bit: 2 moments x 1 byte + an fp32 absmax per " + std::to_string(kBlockSize) +
+                                  " values each (fp32 state would be 4x)" +
+                                  (options_.paged ? "; paged in host memory" : ""),
+                              options_.paged};
+  }
 
   // For tests and reports.
   const CodeBook& signed_map() const { return *signed_map_; }

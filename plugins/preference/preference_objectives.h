@@ -38,6 +38,13 @@ class DpoObjective final : public Objective {
   std::vector<std::string> metric_names() const override;
   int64_t units(const PackedRow& row) const override;
   bool needs_preparation(const Adapter* adapter) const override { return adapter == nullptr; }
+  // The reference model's passes: the base with the adapter switched off.
+  std::string plan_note(bool with_adapter) const override {
+    return with_adapter ? "reference: one more forward pass without gradients per micro-batch (the adapter "
+                          "switched off), about a third more compute per step; no second copy of the weights"
+                        : "reference: one forward pass without gradients over every row before training "
+                          "(log-probabilities kept in memory: 4 bytes per sequence)";
+  }
   void prepare(Model& model, Adapter* adapter, const Batch& batch) override;
   ObjectiveResult compute(Model& model, Adapter* adapter, const Batch& batch) override;
 

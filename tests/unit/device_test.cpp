@@ -10,6 +10,8 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -20,6 +22,7 @@
 #include "mftk/error.h"
 #include "plan.h"
 #include "recipe.h"
+#include "registry.h"
 
 namespace fs = std::filesystem;
 using mftk::core::CudaSupport;
@@ -130,13 +133,22 @@ TEST(DeviceResolution, ACpuBatchStaysTheSameTensors) {
 TEST(DevicePlan, PlacementFollowsTheDeviceAndThePagedOptimizer) {
   using mftk::core::PlanDevice;
   using Placement = std::vector<std::pair<std::string, std::string>>;
-  EXPECT_EQ(mftk::core::plan_placement(PlanDevice::cuda, "adamw"),
+  EXPECT_EQ(mftk::core::plan_placement(PlanDevice::cuda, /*optimizer_state_on_host=*/false),
             (Placement{{"weights", "cuda"}, {"trainable", "cuda"}, {"optimizer_state", "cuda"},
                        {"activations", "cuda"}, {"data", "cpu"}}));
   // The 8-bit state lives in host pages, copied to the GPU per update.
-  EXPECT_EQ(mftk::core::plan_placement(PlanDevice::cuda, "paged_adamw_8bit")[2],
+  EXPECT_EQ(mftk::core::plan_placement(PlanDevice::cuda, /*optimizer_state_on_host=*/true)[2],
             (std::pair<std::string, std::string>{"optimizer_state", "cpu"}));
-  for (const auto& [part, where] : mftk::core::plan_placement(PlanDevice::cpu, "adamw")) EXPECT_EQ(where, "cpu") << part;
+  for (const auto& [part, where] : mftk::core::plan_placement(PlanDevice::cpu, false)) EXPECT_EQ(where, "cpu") << part;
+  // Which optimizer keeps host pages is its own planning hook's answer.
+  mftk::core::Registry registry;
+  mftk::core::TrainingFacts t;
+  for (const auto& [name, on_host] : std::vector<std::pair<std::string, bool>>{
+           {"paged_adamw_8bit", true}, {"adamw_8bit", false}, {"adamw", false}}) {
+    t.optimizer = name;
+    mftk::core::ask_planning_hooks(t, nullptr, registry);
+    EXPECT_EQ(t.optimizer_state_on_host, on_host) << name;
+  }
   // plan's default device is where the recipe's setting puts the run on this machine.
   EXPECT_EQ(mftk::core::plan_device_for("cuda:1"), PlanDevice::cuda);
   EXPECT_EQ(mftk::core::plan_device_for("cpu"), PlanDevice::cpu);

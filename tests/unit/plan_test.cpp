@@ -34,12 +34,20 @@ ModelFacts seven_b_facts() {
   return m;
 }
 
+// What the facts' optimizer and objective plugins say for the plan (their
+// planning hooks), as make_plan asks them.
+void ask_hooks(TrainingFacts& t) {
+  static mftk::core::Registry registry;
+  mftk::core::ask_planning_hooks(t, nullptr, registry);
+}
+
 TrainingFacts qlora_facts() {
   TrainingFacts t;
   t.sequence_len = 4096, t.micro_batch_size = 2, t.bf16 = true, t.gradient_checkpointing = true;
   t.quantizer = "nf4", t.adapter = "lora", t.lora_r = 32, t.lora_alpha = 64;
   t.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
   t.optimizer = "paged_adamw_8bit";
+  ask_hooks(t);
   return t;
 }
 
@@ -72,6 +80,7 @@ TEST(PlanMemory, CheckpointingOptimizerAndQuantizationMoveTheirParts) {
 
   t = qlora_facts();
   t.optimizer = "adamw";
+  ask_hooks(t);
   const auto fp32_state = mftk::core::estimate_memory(m, t, DataPlan{}, PlanDevice::cuda, 0);
   // 8 bytes against 2 bytes (plus absmax) per trainable parameter.
   EXPECT_NEAR(double(part(fp32_state, "optimizer state")) / double(part(gc, "optimizer state")), 8.0 / 2.03, 0.05);

@@ -60,6 +60,14 @@ class Objective {
   // One micro-batch. `adapter` is null for full fine-tuning. Gradients flow
   // from loss_sum; compute() must leave the adapter enabled.
   virtual ObjectiveResult compute(Model& model, Adapter* adapter, const Batch& batch) = 0;
+  // Planning hook: one line for `mftk plan` on the work this objective adds
+  // beyond one forward and backward pass per row (a reference model's
+  // passes, say), given whether an adapter is trained; empty (the default):
+  // nothing to add.
+  virtual std::string plan_note(bool with_adapter) const {
+    (void)with_adapter;
+    return "";
+  }
 };
 
 }  // namespace mftk

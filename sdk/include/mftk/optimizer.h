@@ -1,13 +1,22 @@
 // Optimizer plugins: update trainable tensors from their .grad().
 //
-// defines: mftk::Optimizer
+// defines: mftk::OptimizerStatePlan, mftk::Optimizer
 #pragma once
 
 #include <cstdint>
+#include <optional>
+#include <string>
 
 #include "mftk/tensor.h"
 
 namespace mftk {
+
+// What an optimizer tells `mftk plan` about the state it will hold.
+struct OptimizerStatePlan {
+  int64_t bytes = 0;     // for all the trainable parameters together
+  std::string detail;    // how it was counted, in words
+  bool on_host = false;  // kept in host memory (paged) even when training on a GPU
+};
 
 class Optimizer {
  public:
@@ -22,6 +31,14 @@ class Optimizer {
   virtual void load_state(const NamedTensors& state) = 0;
   // Bytes held for optimizer state (for reports and plans).
   virtual int64_t state_bytes() const = 0;
+  // Planning hook (`mftk plan`, before any tensor exists): the state this
+  // optimizer, with its recipe keys, will hold for `trainable_parameters`
+  // fp32 parameters. nullopt (the default): no figure; the plan then
+  // assumes two fp32 moments per parameter and says the plugin gave none.
+  virtual std::optional<OptimizerStatePlan> plan_state(int64_t trainable_parameters) const {
+    (void)trainable_parameters;
+    return std::nullopt;
+  }
 };
 
 }  // namespace mftk
