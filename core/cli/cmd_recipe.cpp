@@ -56,7 +56,8 @@ void validate_recipe(core::Recipe& recipe, core::Registry& registry) {
   for (const auto& e : recipe.exports()) build(e);
   if (!recipe.component("model"))
     throw UsageError(fmt::format("{}: the recipe has no [model] table", recipe.path()),
-                     "add [model] with plugin = \"mistral\" and path = \"<checkpoint folder>\"");
+                     fmt::format("add [model] with plugin = \"{}\" and path = \"<checkpoint folder>\"",
+                                 core::kDefaultModelPlugin));
   std::printf("recipe %s is valid\n", recipe.path().c_str());
   for (const auto& l : lines) std::printf("%s\n", l.c_str());
   std::printf("  %zu dataset(s)\n", recipe.datasets().size());
@@ -143,6 +144,8 @@ void add_recipe_commands(CLI::App& app) {
             found = true;
             std::printf("%s (%s) from %s\n  %s\n\n", c->spec.name.c_str(), to_string(k), c->library_path.c_str(),
                         c->spec.summary.c_str());
+            if (!c->spec.traits.empty())
+              std::printf("  traits: %s\n\n", fmt::format("{}", fmt::join(c->spec.traits, ", ")).c_str());
             std::printf("  %-24s %-16s %-14s %s\n", "key", "type", "default", "doc");
             std::printf("  %-24s %-16s %-14s %s\n", "plugin", "string", "(required)",
                         ("\"" + c->spec.name + "\"").c_str());
