@@ -115,12 +115,13 @@ void add_data_commands(CLI::App& app) {
     auto args = std::make_shared<RecipeArgs>();
     auto force = std::make_shared<bool>(false);
     auto* cmd = app.add_subcommand("preprocess", "tokenize and pack a recipe's data; print what training would see");
-    cmd->footer(
+    cmd->footer(fmt::format(
         "Tokenizes every [[datasets]] file with the [model] checkpoint's tokenizer into the cache under [data] "
         "dataset_prepared_path (reused when nothing changed; --force rebuilds it), packs train and eval with the "
-        "recipe's packer (or swa_packer / padding per [training] sample_packing), and prints per file "
+        "recipe's packer (or {} / {} per [training] sample_packing), and prints per file "
         "rows/examples/tokens and per split examples, tokens, trainable targets, a length histogram, rows, "
-        "packing efficiency, truncated and dropped examples. Loads no weights.");
+        "packing efficiency, truncated and dropped examples. Loads no weights.",
+        core::kDefaultPackingPacker, core::kDefaultOneRowPerExamplePacker));
     add_recipe_options(cmd, *args);
     cmd->add_flag("--force", *force, "rebuild the tokenized cache even when it is up to date");
     cmd->callback([args, force] {
@@ -165,11 +166,13 @@ void add_data_commands(CLI::App& app) {
         "Prints {\"eval_loss\": mean cross-entropy per supervised token, \"perplexity\": exp(eval_loss), "
         "\"tokens\": supervised tokens} on stdout for the eval split ([[datasets]] with split = \"eval\", or "
         "[data] val_set_size). The number does not depend on packing: every document sees only itself. With a "
-        "preference [objective] (dpo, orpo) it prints {\"eval_loss\": the objective's mean loss per pair, "
-        "\"pairs\", and its metrics under TRL's names (rewards/accuracies, ...)}; dpo's reference is the model "
-        "without the --adapter (without one, the model itself: every reward is 0).");
+        "preference [objective] it prints {\"eval_loss\": the objective's mean loss per pair, "
+        "\"pairs\", and its metrics under TRL's names (rewards/accuracies, ...)}; an objective with a reference "
+        "model takes the model without the --adapter (without one, the model itself: every reward is 0).");
     add_recipe_options(cmd, *args);
-    cmd->add_option("--adapter", *adapter, "adapter folder to load onto the model (the [adapter] plugin, or lora)");
+    cmd->add_option("--adapter", *adapter,
+                    fmt::format("adapter folder to load onto the model (the [adapter] plugin, or {})",
+                                core::kDefaultAdapterPlugin));
     cmd->callback([args, adapter] {
       LoadedRecipe r(*args);
       r.model_ref();

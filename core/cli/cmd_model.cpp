@@ -280,11 +280,12 @@ void add_model_commands(CLI::App& app) {
     };
     auto a = std::make_shared<QuantizeArgs>();
     auto* cmd = app.add_subcommand("quantize", "write a checkpoint folder quantised, to load later without re-quantising");
-    cmd->footer(
+    cmd->footer(fmt::format(
         "Streams --model tensor by tensor through the quantizer plugin's checkpoint writer and writes --out in "
-        "the layout the quantised format's own tools read (nf4: transformers + bitsandbytes 4-bit, with "
+        "the layout the quantised format's own tools read ({}: transformers + bitsandbytes 4-bit, with "
         "quantization_config in config.json). A recipe whose [model] path is --out loads the stored weights "
-        "as they are. Keys as in the recipe's [quantize] table: --set double_quant=true --set blocksize=64.");
+        "as they are. Keys as in the recipe's [quantize] table: --set double_quant=true --set blocksize=64.",
+        core::kDefaultQuantizerPlugin));
     cmd->add_option("--plugin", a->plugin, "quantizer name (mftk plugins lists them)")->capture_default_str();
     cmd->add_option("--model", a->model, "checkpoint folder (bf16, f16 or f32)")->required();
     cmd->add_option("--out", a->out, "folder to write")->required();
