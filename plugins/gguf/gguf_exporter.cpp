@@ -15,7 +15,6 @@
 #include "mftk/error.h"
 #include "mftk/output_path.h"
 #include "mftk/safetensors.h"
-#include "mistral_config.h"
 
 namespace mftk::gguf {
 
@@ -82,7 +81,7 @@ bool is_gguf_written_by_mftk(const std::string& path) {
 
 ExportReport export_gguf(const std::string& model_dir, const std::string& out, const GgufExportOptions& options) {
   const auto start = std::chrono::steady_clock::now();
-  const auto config = mistral::MistralConfig::load(model_dir);
+  const auto model = describe_checkpoint(model_dir);  // the model plugin's shape and tensor table
   const auto checkpoint = CheckpointReader::open(model_dir);
   std::string name = options.name;
   if (name.empty()) name = std::filesystem::path(model_dir).lexically_normal().filename().string();
@@ -95,10 +94,10 @@ ExportReport export_gguf(const std::string& model_dir, const std::string& out, c
   const std::string& staged = guard.path();
   ModelfileBeside modelfile(out);  // claimed now: a foreign file there is refused before the work
 
-  const auto tokenizer = load_tokenizer_facts(model_dir, config.vocab_size);
-  auto metadata = llama_metadata(config, tokenizer, options.encoding, name);
+  const auto tokenizer = load_tokenizer_facts(model_dir, model.shape.vocab_size);
+  auto metadata = llama_metadata(model.shape, tokenizer, options.encoding, name);
   metadata.emplace_back(kWrittenByKey, core::GgufValue::str("mftk"));
-  const auto plan = plan_llama_tensors(config, checkpoint, options.encoding, model_dir);
+  const auto plan = plan_llama_tensors(model, checkpoint, options.encoding, model_dir);
 
   std::vector<GgufTensorDecl> decls;
   for (const auto& p : plan) decls.push_back(p.decl);

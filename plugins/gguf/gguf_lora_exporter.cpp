@@ -21,9 +21,7 @@
 #include "mftk/error.h"
 #include "mftk/output_path.h"
 #include "mftk/safetensors.h"
-#include "mistral_config.h"
 #include "peft_config.h"
-#include "tensor_names.h"
 
 namespace mftk::gguf {
 
@@ -92,7 +90,7 @@ GgufLoraExportOptions gguf_lora_options_from_config(const Config& config) {
   return o;
 }
 
-LoraExportPlan plan_lora_tensors(const mistral::MistralConfig& config, const std::string& adapter_dir,
+LoraExportPlan plan_lora_tensors(const DescribedCheckpoint& model, const std::string& adapter_dir,
                                  Encoding encoding) {
   check_lora_encoding(encoding, "gguf_lora");
   const std::string config_path = (fs::path(adapter_dir) / "adapter_config.json").string();
@@ -119,7 +117,7 @@ LoraExportPlan plan_lora_tensors(const mistral::MistralConfig& config, const std
   for (const auto& name : adapter.names()) stored[without_adapter_name(name)] = name;
   std::set<std::string> used;
   const GgmlType type = weight_type(encoding);
-  for (const auto& ct : mistral::checkpoint_tensors(config)) {
+  for (const auto& ct : model.architecture.tensors) {
     if (ct.shape.size() != 2) continue;
     const std::string slot = std::string(kPeftPrefix) + strip_suffix(ct.name, ".weight");
     const auto a = stored.find(slot + ".lora_A.weight");
@@ -129,7 +127,7 @@ LoraExportPlan plan_lora_tensors(const mistral::MistralConfig& config, const std
       throw Error(fmt::format("gguf_lora: {}: '{}' has only its lora_{} tensor", adapter_dir, ct.name,
                               a == stored.end() ? "B" : "A"),
                   "re-save the adapter");
-    if (ct.role == mistral::TensorRole::embed_tokens)
+    if (ct.role == TensorRole::embedding)
       throw UsageError(fmt::format("gguf_lora: {}: LoRA on the token embeddings ('{}') is not written", adapter_dir,
                                    ct.name),
                        "export the merged model with --plugin gguf instead");
@@ -147,11 +145,10 @@ LoraExportPlan plan_lora_tensors(const mistral::MistralConfig& config, const std
                                    fmt::join(p.b_shape, ", "), ct.name, fmt::join(ct.shape, ", "), peft.r,
                                    fmt::join(want_a, ", "), fmt::join(want_b, ", ")),
                        "the adapter was trained on another base model, or with per-module ranks");
-    const std::string gguf_name = mistral::gguf_tensor_name(ct.role, ct.layer);
+    const std::string gguf_name = llama_tensor_name(ct.role, ct.layer, ct.name);
     p.a = {gguf_name + ".lora_a", type, {uint64_t(p.a_shape[1]), uint64_t(p.a_shape[0])}};
     p.b = {gguf_name + ".lora_b", type, {uint64_t(p.b_shape[1]), uint64_t(p.b_shape[0])}};
-    if (ct.role == mistral::TensorRole::q_proj) p.rope_heads = config.num_attention_heads;
-    if (ct.role == mistral::TensorRole::k_proj) p.rope_heads = config.num_key_value_heads;
+    p.rope_heads = llama_rope_heads(ct.role, model.shape);
     used.insert(a->first);
     used.insert(b->first);
     plan.pairs.push_back(std::move(p));
@@ -164,7 +161,7 @@ LoraExportPlan plan_lora_tensors(const mistral::MistralConfig& config, const std
                                  "(llama.cpp applies LoRA pairs to weights its base GGUF holds; {})",
                                  adapter_dir, left.size() > 1 ? "s" : "", fmt::join(left, ", "),
                                  left.size() > 1 ? "have" : "has",
-                                 config.tie_word_embeddings ? "with tied embeddings it has no output.weight"
+                                 model.shape.tie_word_embeddings ? "with tied embeddings it has no output.weight"
                                                             : "no weights trained in full, no biases"),
                      "export the merged model with --plugin gguf instead");
   if (plan.pairs.empty())
@@ -230,10 +227,10 @@ ExportReport export_gguf_lora(const std::string& base_model_dir, const std::stri
     throw UsageError("gguf_lora: no adapter to export: this exporter writes an adapter on its own",
                      "mftk export --plugin gguf_lora --model BASE --adapter ADAPTER_DIR --out adapter.gguf, or an "
                      "[[export]] table in a recipe that trains an adapter");
-  const auto config = mistral::MistralConfig::load(base_model_dir);
+  const auto model = describe_checkpoint(base_model_dir);
   OutputGuard guard(out, "gguf", OutputShape::file, is_gguf_written_by_mftk);
   ModelfileBeside modelfile(out);
-  const LoraExportPlan plan = plan_lora_tensors(config, adapter_dir, options.encoding);
+  const LoraExportPlan plan = plan_lora_tensors(model, adapter_dir, options.encoding);
   std::string name = options.name;
   if (name.empty()) name = folder_name(base_model_dir) + "+" + folder_name(adapter_dir);
   const auto metadata = lora_metadata(plan, options.encoding, name);
@@ -279,11 +276,11 @@ ExportReport export_gguf_lora(const std::string& base_model_dir, const std::stri
 
 std::optional<std::string> read_back_gguf_lora(const std::string& gguf_path, const std::string& base_model_dir,
                                                const std::string& out_dir) {
-  const auto config = mistral::MistralConfig::load(base_model_dir);
+  const auto model = describe_checkpoint(base_model_dir);
   const auto base = CheckpointReader::open(base_model_dir);
   std::vector<PlannedTensor> plan;
   try {
-    plan = plan_llama_tensors(config, base, Encoding::f32, base_model_dir);
+    plan = plan_llama_tensors(model, base, Encoding::f32, base_model_dir);
   } catch (const Error&) {
     return std::nullopt;  // not plain dense weights: nothing to apply the adapter to here
   }

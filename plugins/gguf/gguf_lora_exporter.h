@@ -71,7 +71,7 @@ struct LoraExportPlan {
 // Reads adapter_dir/adapter_config.json (the lora plugin's reader) and the
 // tensor table of adapter_dir/adapter_model.safetensors, and plans the file
 // for the base `config`. Throws UsageError for what llama.cpp cannot apply.
-LoraExportPlan plan_lora_tensors(const mistral::MistralConfig& config, const std::string& adapter_dir,
+LoraExportPlan plan_lora_tensors(const DescribedCheckpoint& model, const std::string& adapter_dir,
                                  Encoding encoding);
 
 GgufWriter::Metadata lora_metadata(const LoraExportPlan& plan, Encoding encoding, const std::string& name);

@@ -16,7 +16,6 @@
 #include "llama_export_plan.h"
 #include "mftk/error.h"
 #include "mftk/safetensors.h"
-#include "mistral_config.h"
 
 namespace mftk::gguf {
 
@@ -62,10 +61,10 @@ nlohmann::json config_from_metadata(const core::GgufFile& file, nlohmann::json c
 
 std::string read_back_gguf(const std::string& gguf_path, const std::string& model_dir, const std::string& out_dir) {
   const auto file = core::GgufFile::open(gguf_path);
-  const auto source_config = mistral::MistralConfig::load(model_dir);
+  const auto described = describe_checkpoint(model_dir);
   const auto checkpoint = CheckpointReader::open(model_dir);
   // The names, shapes and row orders; the stored types come from the file.
-  const auto plan = plan_llama_tensors(source_config, checkpoint, Encoding::f32, model_dir);
+  const auto plan = plan_llama_tensors(described, checkpoint, Encoding::f32, model_dir);
 
   fs::create_directories(out_dir);
   std::vector<SafetensorsWriter::Decl> decls;

@@ -15,8 +15,6 @@
 #include "mftk/error.h"
 #include "mftk/safetensors.h"
 #include "mftk/tokenizer.h"
-#include "mistral_config.h"
-#include "tensor_names.h"
 
 namespace mftk::gguf {
 
@@ -254,7 +252,43 @@ TokenizerFacts load_tokenizer_facts(const std::string& model_dir, int64_t vocab_
   return f;
 }
 
-GgufWriter::Metadata llama_metadata(const mistral::MistralConfig& c, const TokenizerFacts& t, Encoding encoding,
+DescribedCheckpoint describe_checkpoint(const std::string& model_dir) {
+  const auto model = open_model(model_dir);
+  return {model->shape(), model->architecture()};
+}
+
+// llama.cpp's tensor names (llama-arch, convert_hf_to_gguf.py; docs/formats.md
+// §4.4), by what the tensor does.
+std::string llama_tensor_name(TensorRole role, int64_t layer, const std::string& hf_name) {
+  const char* block = nullptr;
+  switch (role) {
+    case TensorRole::embedding: return "token_embd.weight";
+    case TensorRole::output_norm: return "output_norm.weight";
+    case TensorRole::output: return "output.weight";
+    case TensorRole::attn_norm: block = "attn_norm"; break;
+    case TensorRole::attn_q: block = "attn_q"; break;
+    case TensorRole::attn_k: block = "attn_k"; break;
+    case TensorRole::attn_v: block = "attn_v"; break;
+    case TensorRole::attn_output: block = "attn_output"; break;
+    case TensorRole::ffn_norm: block = "ffn_norm"; break;
+    case TensorRole::ffn_gate: block = "ffn_gate"; break;
+    case TensorRole::ffn_up: block = "ffn_up"; break;
+    case TensorRole::ffn_down: block = "ffn_down"; break;
+    case TensorRole::other: break;
+  }
+  if (!block || layer < 0)
+    throw UsageError(fmt::format("gguf: tensor '{}' has no place in llama.cpp's llama layout", hf_name),
+                     "the gguf exporter writes decoder-only models in the llama layout");
+  return fmt::format("blk.{}.{}.weight", layer, block);
+}
+
+int64_t llama_rope_heads(TensorRole role, const ModelShape& shape) {
+  if (role == TensorRole::attn_q) return shape.num_heads;
+  if (role == TensorRole::attn_k) return shape.num_kv_heads;
+  return 0;
+}
+
+GgufWriter::Metadata llama_metadata(const ModelShape& c, const TokenizerFacts& t, Encoding encoding,
                                     const std::string& name) {
   GgufWriter::Metadata m;
   auto u32 = [](int64_t v) {
@@ -269,15 +303,15 @@ GgufWriter::Metadata llama_metadata(const mistral::MistralConfig& c, const Token
   m.emplace_back("llama.vocab_size", u32(c.vocab_size));
   m.emplace_back("llama.context_length", u32(c.max_position_embeddings));
   m.emplace_back("llama.embedding_length", u32(c.hidden_size));
-  m.emplace_back("llama.block_count", u32(c.num_hidden_layers));
+  m.emplace_back("llama.block_count", u32(c.num_layers));
   m.emplace_back("llama.feed_forward_length", u32(c.intermediate_size));
-  m.emplace_back("llama.attention.head_count", u32(c.num_attention_heads));
-  m.emplace_back("llama.attention.head_count_kv", u32(c.num_key_value_heads));
+  m.emplace_back("llama.attention.head_count", u32(c.num_heads));
+  m.emplace_back("llama.attention.head_count_kv", u32(c.num_kv_heads));
   m.emplace_back("llama.rope.dimension_count", u32(c.head_dim));
   m.emplace_back("llama.rope.freq_base", GgufValue::f32(float(c.rope_theta)));
   m.emplace_back("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(float(c.rms_norm_eps)));
   // llama.cpp assumes head size = embedding / heads unless told otherwise.
-  if (c.head_dim * c.num_attention_heads != c.hidden_size) {
+  if (c.head_dim * c.num_heads != c.hidden_size) {
     m.emplace_back("llama.attention.key_length", u32(c.head_dim));
     m.emplace_back("llama.attention.value_length", u32(c.head_dim));
   }
@@ -300,11 +334,15 @@ GgufWriter::Metadata llama_metadata(const mistral::MistralConfig& c, const Token
   return m;
 }
 
-std::vector<PlannedTensor> plan_llama_tensors(const mistral::MistralConfig& config, const CheckpointReader& checkpoint,
+std::vector<PlannedTensor> plan_llama_tensors(const DescribedCheckpoint& model, const CheckpointReader& checkpoint,
                                               Encoding encoding, const std::string& model_dir) {
+  const ModelShape& config = model.shape;
+  if (model.architecture.tensors.empty())
+    throw UsageError(fmt::format("gguf: the model plugin describes no tensors for {}", model_dir),
+                     "the gguf exporter needs the model's tensor table (Model::architecture)");
   std::vector<PlannedTensor> plan;
   std::set<std::string> used;
-  for (const auto& ct : mistral::checkpoint_tensors(config)) {
+  for (const auto& ct : model.architecture.tensors) {
     if (!checkpoint.contains(ct.name))
       throw Error(fmt::format("{}: the checkpoint has no tensor '{}'", model_dir, ct.name),
                   "export a merged Hugging Face checkpoint (mftk merge writes one)");
@@ -316,7 +354,7 @@ std::vector<PlannedTensor> plan_llama_tensors(const mistral::MistralConfig& conf
     PlannedTensor p;
     p.hf_name = ct.name;
     p.hf_shape = ct.shape;
-    p.decl.name = mistral::gguf_tensor_name(ct.role, ct.layer);
+    p.decl.name = llama_tensor_name(ct.role, ct.layer, ct.name);
     for (auto it = ct.shape.rbegin(); it != ct.shape.rend(); ++it) p.decl.ne.push_back(uint64_t(*it));
     if (ct.shape.size() == 1) {
       p.decl.type = GgmlType::f32;  // norms: llama.cpp computes them in F32; the converter always writes F32
@@ -326,10 +364,10 @@ std::vector<PlannedTensor> plan_llama_tensors(const mistral::MistralConfig& conf
         // llama-quantize's Q4_K_M rules (llama_tensor_get_type): the output
         // matrix (the embeddings when tied, as they are the output then),
         // and attn_v / ffn_down of the use_more_bits layers, get Q6_K.
-        const bool output = ct.role == mistral::TensorRole::lm_head ||
-                            (ct.role == mistral::TensorRole::embed_tokens && config.tie_word_embeddings);
-        const bool more_bits = (ct.role == mistral::TensorRole::v_proj || ct.role == mistral::TensorRole::down_proj) &&
-                               use_more_bits(ct.layer, config.num_hidden_layers);
+        const bool output = ct.role == TensorRole::output ||
+                            (ct.role == TensorRole::embedding && config.tie_word_embeddings);
+        const bool more_bits = (ct.role == TensorRole::attn_v || ct.role == TensorRole::ffn_down) &&
+                               use_more_bits(ct.layer, config.num_layers);
         if (output || more_bits) p.decl.type = GgmlType::q6_k;
       }
       if (p.decl.ne[0] % core::ggml_type_traits(p.decl.type).block_size != 0) {
@@ -340,13 +378,13 @@ std::vector<PlannedTensor> plan_llama_tensors(const mistral::MistralConfig& conf
         p.fell_back = true;
       }
     }
-    if (ct.role == mistral::TensorRole::q_proj) p.rope_heads = config.num_attention_heads;
-    if (ct.role == mistral::TensorRole::k_proj) p.rope_heads = config.num_key_value_heads;
+    p.rope_heads = llama_rope_heads(ct.role, config);
     plan.push_back(std::move(p));
   }
   for (const auto& name : checkpoint.names()) {
     if (used.count(name)) continue;
-    if (name == "lm_head.weight" && config.tie_word_embeddings) continue;  // tied: llama.cpp reuses token_embd
+    // tied: llama.cpp reuses token_embd
+    if (name == model.architecture.head_slot + ".weight" && config.tie_word_embeddings) continue;
     throw Error(fmt::format("{}: tensor '{}' has no place in a llama-architecture GGUF", model_dir, name),
                 "the gguf exporter writes plain Mistral checkpoints (no biases, adapters or extra heads)");
   }

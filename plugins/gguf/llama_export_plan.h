@@ -16,13 +16,11 @@
 #include <vector>
 
 #include "gguf_writer.h"
+#include "mftk/model.h"
 
 namespace mftk {
 class Tokenizer;
 class CheckpointReader;
-namespace mistral {
-struct MistralConfig;
-}
 }  // namespace mftk
 
 namespace mftk::gguf {
@@ -72,7 +70,23 @@ TokenizerFacts load_tokenizer_facts(const std::string& model_dir, int64_t vocab_
 
 // Every key llama.cpp reads for a llama-architecture SentencePiece model,
 // in the order the converter writes them.
-GgufWriter::Metadata llama_metadata(const mistral::MistralConfig& config, const TokenizerFacts& tokenizer,
+// What the llama writer reads of a checkpoint: the model plugin's shape and
+// tensor table for it (mftk/model.h), never another plugin's code.
+struct DescribedCheckpoint {
+  ModelShape shape;
+  ModelArchitecture architecture;
+};
+// The default model plugin, through the host's registry, on model_dir's config.json.
+DescribedCheckpoint describe_checkpoint(const std::string& model_dir);
+
+// llama.cpp's name for a tensor of `role` ("blk.3.attn_q.weight"); throws for
+// a role llama's layout has no place for.
+std::string llama_tensor_name(TensorRole role, int64_t layer, const std::string& hf_name);
+// The heads whose rows llama.cpp wants in its RoPE order (q: heads, k: KV
+// heads), 0 for every other tensor.
+int64_t llama_rope_heads(TensorRole role, const ModelShape& shape);
+
+GgufWriter::Metadata llama_metadata(const ModelShape& shape, const TokenizerFacts& tokenizer,
                                     Encoding encoding, const std::string& name);
 
 struct PlannedTensor {
@@ -86,7 +100,7 @@ struct PlannedTensor {
 // The tensors in HF state-dict order; lm_head is left out when the
 // embeddings are tied. Checks that the checkpoint holds exactly these
 // tensors with these shapes (errors name the tensor).
-std::vector<PlannedTensor> plan_llama_tensors(const mistral::MistralConfig& config, const CheckpointReader& checkpoint,
+std::vector<PlannedTensor> plan_llama_tensors(const DescribedCheckpoint& model, const CheckpointReader& checkpoint,
                                               Encoding encoding, const std::string& model_dir);
 
 }  // namespace mftk::gguf
