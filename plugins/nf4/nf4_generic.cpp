@@ -16,7 +16,8 @@ namespace mftk::nf4 {
 
 namespace {
 
-// Values per dequantisation slice: bounds the int64 index tensor at 32 MiB.
+// Values per slice of the quantiser and the dequantiser: bounds the int64
+// index tensor at 32 MiB and each float32 temporary at 16 MiB.
 constexpr int64_t kSliceValues = int64_t{1} << 22;
 
 template <size_t N>
@@ -47,23 +48,37 @@ Nf4Blocks quantize_blocks_generic(const at::Tensor& values, int64_t blocksize) {
     throw Error(fmt::format("nf4: cannot quantise {} values", c10::toString(dtype)),
                 "NF4 quantises float32, bfloat16 or float16 weights");
   const int64_t blocks = (n + blocksize - 1) / blocksize;
-  // Widening bf16 / f16 to float is exact, as as_float() in the CPU loop.
-  const at::Tensor flat = values.reshape({-1}).to(at::kFloat);
-  // Padding with 0: it never raises a block's max, and an odd tail's extra
-  // nibble is the code of 0 / absmax, as the CPU loop pads it.
-  const at::Tensor rows = at::constant_pad_nd(flat, {0, blocks * blocksize - n}, 0).view({blocks, blocksize});
-  Nf4Blocks out;
-  out.absmax = row_absmax(rows);
-  // x * (1 / absmax): an all-zero block gives 0 * inf = NaN -> code 0.
-  const at::Tensor scaled = rows * out.absmax.reciprocal().unsqueeze(1);
-  // The number of thresholds strictly below x (bucketize, right = false) is
-  // nearest_nf4_code's count of x > threshold[k].
+  const at::Tensor flat = values.reshape({-1});
   const at::Tensor thresholds = float_table(kNf4Thresholds, values.device());
-  const at::Tensor codes = at::bucketize(scaled, thresholds, /*out_int32=*/true, /*right=*/false)
-                               .masked_fill_(scaled.isnan(), 0)
-                               .to(at::kByte);
-  const at::Tensor pairs = codes.view({-1, 2});
-  out.packed = (pairs.select(1, 0) * 16 + pairs.select(1, 1)).narrow(0, 0, (n + 1) / 2).contiguous();
+  Nf4Blocks out;
+  out.packed = at::empty({(n + 1) / 2}, values.options().dtype(at::kByte));
+  out.absmax = at::empty({blocks}, values.options().dtype(at::kFloat));
+  // A slice of blocks at a time, so the float32 temporaries stay a few MiB
+  // whatever the weight's size (a 7B MLP weight would otherwise hold ~1 GB
+  // of them at load time).
+  const int64_t slice_blocks = std::max<int64_t>(1, kSliceValues / blocksize);
+  for (int64_t b0 = 0; b0 < blocks; b0 += slice_blocks) {
+    const int64_t nb = std::min(slice_blocks, blocks - b0);
+    const int64_t first = b0 * blocksize, count = std::min(nb * blocksize, n - first);
+    // Widening bf16 / f16 to float is exact, as as_float() in the CPU loop.
+    // Padding with 0: it never raises a block's max, and an odd tail's extra
+    // nibble is the code of 0 / absmax, as the CPU loop pads it.
+    const at::Tensor rows =
+        at::constant_pad_nd(flat.narrow(0, first, count).to(at::kFloat), {0, nb * blocksize - count}, 0)
+            .view({nb, blocksize});
+    const at::Tensor absmax = row_absmax(rows);
+    out.absmax.narrow(0, b0, nb).copy_(absmax);
+    // x * (1 / absmax): an all-zero block gives 0 * inf = NaN -> code 0.
+    const at::Tensor scaled = rows * absmax.reciprocal().unsqueeze(1);
+    // The number of thresholds strictly below x (bucketize, right = false) is
+    // nearest_nf4_code's count of x > threshold[k].
+    const at::Tensor codes = at::bucketize(scaled, thresholds, /*out_int32=*/true, /*right=*/false)
+                                 .masked_fill_(scaled.isnan(), 0)
+                                 .to(at::kByte);
+    const at::Tensor pairs = codes.view({-1, 2});
+    out.packed.narrow(0, first / 2, (count + 1) / 2)
+        .copy_((pairs.select(1, 0) * 16 + pairs.select(1, 1)).narrow(0, 0, (count + 1) / 2));
+  }
   return out;
 }
 

@@ -22,7 +22,8 @@ struct Nf4Blocks {
 };
 
 // quantize_blocks on a float32 / bfloat16 / float16 tensor of any shape
-// (read row-major); results on the tensor's device.
+// (read row-major); results on the tensor's device. Works a slice of blocks
+// at a time (as the dequantiser below), so its temporaries stay small.
 Nf4Blocks quantize_blocks_generic(const at::Tensor& values, int64_t blocksize);
 
 // dequantize_blocks_f32 / _bf16: n values as `dtype` (Float or BFloat16),
