@@ -832,7 +832,7 @@ bool is_preference_data(const DataOptions& options) {
                                         [](const DatasetSpec& s) { return s.type == DatasetType::preference; });
   if (preference > 0 && size_t(preference) != options.datasets.size())
     throw UsageError("the recipe mixes type = \"preference\" datasets with other types",
-                     "a run trains on preference pairs (objective dpo or orpo) or on documents (sft), not both: "
+                     "a run trains on preference pairs (a preference [objective]) or on documents, not both: "
                      "give every [[datasets]] entry the same kind");
   return preference > 0;
 }

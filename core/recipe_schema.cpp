@@ -3,6 +3,10 @@
 // can translate recipes line by line.
 #include "recipe.h"
 
+#include <fmt/format.h>
+
+#include "defaults.h"
+
 namespace mftk::core {
 
 const std::map<std::string, std::vector<KeySpec>>& core_tables() {
@@ -30,7 +34,8 @@ const std::map<std::string, std::vector<KeySpec>>& core_tables() {
            K::string("output_dir", "out", "where checkpoints, logs, metrics and the adapter go"),
            K::integer("seed", 42, "fixes data order, dropout and initialisation").range(0, 9.2e18),
            K::string("resume_from_checkpoint", "", "a checkpoint folder, or \"latest\" in output_dir"),
-           K::boolean("group_by_length", false, "batch rows of similar length (padding packer)"),
+           K::boolean("group_by_length", false, fmt::format("batch rows of similar length ({} packer)",
+                                                             kDefaultOneRowPerExamplePacker)),
            K::integer("threads", 0, "CPU threads for libtorch; 0: all cores").range(0, 4096),
            // Checked beyond one_of by check_device_setting (core/device.h): cuda:N takes any index.
            K::string("device", "auto",
@@ -90,7 +95,8 @@ const std::map<std::string, std::vector<KeySpec>>& core_tables() {
       {"datasets",
        {
            K::string("path", std::nullopt, "a JSONL file"),
-           K::string("type", "chat", "row format; preference: {prompt, chosen, rejected} pairs for dpo/orpo")
+           K::string("type", "chat", "row format; preference: {prompt, chosen, rejected} pairs for a preference "
+                     "[objective]")
                .one_of({"instruction", "chat", "completion", "preference"}),
            K::string("split", "train", "train, or eval for a held-out file").one_of({"train", "eval"}),
            K::string("field", "", "chat: messages field (default messages); completion: text field (default text)"),
