@@ -112,43 +112,43 @@ void dequantize_row_q8_0(const uint8_t* in, float* x, size_t n) {
   }
 }
 
-void encode_row(core::GgmlType type, const float* x, uint8_t* out, size_t n) {
+void encode_row(GgmlType type, const float* x, uint8_t* out, size_t n) {
   switch (type) {
-    case core::GgmlType::f32: std::memcpy(out, x, n * sizeof(float)); return;
-    case core::GgmlType::f16:
+    case GgmlType::f32: std::memcpy(out, x, n * sizeof(float)); return;
+    case GgmlType::f16:
       for (size_t i = 0; i < n; ++i) {
         const uint16_t h = fp32_to_fp16(x[i]);
         std::memcpy(out + 2 * i, &h, 2);
       }
       return;
-    case core::GgmlType::bf16:
+    case GgmlType::bf16:
       for (size_t i = 0; i < n; ++i) {
         const uint16_t h = fp32_to_bf16(x[i]);
         std::memcpy(out + 2 * i, &h, 2);
       }
       return;
-    case core::GgmlType::q8_0: quantize_row_q8_0(x, out, n); return;
-    case core::GgmlType::q4_k: quantize_row_q4_k(x, out, n); return;
-    case core::GgmlType::q6_k: quantize_row_q6_k(x, out, n); return;
-    default: throw Error(fmt::format("gguf: encoding to {} is not supported", core::ggml_type_traits(type).name));
+    case GgmlType::q8_0: quantize_row_q8_0(x, out, n); return;
+    case GgmlType::q4_k: quantize_row_q4_k(x, out, n); return;
+    case GgmlType::q6_k: quantize_row_q6_k(x, out, n); return;
+    default: throw Error(fmt::format("gguf: encoding to {} is not supported", ggml_type_traits(type).name));
   }
 }
 
-void decode_row(core::GgmlType type, const uint8_t* in, float* x, size_t n) {
+void decode_row(GgmlType type, const uint8_t* in, float* x, size_t n) {
   switch (type) {
-    case core::GgmlType::f32: std::memcpy(x, in, n * sizeof(float)); return;
-    case core::GgmlType::f16:
-    case core::GgmlType::bf16:
+    case GgmlType::f32: std::memcpy(x, in, n * sizeof(float)); return;
+    case GgmlType::f16:
+    case GgmlType::bf16:
       for (size_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, in + 2 * i, 2);
-        x[i] = type == core::GgmlType::f16 ? fp16_to_fp32(h) : bf16_to_fp32(h);
+        x[i] = type == GgmlType::f16 ? fp16_to_fp32(h) : bf16_to_fp32(h);
       }
       return;
-    case core::GgmlType::q8_0: dequantize_row_q8_0(in, x, n); return;
-    case core::GgmlType::q4_k: dequantize_row_q4_k(in, x, n); return;
-    case core::GgmlType::q6_k: dequantize_row_q6_k(in, x, n); return;
-    default: throw Error(fmt::format("gguf: decoding {} is not supported", core::ggml_type_traits(type).name));
+    case GgmlType::q8_0: dequantize_row_q8_0(in, x, n); return;
+    case GgmlType::q4_k: dequantize_row_q4_k(in, x, n); return;
+    case GgmlType::q6_k: dequantize_row_q6_k(in, x, n); return;
+    default: throw Error(fmt::format("gguf: decoding {} is not supported", ggml_type_traits(type).name));
   }
 }
 

@@ -12,7 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "gguf_format.h"
+#include "mftk/gguf_format.h"
 
 namespace mftk::gguf {
 
@@ -37,9 +37,9 @@ void quantize_row_q8_0(const float* x, uint8_t* out, size_t n);
 void dequantize_row_q8_0(const uint8_t* in, float* x, size_t n);
 
 // One row of n values in a tensor type the exporter writes (F32, F16, BF16,
-// Q8_0, Q4_K, Q6_K; the K-quants are in kquants.h); out gets core::ggml_row_bytes(type, n) bytes. Throws for others.
-void encode_row(core::GgmlType type, const float* x, uint8_t* out, size_t n);
+// Q8_0, Q4_K, Q6_K; the K-quants are in kquants.h); out gets ggml_row_bytes(type, n) bytes. Throws for others.
+void encode_row(GgmlType type, const float* x, uint8_t* out, size_t n);
 // The inverse, for the tests and the exporter's self-check.
-void decode_row(core::GgmlType type, const uint8_t* in, float* x, size_t n);
+void decode_row(GgmlType type, const uint8_t* in, float* x, size_t n);
 
 }  // namespace mftk::gguf

@@ -11,8 +11,8 @@
 
 #include "ggml_quants.h"
 #include "gguf_modelfile.h"
-#include "gguf_reader.h"
 #include "mftk/error.h"
+#include "mftk/gguf_reader.h"
 #include "mftk/output_path.h"
 #include "mftk/safetensors.h"
 
@@ -51,7 +51,7 @@ namespace {
 // by the writer).
 void check_written_file(const std::string& path, const GgufWriter::Metadata& metadata,
                         const std::vector<PlannedTensor>& plan) {
-  const auto file = core::GgufFile::open(path);
+  const auto file = GgufFile::open(path);
   MFTK_CHECK(file.metadata().size() == metadata.size(), "{}: reads back {} metadata keys, {} were written", path,
              file.metadata().size(), metadata.size());
   for (const auto& [key, value] : metadata) {
@@ -71,9 +71,9 @@ void check_written_file(const std::string& path, const GgufWriter::Metadata& met
 
 bool is_gguf_written_by_mftk(const std::string& path) {
   try {
-    const auto file = core::GgufFile::open(path);
+    const auto file = GgufFile::open(path);
     const auto* mark = file.find(kWrittenByKey);
-    return mark && mark->type == core::GgufValueType::string && mark->text == "mftk";
+    return mark && mark->type == GgufValueType::string && mark->text == "mftk";
   } catch (const std::exception&) {
     return false;  // not a GGUF file, or not one that parses: not ours
   }
@@ -96,7 +96,7 @@ ExportReport export_gguf(const std::string& model_dir, const std::string& out, c
 
   const auto tokenizer = load_tokenizer_facts(model_dir, model.shape.vocab_size);
   auto metadata = llama_metadata(model.shape, tokenizer, options.encoding, name);
-  metadata.emplace_back(kWrittenByKey, core::GgufValue::str("mftk"));
+  metadata.emplace_back(kWrittenByKey, GgufValue::str("mftk"));
   const auto plan = plan_llama_tensors(model, checkpoint, options.encoding, model_dir);
 
   std::vector<GgufTensorDecl> decls;
@@ -112,7 +112,7 @@ ExportReport export_gguf(const std::string& model_dir, const std::string& out, c
     const float* data = w.data_ptr<float>();
     const int64_t cols = p.hf_shape.back();
     const int64_t rows = w.numel() / std::max<int64_t>(cols, 1);
-    const uint64_t row_bytes = core::ggml_row_bytes(p.decl.type, uint64_t(cols));
+    const uint64_t row_bytes = ggml_row_bytes(p.decl.type, uint64_t(cols));
     std::vector<int64_t> order;
     if (p.rope_heads > 0) order = llama_rope_row_order(rows, p.rope_heads);
     encoded.resize(size_t(row_bytes * uint64_t(rows)));
@@ -132,15 +132,15 @@ ExportReport export_gguf(const std::string& model_dir, const std::string& out, c
     if (p.fell_back) {
       ++fallbacks;
       spdlog::warn("gguf: {} ({}) has rows of {} values, not a whole number of {} blocks: written as {}",
-                   p.decl.name, p.hf_name, cols, core::ggml_type_traits(weight_type(options.encoding)).name,
-                   core::ggml_type_traits(p.decl.type).name);
+                   p.decl.name, p.hf_name, cols, ggml_type_traits(weight_type(options.encoding)).name,
+                   ggml_type_traits(p.decl.type).name);
     }
   }
   encoded = {};
   const uint64_t bytes = writer.finish();
   check_written_file(staged, metadata, plan);
   guard.commit();
-  core::OllamaModelfile ollama;
+  OllamaModelfile ollama;
   ollama.format = checkpoint_chat_format(model_dir);
   ollama.from = modelfile_reference(out, modelfile.path());
   ollama.comment = fmt::format("{}: {}, exported from {}", std::filesystem::path(out).filename().string(), name,

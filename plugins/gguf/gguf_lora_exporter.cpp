@@ -16,18 +16,15 @@
 #include "ggml_quants.h"
 #include "gguf_exporter.h"
 #include "gguf_modelfile.h"
-#include "gguf_reader.h"
-#include "lora_linear.h"
 #include "mftk/error.h"
+#include "mftk/gguf_reader.h"
 #include "mftk/output_path.h"
+#include "mftk/peft_config.h"
 #include "mftk/safetensors.h"
-#include "peft_config.h"
 
 namespace mftk::gguf {
 
 namespace fs = std::filesystem;
-using core::GgmlType;
-using core::GgufValue;
 
 namespace {
 
@@ -94,7 +91,7 @@ LoraExportPlan plan_lora_tensors(const DescribedCheckpoint& model, const std::st
                                  Encoding encoding) {
   check_lora_encoding(encoding, "gguf_lora");
   const std::string config_path = (fs::path(adapter_dir) / "adapter_config.json").string();
-  const lora::LoRAOptions peft = lora::read_peft_config(config_path);
+  const PeftLoraConfig peft = read_peft_lora_config(config_path);
   if (!peft.modules_to_save.empty())
     throw UsageError(fmt::format("gguf_lora: {} trains {} in full (modules_to_save); a llama.cpp adapter file holds "
                                  "only LoRA pairs",
@@ -102,7 +99,7 @@ LoraExportPlan plan_lora_tensors(const DescribedCheckpoint& model, const std::st
                      "export the merged model with --plugin gguf (mftk export --model BASE --adapter DIR) instead");
   LoraExportPlan plan;
   plan.r = peft.r;
-  plan.peft_scaling = lora::lora_scaling(peft.alpha, peft.r, peft.use_rslora);
+  plan.peft_scaling = lora_scaling(peft.alpha, peft.r, peft.use_rslora);
   // llama.cpp scales by alpha / r; the alpha that gives PEFT's scaling.
   const double alpha = peft.use_rslora ? plan.peft_scaling * double(peft.r) : peft.alpha;
   if (!(std::isfinite(alpha) && alpha != 0.0 && std::isfinite(float(alpha))))
@@ -175,7 +172,7 @@ GgufWriter::Metadata lora_metadata(const LoraExportPlan& plan, Encoding encoding
   m.emplace_back("general.architecture", GgufValue::str("llama"));
   m.emplace_back("general.type", GgufValue::str("adapter"));
   m.emplace_back("general.name", GgufValue::str(name));
-  m.emplace_back("general.alignment", GgufValue::u32(core::kGgufDefaultAlignment));
+  m.emplace_back("general.alignment", GgufValue::u32(kGgufDefaultAlignment));
   m.emplace_back("general.file_type", GgufValue::u32(llama_file_type(encoding)));
   m.emplace_back("general.quantization_version", GgufValue::u32(2));
   m.emplace_back("adapter.type", GgufValue::str("lora"));
@@ -190,7 +187,7 @@ namespace {
 std::vector<uint8_t> encode_rows(GgmlType type, const at::Tensor& t, const std::vector<int64_t>& order) {
   const at::Tensor w = t.to(at::kFloat).contiguous();
   const int64_t rows = w.size(0), cols = w.size(1);
-  const uint64_t row_bytes = core::ggml_row_bytes(type, uint64_t(cols));
+  const uint64_t row_bytes = ggml_row_bytes(type, uint64_t(cols));
   std::vector<uint8_t> out(size_t(row_bytes * uint64_t(rows)));
   const float* data = w.data_ptr<float>();
   for (int64_t r = 0; r < rows; ++r) {
@@ -202,7 +199,7 @@ std::vector<uint8_t> encode_rows(GgmlType type, const at::Tensor& t, const std::
 
 void check_written_lora(const std::string& path, const GgufWriter::Metadata& metadata,
                         const std::vector<GgufTensorDecl>& decls) {
-  const auto file = core::GgufFile::open(path);
+  const auto file = GgufFile::open(path);
   MFTK_CHECK(file.metadata().size() == metadata.size(), "{}: reads back {} metadata keys, {} were written", path,
              file.metadata().size(), metadata.size());
   for (const auto& [key, value] : metadata) {
@@ -254,7 +251,7 @@ ExportReport export_gguf_lora(const std::string& base_model_dir, const std::stri
   check_written_lora(guard.path(), metadata, decls);
   guard.commit();
 
-  core::OllamaModelfile ollama;
+  OllamaModelfile ollama;
   ollama.format = checkpoint_chat_format(base_model_dir);
   ollama.adapter = modelfile_reference(out, modelfile.path());
   if (!options.base_gguf.empty()) ollama.from = modelfile_reference(options.base_gguf, modelfile.path());
@@ -289,15 +286,15 @@ std::optional<std::string> read_back_gguf_lora(const std::string& gguf_path, con
     if (dtype != "F32" && dtype != "F16" && dtype != "BF16") return std::nullopt;
   }
 
-  const auto file = core::GgufFile::open(gguf_path);
+  const auto file = GgufFile::open(gguf_path);
   const auto* alpha_value = file.find("adapter.lora.alpha");
   if (!alpha_value) throw Error(fmt::format("gguf_lora read-back: {} has no adapter.lora.alpha", gguf_path));
   const double alpha = alpha_value->real;
-  auto decode = [&](const core::GgufTensorInfo& info) {
+  auto decode = [&](const GgufTensorInfo& info) {
     // ne = [cols, rows]
     const int64_t cols = int64_t(info.ne[0]), rows = int64_t(info.ne[1]);
     at::Tensor t = at::empty({rows, cols}, at::kFloat);
-    const uint64_t row_bytes = core::ggml_row_bytes(info.type, uint64_t(cols));
+    const uint64_t row_bytes = ggml_row_bytes(info.type, uint64_t(cols));
     const auto bytes = file.data(info);
     const auto* in = reinterpret_cast<const uint8_t*>(bytes.data());
     for (int64_t r = 0; r < rows; ++r)

@@ -6,7 +6,7 @@
 
 #include <fmt/format.h>
 
-#include "chat_template.h"
+#include "mftk/chat_format.h"
 #include "mftk/error.h"
 #include "mftk/tokenizer.h"
 
@@ -15,10 +15,10 @@ namespace mftk::gguf {
 namespace fs = std::filesystem;
 
 ModelfileBeside::ModelfileBeside(const std::string& gguf_target)
-    : path_(core::modelfile_path_for(gguf_target)),
-      guard_(path_, "ollama-modelfile", OutputShape::file, core::is_ollama_modelfile_written_by_mftk) {}
+    : path_(modelfile_path_for(gguf_target)),
+      guard_(path_, "ollama-modelfile", OutputShape::file, is_ollama_modelfile_written_by_mftk) {}
 
-void ModelfileBeside::commit(const core::OllamaModelfile& modelfile) {
+void ModelfileBeside::commit(const OllamaModelfile& modelfile) {
   {
     std::ofstream out(guard_.path(), std::ios::binary | std::ios::trunc);
     out << modelfile.text();
@@ -28,8 +28,8 @@ void ModelfileBeside::commit(const core::OllamaModelfile& modelfile) {
   guard_.commit();
 }
 
-core::ChatFormat checkpoint_chat_format(const std::string& model_dir) {
-  return core::detect_chat_format(*Tokenizer::load(model_dir));
+ChatFormat checkpoint_chat_format(const std::string& model_dir) {
+  return detect_chat_format(*Tokenizer::load(model_dir));
 }
 
 std::string modelfile_reference(const std::string& file, const std::string& modelfile_path) {

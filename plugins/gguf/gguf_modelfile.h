@@ -1,5 +1,5 @@
 // The Ollama Modelfile every GGUF export writes beside its file
-// (core/ollama_modelfile.h has the text): "<stem>.Modelfile" in the GGUF's
+// (mftk/ollama_modelfile.h has the text): "<stem>.Modelfile" in the GGUF's
 // folder, claimed through OutputGuard when the export starts, so a foreign
 // file of that name is refused before any work and never overwritten.
 //
@@ -9,8 +9,8 @@
 
 #include <string>
 
+#include "mftk/ollama_modelfile.h"
 #include "mftk/output_path.h"
-#include "ollama_modelfile.h"
 
 namespace mftk::gguf {
 
@@ -20,7 +20,7 @@ class ModelfileBeside {
   explicit ModelfileBeside(const std::string& gguf_target);
   const std::string& path() const { return path_; }
   // Writes the text and puts it in place; call after the GGUF is in place.
-  void commit(const core::OllamaModelfile& modelfile);
+  void commit(const OllamaModelfile& modelfile);
 
  private:
   std::string path_;
@@ -29,7 +29,7 @@ class ModelfileBeside {
 
 // The chat format of the checkpoint's tokenizer (v3 when "[INST]" is a
 // control piece): what training encoded with [data] chat_template = "auto".
-core::ChatFormat checkpoint_chat_format(const std::string& model_dir);
+ChatFormat checkpoint_chat_format(const std::string& model_dir);
 
 // How the Modelfile names `file`: "./name.gguf" beside it, else a path
 // relative to the Modelfile's folder when `file` is relative, else `file`.

@@ -12,9 +12,9 @@
 
 #include "ggml_quants.h"
 #include "gguf_exporter.h"
-#include "gguf_reader.h"
 #include "llama_export_plan.h"
 #include "mftk/error.h"
+#include "mftk/gguf_reader.h"
 #include "mftk/safetensors.h"
 
 namespace mftk::gguf {
@@ -32,7 +32,7 @@ nlohmann::json read_json(const fs::path& path) {
 // config.json as a GGUF reader would set the model up: the llama.*
 // hyperparameters from the file itself (a wrong one there shows up as
 // divergence instead of being hidden by the source folder's copy).
-nlohmann::json config_from_metadata(const core::GgufFile& file, nlohmann::json config, bool has_output) {
+nlohmann::json config_from_metadata(const GgufFile& file, nlohmann::json config, bool has_output) {
   auto integer = [&](const char* key, const char* field) {
     if (const auto* v = file.find(key)) config[field] = v->as_int();
   };
@@ -60,7 +60,7 @@ nlohmann::json config_from_metadata(const core::GgufFile& file, nlohmann::json c
 }  // namespace
 
 std::string read_back_gguf(const std::string& gguf_path, const std::string& model_dir, const std::string& out_dir) {
-  const auto file = core::GgufFile::open(gguf_path);
+  const auto file = GgufFile::open(gguf_path);
   const auto described = describe_checkpoint(model_dir);
   const auto checkpoint = CheckpointReader::open(model_dir);
   // The names, shapes and row orders; the stored types come from the file.
@@ -82,7 +82,7 @@ std::string read_back_gguf(const std::string& gguf_path, const std::string& mode
     const int64_t cols = p.hf_shape.back();
     int64_t rows = 1;
     for (size_t d = 0; d + 1 < p.hf_shape.size(); ++d) rows *= p.hf_shape[d];
-    const uint64_t row_bytes = core::ggml_row_bytes(info->type, uint64_t(cols));
+    const uint64_t row_bytes = ggml_row_bytes(info->type, uint64_t(cols));
     const auto bytes = file.data(*info);
     MFTK_CHECK(bytes.size() >= row_bytes * uint64_t(rows), "gguf read-back: {}: '{}' holds {} bytes, {} expected",
                gguf_path, p.decl.name, bytes.size(), row_bytes * uint64_t(rows));

@@ -9,18 +9,15 @@
 
 #include <fmt/format.h>
 
-#include "fs_util.h"
+#include "mftk/atomic_file.h"
 #include "mftk/error.h"
 
 namespace mftk::gguf {
 
-using core::GgufValue;
-using core::GgufValueType;
-
 uint64_t GgufTensorDecl::nbytes() const {
   uint64_t rows = 1;
   for (size_t d = 1; d < ne.size(); ++d) rows *= ne[d];
-  return core::ggml_row_bytes(type, ne.at(0)) * rows;
+  return ggml_row_bytes(type, ne.at(0)) * rows;
 }
 
 namespace {
@@ -91,7 +88,7 @@ void write_value(Output& out, const GgufValue& v) {
       out.scalar<uint64_t>(v.items.size());
       for (const auto& item : v.items) write_value(out, item);
       break;
-    default: throw Error(fmt::format("gguf: cannot write a value of {}", core::to_string(v.type)));
+    default: throw Error(fmt::format("gguf: cannot write a value of {}", mftk::to_string(v.type)));
   }
 }
 
@@ -99,10 +96,10 @@ void write_value(Output& out, const GgufValue& v) {
 
 struct GgufWriter::Impl {
   std::string path;
-  std::string tmp_path;
-  std::unique_ptr<Output> out;
+  std::unique_ptr<AtomicFile> file;  // the temporary beside `path`, removed unless committed
+  std::unique_ptr<Output> out;       // on file->temp_path(); destroyed (closed) first
   std::vector<GgufTensorDecl> tensors;
-  uint64_t alignment = core::kGgufDefaultAlignment;
+  uint64_t alignment = kGgufDefaultAlignment;
   size_t next = 0;            // tensor being written
   uint64_t next_written = 0;  // of its bytes
   bool finished = false;
@@ -130,7 +127,7 @@ GgufWriter::GgufWriter(std::string path, const Metadata& metadata, std::vector<G
     if (t.name.empty() || t.name.size() > 63) fail(fmt::format("tensor name '{}' is not 1 to 63 bytes", t.name));
     if (!names.insert(t.name).second) fail(fmt::format("tensor '{}' declared twice", t.name));
     if (t.ne.empty() || t.ne.size() > 4) fail(fmt::format("tensor '{}' has {} dimensions (1 to 4)", t.name, t.ne.size()));
-    const auto& traits = core::ggml_type_traits(t.type);
+    const auto& traits = ggml_type_traits(t.type);
     if (t.ne[0] % traits.block_size != 0)
       fail(fmt::format("tensor '{}': ne[0] = {} is not a multiple of the {} block size {}", t.name, t.ne[0],
                        traits.name, traits.block_size));
@@ -141,11 +138,11 @@ GgufWriter::GgufWriter(std::string path, const Metadata& metadata, std::vector<G
   if (!parent.empty()) std::filesystem::create_directories(parent, ec);
   // A fresh temporary name created with O_EXCL (not path + ".tmp", which
   // may be someone's file): the only file opened for writing is our own.
-  m.tmp_path = core::create_fresh(m.path + ".tmp", /*folder=*/false);
-  m.out = std::make_unique<Output>(m.tmp_path);
+  m.file = std::make_unique<AtomicFile>(m.path);
+  m.out = std::make_unique<Output>(m.file->temp_path());
   Output& out = *m.out;
-  out.scalar<uint32_t>(core::kGgufMagic);
-  out.scalar<uint32_t>(core::kGgufVersion);
+  out.scalar<uint32_t>(kGgufMagic);
+  out.scalar<uint32_t>(kGgufVersion);
   out.scalar<uint64_t>(m.tensors.size());
   out.scalar<uint64_t>(metadata.size());
   for (const auto& [key, value] : metadata) {
@@ -165,13 +162,7 @@ GgufWriter::GgufWriter(std::string path, const Metadata& metadata, std::vector<G
   out.zeros(round_up(out.written(), m.alignment) - out.written());
 }
 
-GgufWriter::~GgufWriter() {
-  if (impl_ && !impl_->finished) {
-    impl_->out.reset();
-    std::error_code ec;
-    std::filesystem::remove(impl_->tmp_path, ec);
-  }
-}
+GgufWriter::~GgufWriter() = default;  // Impl: the stream closes, then an uncommitted temporary is removed
 
 std::string GgufWriter::next_tensor() const {
   return impl_->next < impl_->tensors.size() ? impl_->tensors[impl_->next].name : std::string();
@@ -203,9 +194,7 @@ uint64_t GgufWriter::finish() {
   const uint64_t size = m.out->written();
   m.out->close();
   m.out.reset();
-  std::error_code ec;
-  std::filesystem::rename(m.tmp_path, m.path, ec);
-  if (ec) throw Error(fmt::format("{}: cannot rename {} into place: {}", m.path, m.tmp_path, ec.message()));
+  m.file->commit();  // fsync, rename into place, fsync the folder (mftk/atomic_file.h)
   m.finished = true;
   return size;
 }

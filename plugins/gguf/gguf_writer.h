@@ -1,4 +1,4 @@
-// Streams a GGUF v3 file (layout in core/gguf_format.h): the header, every
+// Streams a GGUF v3 file (layout in mftk/gguf_format.h): the header, every
 // metadata value and the tensor table go out first, then each tensor's data
 // in the declared order, one at a time, so a 7B export holds one tensor in
 // memory, not the model. The file is written next to `path` and renamed
@@ -17,20 +17,20 @@
 #include <utility>
 #include <vector>
 
-#include "gguf_format.h"
+#include "mftk/gguf_format.h"
 
 namespace mftk::gguf {
 
 struct GgufTensorDecl {
   std::string name;              // <= 63 bytes
-  core::GgmlType type;
+  GgmlType type;
   std::vector<uint64_t> ne;      // ne[0] fastest: the reverse of the torch shape
   uint64_t nbytes() const;       // the encoded size
 };
 
 class GgufWriter {
  public:
-  using Metadata = std::vector<std::pair<std::string, core::GgufValue>>;
+  using Metadata = std::vector<std::pair<std::string, GgufValue>>;
 
   // Validates everything (unique keys and names, name lengths, dims,
   // block-size multiples, general.alignment a uint32 power of two) and
@@ -45,7 +45,8 @@ class GgufWriter {
   void write(const void* data, uint64_t bytes);
   // Name of the tensor write() expects next (empty when all are written).
   std::string next_tensor() const;
-  // Flushes, checks every tensor was written, renames into place; returns
+  // Flushes, checks every tensor was written, puts the file in place
+  // (fsync, rename, fsync the folder: mftk/atomic_file.h); returns
   // the file size.
   uint64_t finish();
 

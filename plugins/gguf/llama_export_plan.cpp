@@ -18,9 +18,6 @@
 
 namespace mftk::gguf {
 
-using core::GgmlType;
-using core::GgufValue;
-
 std::optional<Encoding> parse_encoding(const std::string& name) {
   if (name == "f32") return Encoding::f32;
   if (name == "f16") return Encoding::f16;
@@ -297,7 +294,7 @@ GgufWriter::Metadata llama_metadata(const ModelShape& c, const TokenizerFacts& t
   };
   m.emplace_back("general.architecture", GgufValue::str("llama"));
   m.emplace_back("general.name", GgufValue::str(name));
-  m.emplace_back("general.alignment", GgufValue::u32(core::kGgufDefaultAlignment));
+  m.emplace_back("general.alignment", GgufValue::u32(kGgufDefaultAlignment));
   m.emplace_back("general.file_type", GgufValue::u32(llama_file_type(encoding)));
   m.emplace_back("general.quantization_version", GgufValue::u32(2));  // GGML_QUANT_VERSION
   m.emplace_back("llama.vocab_size", u32(c.vocab_size));
@@ -370,7 +367,7 @@ std::vector<PlannedTensor> plan_llama_tensors(const DescribedCheckpoint& model, 
                                use_more_bits(ct.layer, config.num_layers);
         if (output || more_bits) p.decl.type = GgmlType::q6_k;
       }
-      if (p.decl.ne[0] % core::ggml_type_traits(p.decl.type).block_size != 0) {
+      if (p.decl.ne[0] % ggml_type_traits(p.decl.type).block_size != 0) {
         // Q8_0 -> F16 is what llama.cpp's converter does; for K-quants
         // llama-quantize uses Q5_0 (for Q4_K) or Q8_0 (for Q6_K): we write
         // Q8_0 for both, having no Q5_0 encoder.

@@ -34,7 +34,7 @@ enum class Encoding { f32, f16, bf16, q8_0, q4_k, q6_k, q4_k_m };
 // nullopt for anything else; the exporter names the supported ones.
 std::optional<Encoding> parse_encoding(const std::string& name);
 std::string to_string(Encoding e);
-core::GgmlType weight_type(Encoding e);  // the type most 2-D weights get
+GgmlType weight_type(Encoding e);  // the type most 2-D weights get
 uint32_t llama_file_type(Encoding e);  // general.file_type (LlamaFileType)
 
 // llama-quantize's layer choice for the extra bits of the *_M mixes: the
