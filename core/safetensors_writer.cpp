@@ -11,12 +11,13 @@
 #include <cerrno>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <unordered_map>
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
-#include "fs_util.h"
+#include "mftk/atomic_file.h"
 #include "mftk/error.h"
 #include "mftk/log.h"
 #include "mftk/safetensors.h"
@@ -74,22 +75,6 @@ void pwrite_all(int fd, const void* buf, size_t n, uint64_t offset, const std::s
   }
 }
 
-// Makes a completed rename durable. Some filesystems cannot fsync a
-// directory (EINVAL); the data are already in place, so only warn.
-void fsync_parent_dir(const std::string& path) {
-  fs::path dir = fs::path(path).parent_path();
-  if (dir.empty()) dir = ".";
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) {
-    log::warn("cannot open directory {} to fsync it: {}", dir.string(), errno_text(errno));
-    return;
-  }
-  if (::fsync(fd) != 0 && errno != EINVAL) {
-    log::warn("fsync of directory {} failed: {}", dir.string(), errno_text(errno));
-  }
-  ::close(fd);
-}
-
 struct WriteSlot {
   SafetensorsWriter::Decl decl;
   std::string dtype;  // safetensors spelling
@@ -108,7 +93,8 @@ void check_utf8_text(const std::string& what, const std::string& s) {
 
 struct SafetensorsWriter::Impl {
   std::string path;
-  std::string tmp_path;
+  std::unique_ptr<AtomicFile> file;  // the temporary beside `path` (mftk/atomic_file.h)
+  std::string tmp_path;              // file->temp_path(), for messages
   int fd = -1;
   bool finished = false;
   uint64_t data_start = 0;
@@ -116,8 +102,7 @@ struct SafetensorsWriter::Impl {
   std::unordered_map<std::string, size_t> index;
 
   ~Impl() {
-    if (fd >= 0) ::close(fd);
-    if (!finished && !tmp_path.empty()) ::unlink(tmp_path.c_str());
+    if (fd >= 0) ::close(fd);  // then `file` removes the temporary unless it was committed
   }
 };
 
@@ -212,7 +197,8 @@ SafetensorsWriter::SafetensorsWriter(std::string path, std::vector<Decl> tensors
 
   // A fresh temporary name, created with O_EXCL: never someone else's file
   // (mftk/output_path.h); removed by the destructor unless finish() renames it.
-  w.tmp_path = core::create_fresh(w.path + ".tmp", /*folder=*/false);
+  w.file = std::make_unique<AtomicFile>(w.path);
+  w.tmp_path = w.file->temp_path();
   w.fd = ::open(w.tmp_path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
   if (w.fd < 0) {
     const int err = errno;
@@ -280,15 +266,11 @@ void SafetensorsWriter::finish() {
                             fmt::join(missing.begin(), missing.begin() + static_cast<long>(shown), ", "),
                             missing.size() > shown ? ", ..." : ""));
   }
-  if (::fsync(w.fd) != 0) throw Error(fmt::format("{}: fsync failed: {}", w.tmp_path, errno_text(errno)));
   const int fd = w.fd;
   w.fd = -1;
   if (::close(fd) != 0) throw Error(fmt::format("{}: close failed: {}", w.tmp_path, errno_text(errno)));
-  if (::rename(w.tmp_path.c_str(), w.path.c_str()) != 0) {
-    throw Error(fmt::format("cannot rename {} to {}: {}", w.tmp_path, w.path, errno_text(errno)));
-  }
+  w.file->commit();  // the one policy: fsync the file, rename, fsync the folder
   w.finished = true;
-  fsync_parent_dir(w.path);
 }
 
 // One-shot saving
