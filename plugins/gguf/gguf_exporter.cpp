@@ -44,31 +44,6 @@ GgufExportOptions gguf_options_from_config(const Config& config) {
   return o;
 }
 
-namespace {
-
-// Reopens the written file and compares it with what was planned: a cheap
-// proof the file parses and says what we meant (the data bytes were counted
-// by the writer).
-void check_written_file(const std::string& path, const GgufWriter::Metadata& metadata,
-                        const std::vector<PlannedTensor>& plan) {
-  const auto file = GgufFile::open(path);
-  MFTK_CHECK(file.metadata().size() == metadata.size(), "{}: reads back {} metadata keys, {} were written", path,
-             file.metadata().size(), metadata.size());
-  for (const auto& [key, value] : metadata) {
-    const auto* got = file.find(key);
-    MFTK_CHECK(got && *got == value, "{}: metadata '{}' does not read back as written", path, key);
-  }
-  MFTK_CHECK(file.tensors().size() == plan.size(), "{}: reads back {} tensors, {} were written", path,
-             file.tensors().size(), plan.size());
-  for (size_t i = 0; i < plan.size(); ++i) {
-    const auto& t = file.tensors()[i];
-    MFTK_CHECK(t.name == plan[i].decl.name && t.type == plan[i].decl.type && t.ne == plan[i].decl.ne,
-               "{}: tensor {} reads back as '{}', '{}' was written", path, i, t.name, plan[i].decl.name);
-  }
-}
-
-}  // namespace
-
 bool is_gguf_written_by_mftk(const std::string& path) {
   try {
     const auto file = GgufFile::open(path);
@@ -138,7 +113,9 @@ ExportReport export_gguf(const std::string& model_dir, const std::string& out, c
   }
   encoded = {};
   const uint64_t bytes = writer.finish();
-  check_written_file(staged, metadata, plan);
+  std::vector<GgufTensorDecl> declared;
+  for (const auto& p : plan) declared.push_back(p.decl);
+  check_gguf_reads_back(staged, metadata, declared);
   guard.commit();
   OllamaModelfile ollama;
   ollama.format = checkpoint_chat_format(model_dir);

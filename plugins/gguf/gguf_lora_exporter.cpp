@@ -197,24 +197,6 @@ std::vector<uint8_t> encode_rows(GgmlType type, const at::Tensor& t, const std::
   return out;
 }
 
-void check_written_lora(const std::string& path, const GgufWriter::Metadata& metadata,
-                        const std::vector<GgufTensorDecl>& decls) {
-  const auto file = GgufFile::open(path);
-  MFTK_CHECK(file.metadata().size() == metadata.size(), "{}: reads back {} metadata keys, {} were written", path,
-             file.metadata().size(), metadata.size());
-  for (const auto& [key, value] : metadata) {
-    const auto* got = file.find(key);
-    MFTK_CHECK(got && *got == value, "{}: metadata '{}' does not read back as written", path, key);
-  }
-  MFTK_CHECK(file.tensors().size() == decls.size(), "{}: reads back {} tensors, {} were written", path,
-             file.tensors().size(), decls.size());
-  for (size_t i = 0; i < decls.size(); ++i) {
-    const auto& t = file.tensors()[i];
-    MFTK_CHECK(t.name == decls[i].name && t.type == decls[i].type && t.ne == decls[i].ne,
-               "{}: tensor {} reads back as '{}', '{}' was written", path, i, t.name, decls[i].name);
-  }
-}
-
 }  // namespace
 
 ExportReport export_gguf_lora(const std::string& base_model_dir, const std::string& adapter_dir, const std::string& out,
@@ -248,7 +230,7 @@ ExportReport export_gguf_lora(const std::string& base_model_dir, const std::stri
     writer.write(b.data(), b.size());
   }
   const uint64_t bytes = writer.finish();
-  check_written_lora(guard.path(), metadata, decls);
+  check_gguf_reads_back(guard.path(), metadata, decls);
   guard.commit();
 
   OllamaModelfile ollama;

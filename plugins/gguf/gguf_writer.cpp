@@ -11,6 +11,7 @@
 
 #include "mftk/atomic_file.h"
 #include "mftk/error.h"
+#include "mftk/gguf_reader.h"
 
 namespace mftk::gguf {
 
@@ -197,6 +198,24 @@ uint64_t GgufWriter::finish() {
   m.file->commit();  // fsync, rename into place, fsync the folder (mftk/atomic_file.h)
   m.finished = true;
   return size;
+}
+
+void check_gguf_reads_back(const std::string& path, const GgufWriter::Metadata& metadata,
+                           const std::vector<GgufTensorDecl>& tensors) {
+  const auto file = GgufFile::open(path);
+  MFTK_CHECK(file.metadata().size() == metadata.size(), "{}: reads back {} metadata keys, {} were written", path,
+             file.metadata().size(), metadata.size());
+  for (const auto& [key, value] : metadata) {
+    const auto* got = file.find(key);
+    MFTK_CHECK(got && *got == value, "{}: metadata '{}' does not read back as written", path, key);
+  }
+  MFTK_CHECK(file.tensors().size() == tensors.size(), "{}: reads back {} tensors, {} were written", path,
+             file.tensors().size(), tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto& t = file.tensors()[i];
+    MFTK_CHECK(t.name == tensors[i].name && t.type == tensors[i].type && t.ne == tensors[i].ne,
+               "{}: tensor {} reads back as '{}', '{}' was written", path, i, t.name, tensors[i].name);
+  }
 }
 
 }  // namespace mftk::gguf

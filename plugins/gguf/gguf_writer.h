@@ -8,7 +8,7 @@
 // the running sum of each tensor's bytes rounded up to the alignment, the
 // data section starts at the alignment, padding is zeros.
 //
-// defines: mftk::gguf::GgufTensorDecl, mftk::gguf::GgufWriter
+// defines: mftk::gguf::GgufTensorDecl, mftk::gguf::GgufWriter, mftk::gguf::check_gguf_reads_back
 #pragma once
 
 #include <cstdint>
@@ -54,5 +54,12 @@ class GgufWriter {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Reopens a written file with the reader and compares it with what was
+// declared (every metadata value, each tensor's name, type and shape): a
+// cheap proof the file parses and says what we meant; the writer counted
+// the data bytes. Throws mftk::Error naming `path`.
+void check_gguf_reads_back(const std::string& path, const GgufWriter::Metadata& metadata,
+                           const std::vector<GgufTensorDecl>& tensors);
 
 }  // namespace mftk::gguf
