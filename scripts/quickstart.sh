@@ -2,7 +2,7 @@
 # The quickstart, end to end on a fresh Debian 12 machine: install the
 # dependencies, build what it runs (the CLI and the plugins, not the test
 # suite), create a tiny random base model, fine-tune it on the bundled tasks,
-# and print exact match before and after (about 5 minutes of training on 2 CPU
+# and print exact match before and after (about 2 minutes of training on 2 CPU
 # cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
