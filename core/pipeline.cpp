@@ -2,6 +2,8 @@
 // (docs/architecture.md draws the same picture).
 #include "pipeline.h"
 
+#include <dlfcn.h>
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -23,6 +25,7 @@
 #include "export_parity.h"
 #include "fs_util.h"
 #include "generate.h"
+#include "mftk/abi.h"
 #include "mftk/adapter.h"
 #include "mftk/exporter.h"
 #include "mftk/linear_slot.h"
@@ -68,6 +71,33 @@ std::unique_ptr<Interface> make_component(const Recipe& recipe, Registry& regist
   if (!errors.empty()) throw UsageError(fmt::format("{}", fmt::join(errors, "\n")));
   if (used) *used = fallback;
   return registry.create<Interface>(kind, fallback, defaults);
+}
+
+// One component of the run as its checkpoints record it (run.json): the
+// library a plugin came from and the version its handshake gives, so that a
+// resume can say a plugin changed under it.
+nlohmann::json component_record(Registry& registry, Kind kind, const std::string& table, const std::string& name) {
+  const ComponentInfo& info = registry.find(kind, name);
+  nlohmann::json c = {{"kind", to_string(kind)}, {"table", table}, {"plugin", name}};
+  if (info.library_path.empty()) {
+    c["library"] = "mftk (built in)";
+    c["library_version"] = MFTK_SDK_VERSION;
+    c["library_file"] = "";
+    return c;
+  }
+  c["library"] = "";
+  c["library_version"] = "";
+  c["library_file"] = fs::path(info.library_path).filename().string();
+  // The library is loaded already (find loaded it): RTLD_NOLOAD only looks it up.
+  if (void* h = dlopen(info.library_path.c_str(), RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD)) {
+    if (auto entry = reinterpret_cast<MftkPluginEntryFn>(dlsym(h, MFTK_PLUGIN_ENTRY_SYMBOL)))
+      if (const MftkPluginInfo* handshake = entry()) {
+        if (handshake->name) c["library"] = handshake->name;
+        if (handshake->version) c["library_version"] = handshake->version;
+      }
+    dlclose(h);
+  }
+  return c;
 }
 
 int64_t count_parameters(Model& model) {
@@ -336,6 +366,7 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   po.sliding_window = model.shape().sliding_window;
   PackStats train_stats, eval_stats;
   std::vector<PackedRow> train_rows, eval_rows;
+  std::string packer_name;  // none for preference pairs (the core packs them)
   if (pairs) {
     train_rows = pack_preference_pairs(data.train, po, train_stats);
     eval_rows = pack_preference_pairs(data.eval, po, eval_stats);
@@ -343,7 +374,6 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
                  "sequence_len {} dropped",
                  train_rows.size(), eval_rows.size(), train_stats.dropped, eval_stats.dropped, po.sequence_len);
   } else {
-    std::string packer_name;
     auto packer = make_component<Packer>(recipe, registry, "packer", Kind::packer,
                                          default_packer(training.get_bool("sample_packing")), &packer_name);
     train_rows = packer->pack(data.train, po, train_stats);
@@ -370,6 +400,20 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   // 5. Train.
   TrainOptions train_options = TrainOptions::from_recipe(recipe);
   train_options.distributed = dist;
+  {
+    // run.json in every checkpoint: the resolved recipe (as recipe.resolved.json
+    // has it), the code of each component and the mftk version, for resume to compare.
+    nlohmann::json record = resolved_recipe_json(recipe);
+    record["mftk_version"] = MFTK_SDK_VERSION;
+    nlohmann::json& components = record["components"] = nlohmann::json::array();
+    components.push_back(component_record(registry, Kind::model, "model", recipe.component("model")->plugin));
+    if (const auto* q = recipe.component("quantize")) components.push_back(component_record(registry, Kind::quantizer, "quantize", q->plugin));
+    if (adapter) components.push_back(component_record(registry, Kind::adapter, "adapter", adapter_name));
+    components.push_back(component_record(registry, Kind::objective, "objective", objective_name));
+    if (!packer_name.empty()) components.push_back(component_record(registry, Kind::packer, "packer", packer_name));
+    components.push_back(component_record(registry, Kind::optimizer, "optimizer", optimizer_name));
+    train_options.run_record = record.dump(2) + "\n";
+  }
   Trainer trainer(model, *optimizer, trainable, std::move(train_rows), std::move(eval_rows), std::move(train_options));
   trainer.set_objective(objective.get(), adapter.get());
   if (adapter) {

@@ -16,7 +16,9 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <regex>
+#include <set>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -329,6 +331,111 @@ double Trainer::clip_gradients() {
   return norm;
 }
 
+namespace {
+
+constexpr const char* kRunRecordFile = "run.json";
+
+// Recipe keys (table.key) a resume may change without changing what the
+// checkpoint's state means: how long to train, where and how often to log
+// and save, what to do after training. Reported as info.
+bool resume_may_change(const std::string& key) {
+  static const std::set<std::string> keys = {
+      "training.max_steps",    "training.num_epochs",       "training.resume_from_checkpoint",
+      "training.output_dir",   "training.logging_steps",    "training.eval_steps",
+      "training.save_steps",   "training.save_total_limit", "training.tensorboard",
+      "training.threads",      "training.device",           "training.distributed_timeout_s",
+      "training.merge_adapter", "training.dataset_prepared_path"};
+  return keys.count(key) || key.rfind("validate.", 0) == 0 || key.rfind("plugins.", 0) == 0 || key == "export";
+}
+
+// Keys whose change makes an exact resume impossible, so it is refused: a
+// different base model or adapter (other tensors, or tensors of another
+// shape, under the saved weights), another optimizer (its saved state means
+// nothing to a different update rule), other rows in another order (the
+// saved position in the data no longer points at the same step). The rest
+// (learning rate, dropout, clipping, ...) is a choice the user may make
+// mid-run: warned about, not refused.
+bool resume_refuses_change(const std::string& key) {
+  static const std::set<std::string> keys = {
+      "model.plugin",     "model.path",       "quantize.plugin",        "adapter.plugin", "adapter.r",
+      "adapter.target_modules", "optimizer.plugin", "objective.plugin", "packer.plugin",
+      "training.sequence_len",  "datasets"};
+  return keys.count(key) != 0;
+}
+
+// "table.key" -> value for every key of the record's recipe; arrays of
+// tables (datasets, export) compare as one value each.
+std::map<std::string, nlohmann::json> flat_recipe(const nlohmann::json& record) {
+  std::map<std::string, nlohmann::json> out;
+  const auto r = record.find("recipe");
+  if (r == record.end() || !r->is_object()) return out;
+  for (const auto& [table, keys] : r->items()) {
+    if (!keys.is_object()) {
+      out[table] = keys;
+      continue;
+    }
+    for (const auto& [key, value] : keys.items()) out[table + "." + key] = value;
+  }
+  return out;
+}
+
+std::string shown(const nlohmann::json* v) { return v ? v->dump() : "(unset)"; }
+
+// Logs one line per difference between the checkpoint's record and this
+// run's, and throws UsageError (exit 2) when one of them makes an exact
+// resume impossible.
+void compare_run_records(const std::string& dir, const nlohmann::json& was, const nlohmann::json& now) {
+  const auto old_keys = flat_recipe(was), new_keys = flat_recipe(now);
+  std::set<std::string> keys;
+  for (const auto& [k, v] : old_keys) keys.insert(k);
+  for (const auto& [k, v] : new_keys) keys.insert(k);
+  std::vector<std::string> refused;
+  for (const auto& key : keys) {
+    const auto o = old_keys.find(key), n = new_keys.find(key);
+    const nlohmann::json* ov = o == old_keys.end() ? nullptr : &o->second;
+    const nlohmann::json* nv = n == new_keys.end() ? nullptr : &n->second;
+    if (ov && nv && *ov == *nv) continue;
+    const auto dot = key.find('.');
+    const std::string line = dot == std::string::npos
+                                 ? fmt::format("resume: [{}] was {}, now {}", key, shown(ov), shown(nv))
+                                 : fmt::format("resume: [{}] {} was {}, now {}", key.substr(0, dot), key.substr(dot + 1),
+                                               shown(ov), shown(nv));
+    if (resume_refuses_change(key)) refused.push_back(fmt::format("{} was {}, this run has {}", key, shown(ov), shown(nv)));
+    else if (resume_may_change(key)) spdlog::info("{}", line);
+    else spdlog::warn("{}", line);
+  }
+  // The code each component ran, by kind and table: another version of a
+  // plugin may compute differently, so it is worth a warning.
+  auto components = [](const nlohmann::json& record) {
+    std::map<std::string, nlohmann::json> out;
+    for (const auto& c : record.value("components", nlohmann::json::array()))
+      out[c.value("kind", "") + "/" + c.value("table", "")] = c;
+    return out;
+  };
+  const auto old_components = components(was), new_components = components(now);
+  for (const auto& [id, c] : new_components) {
+    const auto o = old_components.find(id);
+    if (o == old_components.end() || o->second.value("plugin", "") != c.value("plugin", "")) continue;  // the recipe's plugin key says it
+    const std::string plugin = c.value("plugin", "?");
+    if (o->second.value("library_version", "") != c.value("library_version", ""))
+      spdlog::warn("resume: plugin {} {} -> {}", plugin, o->second.value("library_version", "?"),
+                   c.value("library_version", "?"));
+    if (o->second.value("library_file", "") != c.value("library_file", ""))
+      spdlog::info("resume: plugin {} library {} -> {}", plugin, o->second.value("library_file", "?"),
+                   c.value("library_file", "?"));
+  }
+  if (was.value("mftk_version", "") != now.value("mftk_version", ""))
+    spdlog::warn("resume: mftk {} -> {}", was.value("mftk_version", "?"), now.value("mftk_version", "?"));
+  if (!refused.empty())
+    throw UsageError(fmt::format("cannot resume from {}: {} (an exact resume needs the same model, adapter shape, "
+                                 "optimizer and data)",
+                                 dir, fmt::join(refused, "; ")),
+                     "set these back to the checkpoint's values (its run.json), or start a fresh output_dir "
+                     "without resume_from_checkpoint");
+}
+
+}  // namespace
+
 void Trainer::save_checkpoint(int64_t step, const std::string& reason) {
   if (rank_ != 0) return;  // every rank holds the same state; rank 0 alone writes it
   const fs::path final_dir = fs::path(o_.output_dir) / fmt::format("checkpoint-{}", step);
@@ -358,6 +465,8 @@ void Trainer::save_checkpoint(int64_t step, const std::string& reason) {
   state["metrics_window"] = {{"loss_sum", window_loss_}, {"steps", window_steps_}, {"tokens", window_tokens_}};
   if (!metric_names_.empty()) state["metrics_window"]["objective"] = window_metrics_;
   write_file_atomic((tmp / "trainer_state.json").string(), state.dump(2) + "\n");
+  // What run wrote it, listed in the manifest below like every other file.
+  if (!o_.run_record.empty()) write_file_atomic((tmp / kRunRecordFile).string(), o_.run_record);
   if (on_checkpoint) on_checkpoint(tmp.string());
   // The manifest is written last: a folder without a valid one is never resumed from.
   nlohmann::json files = nlohmann::json::object();
@@ -408,6 +517,17 @@ void Trainer::load_checkpoint(const std::string& dir) {
   if (state.at("format").get<int>() != kCheckpointFormat)
     throw Error(fmt::format("checkpoint {} has format {}, this mftk reads {}", dir, state.at("format").get<int>(),
                             kCheckpointFormat));
+  // First the recipe and plugins the checkpoint was made with: a refusal
+  // there names the key that changed, before the checks below would stop
+  // on one of its consequences (another row count, a missing tensor).
+  if (!o_.run_record.empty()) {
+    const fs::path recorded = fs::path(dir) / kRunRecordFile;
+    if (fs::exists(recorded))
+      compare_run_records(dir, nlohmann::json::parse(read_file(recorded.string())), nlohmann::json::parse(o_.run_record));
+    else
+      spdlog::info("resume: {} has no {} (written before checkpoints recorded their run): nothing to compare", dir,
+                   kRunRecordFile);
+  }
   auto check_same = [&](const char* key, int64_t ours) {
     if (state.at(key).get<int64_t>() != ours)
       throw UsageError(fmt::format("cannot resume from {}: it was made with {} = {}, this run has {}", dir, key,

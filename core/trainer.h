@@ -44,6 +44,11 @@ struct TrainOptions {
   uint64_t seed = 42;
   std::string output_dir = "out";
   std::string resume_from_checkpoint;  // "", a folder, or "latest"
+  // What this run is, as JSON text: the resolved recipe, each component's
+  // plugin and library version, the mftk version (the pipeline's
+  // run_record). Every checkpoint keeps it as run.json, and a resume compares
+  // it with the checkpoint's. Empty: nothing is recorded or compared.
+  std::string run_record;
   bool progress_bar = true;            // when stderr is a terminal
   // Also write the metrics to output_dir/tensorboard/ (rank 0). The recipe
   // key defaults to true; options built in code (tests, tools) opt in.

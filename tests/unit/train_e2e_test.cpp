@@ -242,6 +242,45 @@ TEST_F(TrainE2E, CtrlCWritesACheckpointExits130AndTheRunResumes) {
   EXPECT_NE(text_of(log()).find("resumed from " + latest), std::string::npos) << text_of(log());
 }
 
+// The pipeline's run record: each checkpoint's run.json holds the resolved
+// recipe and the library of every plugin; a resume names what changed.
+TEST_F(TrainE2E, CheckpointsRecordTheRunAndResumeSaysWhatChanged) {
+  const std::string recipe = write_recipe(2, 2);
+  ASSERT_EQ(run_mftk({"run", recipe, "--set", "validate.exact_match=0"}, log()), 0) << text_of(log());
+  const json record = json::parse(mftk::core::read_file(out() + "/checkpoint-2/run.json"));
+  const json resolved = json::parse(mftk::core::read_file(out() + "/recipe.resolved.json"));
+  EXPECT_EQ(record.at("recipe"), resolved.at("recipe"));
+  EXPECT_FALSE(record.value("mftk_version", "").empty());
+  std::map<std::string, json> components;
+  for (const auto& c : record.at("components")) components[c.value("table", "")] = c;
+  for (const char* table : {"model", "adapter", "packer", "optimizer", "objective"})
+    ASSERT_TRUE(components.count(table)) << table << " missing from " << record.dump(2);
+  EXPECT_EQ(components["adapter"].value("plugin", ""), "lora");
+  EXPECT_NE(components["adapter"].value("library_file", "").find("lora"), std::string::npos) << record.dump(2);
+  EXPECT_FALSE(components["adapter"].value("library_version", "").empty()) << record.dump(2);
+  EXPECT_NE(mftk::core::read_file(out() + "/checkpoint-2/manifest.json").find("\"run.json\""), std::string::npos);
+
+  // Another adapter rank: refused (exit 2), naming the key and both values.
+  const std::string refused_log = dir_.sub("refused.log");
+  EXPECT_EQ(run_mftk({"run", recipe, "--set", "validate.exact_match=0", "--set", "training.max_steps=3", "--set",
+                      "training.resume_from_checkpoint=latest", "--set", "adapter.r=4"},
+                     refused_log),
+            2)
+      << text_of(refused_log);
+  EXPECT_NE(text_of(refused_log).find("adapter.r was 8, this run has 4"), std::string::npos) << text_of(refused_log);
+
+  // Another learning rate: a warning with both values, and the run goes on.
+  ASSERT_EQ(run_mftk({"run", recipe, "--set", "validate.exact_match=0", "--set", "training.max_steps=3", "--set",
+                      "training.resume_from_checkpoint=latest", "--set", "schedule.learning_rate=0.005"},
+                     log()),
+            0)
+      << text_of(log());
+  const std::string text = text_of(log());
+  EXPECT_NE(text.find("resume: [schedule] learning_rate was 0.01, now 0.005"), std::string::npos) << text;
+  EXPECT_NE(text.find("resume: [training] max_steps was 2, now 3"), std::string::npos) << text;
+  EXPECT_EQ(json::parse(mftk::core::read_file(out() + "/summary.json")).value("steps", 0), 3);
+}
+
 TEST_F(TrainE2E, KillDuringCheckpointingLeavesALoadableCheckpoint) {
   const std::string recipe = write_recipe(40, 1);
   const pid_t pid = spawn_mftk({"run", recipe}, log());

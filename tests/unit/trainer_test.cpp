@@ -22,9 +22,12 @@
 #include <functional>
 #include <map>
 #include <set>
+#include <sstream>
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/grad_mode.h>
@@ -554,6 +557,149 @@ TEST(Trainer, ResumeRefusesACheckpointOfAnotherBatchShape) {
   } catch (const mftk::UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("micro_batch_size"), std::string::npos) << e.what();
   }
+}
+
+// ---------------------------------------------------------------------------
+// The run record (run.json): what a checkpoint was made with, compared on resume
+
+namespace {
+
+// The trainer's log, with each line's level ("warning ...", "info ..."), at info level.
+class LogCapture {
+ public:
+  LogCapture() : previous_(spdlog::default_logger()) {
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(stream_);
+    auto logger = std::make_shared<spdlog::logger>("capture", sink);
+    logger->set_pattern("%l %v");
+    logger->set_level(spdlog::level::info);
+    spdlog::set_default_logger(logger);
+  }
+  ~LogCapture() { spdlog::set_default_logger(previous_); }
+  std::string text() const { return stream_.str(); }
+
+ private:
+  std::shared_ptr<spdlog::logger> previous_;
+  std::ostringstream stream_;
+};
+
+// A record as the pipeline writes it, cut to the keys these tests change.
+json run_record(double lr, int64_t r, int64_t max_steps, const std::string& lora_version = "0.1.0") {
+  return {{"written_by", "mftk"},
+          {"mftk_version", "0.1.0"},
+          {"recipe",
+           {{"adapter", {{"plugin", "lora"}, {"r", r}, {"alpha", 8}}},
+            {"schedule", {{"learning_rate", lr}}},
+            {"training", {{"max_steps", max_steps}, {"seed", 42}}}}},
+          {"components", json::array({{{"kind", "adapter"},
+                                       {"table", "adapter"},
+                                       {"plugin", "lora"},
+                                       {"library", "lora"},
+                                       {"library_version", lora_version},
+                                       {"library_file", "libmftk-lora.so"}}})}};
+}
+
+// train() without its QuietLog, so that the resume lines reach a LogCapture.
+TrainResult train_logged(LoraRun& run, mftk::Optimizer& optimizer, const std::vector<PackedRow>& rows, TrainOptions o) {
+  optimizer.attach(run.trainable);
+  Trainer trainer(*run.model, optimizer, run.trainable, rows, {}, std::move(o));
+  trainer.on_training_mode = [&run](bool on) { run.adapter->set_training(on); };
+  return trainer.train();
+}
+
+}  // namespace
+
+TEST(TrainerRunRecord, EachCheckpointKeepsTheRecordAndItsManifestCoversIt) {
+  const auto rows = tt::synthetic_rows(63, 4, vocab());
+  tt::ScratchDir dir;
+  auto run = lora_run(1, 3);
+  auto opt = make_optimizer("sgd");
+  auto o = options(dir.sub("out"), 2, 1, 1, 1e-3);
+  const json record = run_record(1e-3, 4, 1);
+  o.run_record = record.dump(2) + "\n";
+  train(run, *opt, rows, o);
+  const fs::path ck = fs::path(dir.sub("out")) / "checkpoint-1";
+  EXPECT_EQ(json::parse(mftk::core::read_file((ck / "run.json").string())), record);
+  const json manifest = json::parse(mftk::core::read_file((ck / "manifest.json").string()));
+  ASSERT_TRUE(manifest.at("files").contains("run.json")) << manifest.dump();
+  EXPECT_EQ(manifest["files"]["run.json"]["bytes"].get<int64_t>(), int64_t(fs::file_size(ck / "run.json")));
+  // Covered: an edited record makes the checkpoint fail its manifest, as an edited weight file would.
+  ASSERT_EQ(mftk::core::find_latest_checkpoint(dir.sub("out")), ck.string());
+  std::string text = mftk::core::read_file((ck / "run.json").string());
+  text[text.find("0.001")] = '9';  // same size, another learning rate
+  std::ofstream((ck / "run.json").string(), std::ios::binary | std::ios::trunc) << text;
+  EXPECT_EQ(mftk::core::find_latest_checkpoint(dir.sub("out")), "");
+}
+
+TEST(TrainerRunRecord, ResumeWithAnotherLearningRateWarnsWithBothValuesAndResumes) {
+  const auto rows = tt::synthetic_rows(64, 4, vocab());
+  tt::ScratchDir dir;
+  auto first = lora_run(1, 5);
+  auto opt = make_optimizer("sgd");
+  auto o = options(dir.sub("a"), 2, 1, 1, 1e-2);
+  o.run_record = run_record(1e-2, 4, 1).dump();
+  train(first, *opt, rows, o);
+
+  auto resumed = lora_run(1, 5);
+  auto opt2 = make_optimizer("sgd");
+  auto o2 = options(dir.sub("a"), 2, 1, 2, 5e-3);
+  o2.resume_from_checkpoint = "latest";
+  o2.run_record = run_record(5e-3, 4, 2, "0.2.0").dump();
+  LogCapture log;
+  const TrainResult result = train_logged(resumed, *opt2, rows, o2);
+  EXPECT_EQ(result.steps, 2);
+  const std::string text = log.text();
+  EXPECT_NE(text.find("warning resume: [schedule] learning_rate was 0.01, now 0.005"), std::string::npos) << text;
+  EXPECT_NE(text.find("warning resume: plugin lora 0.1.0 -> 0.2.0"), std::string::npos) << text;
+  // Training longer is what a resume is for: info, not a warning.
+  EXPECT_NE(text.find("info resume: [training] max_steps was 1, now 2"), std::string::npos) << text;
+  EXPECT_EQ(text.find("seed"), std::string::npos) << "unchanged keys are not reported:\n" << text;
+}
+
+TEST(TrainerRunRecord, ResumeWithAnotherAdapterRankIsRefusedNamingTheKey) {
+  const auto rows = tt::synthetic_rows(65, 4, vocab());
+  tt::ScratchDir dir;
+  auto first = lora_run(1, 5);
+  auto opt = make_optimizer("sgd");
+  auto o = options(dir.sub("a"), 2, 1, 1, 1e-2);
+  o.run_record = run_record(1e-2, 16, 1).dump();
+  train(first, *opt, rows, o);
+
+  auto resumed = lora_run(1, 5);
+  auto opt2 = make_optimizer("sgd");
+  auto o2 = options(dir.sub("a"), 2, 1, 2, 1e-2);
+  o2.resume_from_checkpoint = "latest";
+  o2.run_record = run_record(1e-2, 8, 2).dump();
+  try {
+    train(resumed, *opt2, rows, o2);
+    FAIL() << "expected a UsageError (exit 2)";
+  } catch (const mftk::UsageError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("adapter.r was 16, this run has 8"), std::string::npos) << what;
+    EXPECT_EQ(what.find("learning_rate"), std::string::npos) << "only what changed: " << what;
+  }
+}
+
+TEST(TrainerRunRecord, ACheckpointWithoutARecordResumesExactlyAndSaysThereIsNothingToCompare) {
+  const auto rows = tt::synthetic_rows(66, 4, vocab());
+  tt::ScratchDir dir;
+  auto full = lora_run(1, 8);
+  randomize_lora_b(full.trainable, 1);
+  auto opt = make_optimizer("adamw");
+  auto o = options(dir.sub("old"), 2, 1, 2, 1e-2);
+  o.save_steps = 1;  // an mftk from before run.json: run_record left empty
+  train(full, *opt, rows, o);
+  ASSERT_FALSE(fs::exists(fs::path(dir.sub("old")) / "checkpoint-1" / "run.json"));
+
+  auto resumed = lora_run(1, 99);
+  auto opt2 = make_optimizer("adamw");
+  auto o2 = options(dir.sub("new"), 2, 1, 2, 1e-2);
+  o2.resume_from_checkpoint = dir.sub("old/checkpoint-1");
+  o2.run_record = run_record(1e-2, 4, 2).dump();
+  LogCapture log;
+  train_logged(resumed, *opt2, rows, o2);
+  EXPECT_NE(log.text().find("nothing to compare"), std::string::npos) << log.text();
+  EXPECT_EQ(differing(snapshot(resumed.trainable), snapshot(full.trainable)), std::vector<std::string>{});
+  EXPECT_TRUE(fs::exists(fs::path(dir.sub("new")) / "checkpoint-2" / "run.json"));
 }
 
 // ---------------------------------------------------------------------------
