@@ -44,7 +44,7 @@ ProgressBar::ProgressBar(int64_t total, int64_t start, bool enabled)
     : total_(total), start_(start), enabled_(enabled && ::isatty(STDERR_FILENO)), t0_(std::chrono::steady_clock::now()) {}
 
 std::string ProgressBar::render(int64_t done, int64_t total, double loss, double lr, double tokens_per_s,
-                                double eta_seconds, int width) {
+                                double eta_seconds, int width, const std::string& extra) {
   const double frac = total > 0 ? std::clamp(double(done) / double(total), 0.0, 1.0) : 1.0;
   const int filled = int(frac * width);
   std::string bar(size_t(filled), '=');
@@ -54,16 +54,16 @@ std::string ProgressBar::render(int64_t done, int64_t total, double loss, double
       eta < 0 ? "--:--"
               : eta >= 3600 ? fmt::format("{}:{:02d}:{:02d}", eta / 3600, (eta / 60) % 60, eta % 60)
                             : fmt::format("{:02d}:{:02d}", eta / 60, eta % 60);
-  return fmt::format("[{}] {}/{} {:3.0f}% | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | ETA {}", bar, done, total,
-                     frac * 100, loss, lr, tokens_per_s, eta_text);
+  return fmt::format("[{}] {}/{} {:3.0f}% | loss {:.4f} | lr {:.2e} | {:.0f} tok/s{} | ETA {}", bar, done, total,
+                     frac * 100, loss, lr, tokens_per_s, extra.empty() ? "" : " | " + extra, eta_text);
 }
 
-void ProgressBar::update(int64_t done, double loss, double lr, double tokens_per_s) {
+void ProgressBar::update(int64_t done, double loss, double lr, double tokens_per_s, const std::string& extra) {
   if (!enabled_) return;
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
   const int64_t since = done - start_;
   const double eta = since > 0 ? elapsed / double(since) * double(total_ - done) : NAN;
-  std::fprintf(stderr, "\r%s\x1b[K", render(done, total_, loss, lr, tokens_per_s, eta).c_str());
+  std::fprintf(stderr, "\r%s\x1b[K", render(done, total_, loss, lr, tokens_per_s, eta, 24, extra).c_str());
   std::fflush(stderr);
   drawn_ = true;
 }

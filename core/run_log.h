@@ -41,14 +41,15 @@ MetricPoints read_metrics(const std::string& metrics_jsonl_path);
 
 // One line redrawn in place on a terminal:
 //   [=========>          ] 120/300  40% | loss 1.234 | lr 1.2e-04 | 1234 tok/s | ETA 02:13
+// `extra`, when given, goes before the ETA (a preference run's reward accuracy).
 class ProgressBar {
  public:
   ProgressBar(int64_t total, int64_t start, bool enabled);
-  void update(int64_t done, double loss, double lr, double tokens_per_s);
+  void update(int64_t done, double loss, double lr, double tokens_per_s, const std::string& extra = "");
   void finish();
   // Text of the bar for the given state (tests read it).
   static std::string render(int64_t done, int64_t total, double loss, double lr, double tokens_per_s,
-                            double eta_seconds, int width = 24);
+                            double eta_seconds, int width = 24, const std::string& extra = "");
 
  private:
   int64_t total_, start_;

@@ -646,6 +646,7 @@ TrainResult Trainer::train() {
     if (tensorboard) tensorboard->write_metrics(record);
   };
   ProgressBar bar(total_steps_, step_, o_.progress_bar && main_rank);
+  std::string bar_extra;  // the objective's headline metric, once logged
   SigintScope sigint;
   auto training_mode = [&](bool on) {
     model_.set_training(on);
@@ -767,7 +768,7 @@ TrainResult Trainer::train() {
     const auto now = std::chrono::steady_clock::now();
     const double window_s = std::chrono::duration<double>(now - window_t).count();
     const double tps = window_s > 0 ? double(window_tokens) / window_s : 0.0;
-    bar.update(step_, step_loss, lr, tps);
+    bar.update(step_, step_loss, lr, tps, bar_extra);
     if (step_ % o_.logging_steps == 0 || step_ == total_steps_) {
       const double mean_loss = window_steps ? window_loss / double(window_steps) : NAN;
       nlohmann::json record = {{"step", step_},
@@ -783,6 +784,9 @@ TrainResult Trainer::train() {
         const double mean = window_steps ? window_metrics_[k] / double(window_steps) : NAN;
         record[metric_names_[k]] = mean;
         objective_text += fmt::format(" {} {:.4f}", metric_names_[k], mean);
+        // The bar has room for one of them: a preference run's reward
+        // accuracy (TRL's name), as of the last logged window.
+        if (metric_names_[k] == "rewards/accuracies") bar_extra = fmt::format("reward acc {:.3f}", mean);
       }
       log_metrics(record);
       // An objective's metrics (rewards/accuracies ...) do not fit the bar:

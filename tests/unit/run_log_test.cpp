@@ -105,6 +105,9 @@ TEST(RunLog, ProgressBarTextForAGivenState) {
             "[>         ] 0/10   0% | loss 5.0000 | lr 0.00e+00 | 0 tok/s | ETA --:--");
   EXPECT_EQ(ProgressBar::render(10, 10, 0.5, 2e-4, 99.6, 0.0, 10),
             "[==========] 10/10 100% | loss 0.5000 | lr 2.00e-04 | 100 tok/s | ETA 00:00");
+  // An objective's headline metric goes before the ETA.
+  EXPECT_EQ(ProgressBar::render(10, 10, 0.5, 2e-4, 99.6, 0.0, 10, "reward acc 0.875"),
+            "[==========] 10/10 100% | loss 0.5000 | lr 2.00e-04 | 100 tok/s | reward acc 0.875 | ETA 00:00");
 }
 
 TEST(RunLog, ProgressBarEtaFormatting) {
