@@ -156,58 +156,64 @@ double relative_error(const at::Tensor& x, const at::Tensor& reference, const at
   return output_error(x, reference, approx) / std::max(power, 1e-30);
 }
 
-}  // namespace
-
-ExportReport export_awq(const ExportJob& job, const AwqOptions& o) {
-  const auto start = std::chrono::steady_clock::now();
-  const int64_t G = o.group_size;
-  // The checkpoint described by the model plugin (its shape and tensor
-  // table), and loaded by it when the caller passes no model to run.
-  std::unique_ptr<Model> own = open_model(job.model_dir);
-  const ModelShape config = own->shape();
-  const ModelArchitecture architecture = own->architecture();
-  check_awq_shapes(config, G);
+// Refused before the calibration pass: OUT must be named, must not be the
+// model folder, and must be new, empty or an AWQ folder mftk wrote.
+void check_awq_output(const ExportJob& job) {
   const fs::path out(job.out);
   std::error_code ec;
   if (out.empty()) throw UsageError("awq: no output folder", "--out DIR (a new or empty folder, or an earlier AWQ export)");
   if (fs::exists(out, ec) && fs::equivalent(out, job.model_dir, ec))
     throw UsageError(fmt::format("awq: --out {} is the model folder", job.out), "write the AWQ folder somewhere new");
-  // Refused before the calibration pass: OUT must be new, empty or an AWQ folder mftk wrote.
   check_output_path(job.out, kAwqCheckpointKind, OutputShape::folder);
-  const auto checkpoint = CheckpointReader::open(job.model_dir);
+}
 
-  // 1. Calibration: the input of every group's first linear, recorded in one pass.
-  const auto rows = calibration_rows_for(job, o);
-  int64_t tokens = 0;
-  for (const auto& r : rows) tokens += int64_t(r.size());
+// Every decoder layer's scaling groups, in layer order.
+std::vector<std::vector<ScalingGroup>> scaling_layers(const ModelArchitecture& architecture,
+                                                      const ModelShape& config) {
   std::vector<std::vector<ScalingGroup>> layers;
-  std::vector<std::string> recorded;
-  for (int64_t layer = 0; layer < config.num_layers; ++layer) {
+  for (int64_t layer = 0; layer < config.num_layers; ++layer)
     layers.push_back(scaling_groups(architecture, config, layer));
-    for (const auto& g : layers.back()) recorded.push_back(g.linears.front());
-  }
-  std::map<std::string, std::shared_ptr<ActivationRecord>> records;
-  {
-    Model* model = job.model;
-    if (!model) {
-      LoadOptions lo;
-      lo.path = job.model_dir;
-      lo.compute_dtype = at::kFloat;
-      own->load(lo);
-      model = own.get();
-    }
-    SlotRecorders recorders(*model, recorded, std::max<int64_t>(1, tokens / o.sample_tokens), o.sample_tokens);
-    run_calibration(*model, rows);
-    records = recorders.records();
-  }
-  own.reset();  // the weights are read from the checkpoint from here on
-  spdlog::info("awq: calibration on {} rows, {} tokens; searches score on up to {} sampled tokens", rows.size(),
-               tokens, o.sample_tokens);
+  return layers;
+}
 
-  // 2. The output's tensor table: three tensors for each quantised linear.
-  std::set<std::string> quantised;
+// What one calibration pass leaves: each group's first linear's sampled input.
+struct Calibration {
+  std::map<std::string, std::shared_ptr<ActivationRecord>> records;
+  size_t rows = 0;
+  int64_t tokens = 0;
+};
+
+// Runs job.model, or the plugin's own model loaded from job.model_dir in
+// fp32, over the rows and records the input of every group's first linear
+// (the group's other linears read the same input).
+Calibration record_calibration(const ExportJob& job, const AwqOptions& o, Model& own,
+                               const std::vector<std::vector<ScalingGroup>>& layers,
+                               const std::vector<std::vector<int32_t>>& rows) {
+  Calibration calibration;
+  calibration.rows = rows.size();
+  for (const auto& r : rows) calibration.tokens += int64_t(r.size());
+  std::vector<std::string> recorded;
   for (const auto& groups : layers)
-    for (const auto& g : groups) quantised.insert(g.linears.begin(), g.linears.end());
+    for (const auto& g : groups) recorded.push_back(g.linears.front());
+  Model* model = job.model;
+  if (!model) {
+    LoadOptions lo;
+    lo.path = job.model_dir;
+    lo.compute_dtype = at::kFloat;
+    own.load(lo);
+    model = &own;
+  }
+  SlotRecorders recorders(*model, recorded, std::max<int64_t>(1, calibration.tokens / o.sample_tokens),
+                          o.sample_tokens);
+  run_calibration(*model, rows);
+  calibration.records = recorders.records();
+  return calibration;
+}
+
+// The output's tensor table: three tensors for each quantised linear, every
+// other tensor as the checkpoint declares it.
+std::vector<SafetensorsWriter::Decl> awq_tensor_table(const CheckpointReader& checkpoint,
+                                                      const std::set<std::string>& quantised, int64_t G) {
   std::vector<SafetensorsWriter::Decl> decls;
   for (const auto& name : checkpoint.names()) {
     const auto& info = checkpoint.info(name);
@@ -221,77 +227,96 @@ ExportReport export_awq(const ExportJob& job, const AwqOptions& o) {
       decls.push_back({name, dtype_from_safetensors(info.dtype), info.shape});
     }
   }
-  // Built in a private folder beside OUT and put in place only once it reads back.
-  OutputGuard building(job.out, kAwqCheckpointKind, OutputShape::folder);
-  const fs::path tmp = building.path();
-  SafetensorsWriter writer((tmp / "model.safetensors").string(), decls);
+  return decls;
+}
 
-  // 3. Layer by layer: scale, clip, round, write.
-  std::set<std::string> written;
+// What the layer loop adds up across layers, for the file and the report.
+struct AwqProgress {
+  std::set<std::string> written;  // checkpoint tensors already written (in AWQ form or scaled)
   double rel_rtn = 0, rel_awq = 0;
   int scaled_groups = 0;
-  for (const auto& groups : layers) {
-    std::map<std::string, at::Tensor> weights;    // fp32 copies, [out, in]
-    std::map<std::string, at::Tensor> originals;  // before scaling, for the report
-    std::map<std::string, at::Tensor> norms;
-    for (const auto& g : groups)
-      for (const auto& l : g.linears) {
-        weights[l] = checkpoint.get(l + ".weight").to(at::kFloat).clone();  // the mapping is read-only
-        originals[l] = weights[l];
-      }
-    std::map<std::string, at::Tensor> inputs;      // module -> its (scaled) sample inputs
-    std::map<std::string, at::Tensor> raw_inputs;  // module -> the recorded ones
-    for (const auto& g : groups) {
-      const auto& record = *records.at(g.linears.front());
-      at::Tensor x = record.sample();
-      for (const auto& l : g.linears) raw_inputs[l] = x;
-      if (!g.prev.empty()) {
-        std::vector<at::Tensor> ws;
-        for (const auto& l : g.linears) ws.push_back(weights[l]);
-        const auto found = search_scales(record.abs_mean(), x, ws, G, 20, o.duo_scaling);
-        const at::Tensor& s = found.scales;
-        if (g.prev_is_norm) {
-          if (!norms.count(g.prev)) norms[g.prev] = checkpoint.get(g.prev).to(at::kFloat).clone();
-          norms[g.prev] = norms[g.prev] / s;
-        } else {
-          weights[g.prev] = weights[g.prev] / s.unsqueeze(1);  // the previous linear's output rows
-        }
-        for (const auto& l : g.linears) weights[l] = weights[l] * s;  // input columns
-        x = x / s;
-        scaled_groups += found.alpha >= 0;
-        spdlog::debug("awq: {} alpha {} loss {:.4g} (plain rounding {:.4g})", g.linears.front(), found.alpha,
-                      found.loss, found.rtn_loss);
-      }
-      for (const auto& l : g.linears) inputs[l] = x;
-    }
-    for (const auto& g : groups)
-      for (const auto& l : g.linears) {
-        at::Tensor w = weights[l];
-        if (o.clip && !skips_clip(l)) w = apply_clip(w, search_clip(w, inputs[l], G), G);
-        const auto q = quantize_groups(w, G);
-        // The report: this linear's output error with AWQ (its scaled input
-        // through the quantised scaled weight, against the exact scaled
-        // weight) next to plain rounding of the original weight.
-        rel_awq += relative_error(inputs[l], weights[l], q.dequantize());
-        rel_rtn += relative_error(raw_inputs[l], originals[l], fake_quantize(originals[l], G));
-        const auto gemm = pack_gemm(q);
-        writer.write(l + ".qweight", gemm.qweight);
-        writer.write(l + ".qzeros", gemm.qzeros);
-        writer.write(l + ".scales", gemm.scales);
-        written.insert(l + ".weight");
-      }
-    for (const auto& [name, norm] : norms) {
-      writer.write(name, norm.to(dtype_from_safetensors(checkpoint.info(name).dtype)));
-      written.insert(name);
-    }
-  }
-  // 4. Everything else as it is: embeddings, final norm, lm_head, any bias.
-  for (const auto& name : checkpoint.names())
-    if (!written.count(name)) writer.write(name, checkpoint.get(name));
-  writer.finish();
+};
 
-  // 5. config.json with quantization_config; tokenizer and other files copied.
-  const fs::path source(job.model_dir);
+// One decoder layer while it is scaled: fp32 copies of its linears and the
+// inputs each one is scored on.
+struct LayerWork {
+  std::map<std::string, at::Tensor> weights;     // fp32 copies, [out, in]
+  std::map<std::string, at::Tensor> originals;   // before scaling, for the report
+  std::map<std::string, at::Tensor> norms;       // norm tensors with 1/s folded in
+  std::map<std::string, at::Tensor> inputs;      // module -> its (scaled) sample inputs
+  std::map<std::string, at::Tensor> raw_inputs;  // module -> the recorded ones
+};
+
+LayerWork read_layer(const std::vector<ScalingGroup>& groups, const CheckpointReader& checkpoint) {
+  LayerWork work;
+  for (const auto& g : groups)
+    for (const auto& l : g.linears) {
+      work.weights[l] = checkpoint.get(l + ".weight").to(at::kFloat).clone();  // the mapping is read-only
+      work.originals[l] = work.weights[l];
+    }
+  return work;
+}
+
+// Per group, in order: the scale search on the recorded input, 1/s folded
+// into the previous op and s into the group's input columns; later groups
+// then score on the scaled weights of earlier ones.
+void scale_layer(const std::vector<ScalingGroup>& groups, const Calibration& calibration,
+                 const CheckpointReader& checkpoint, const AwqOptions& o, LayerWork& work, AwqProgress& progress) {
+  for (const auto& g : groups) {
+    const auto& record = *calibration.records.at(g.linears.front());
+    at::Tensor x = record.sample();
+    for (const auto& l : g.linears) work.raw_inputs[l] = x;
+    if (!g.prev.empty()) {
+      std::vector<at::Tensor> ws;
+      for (const auto& l : g.linears) ws.push_back(work.weights[l]);
+      const auto found = search_scales(record.abs_mean(), x, ws, o.group_size, 20, o.duo_scaling);
+      const at::Tensor& s = found.scales;
+      if (g.prev_is_norm) {
+        if (!work.norms.count(g.prev)) work.norms[g.prev] = checkpoint.get(g.prev).to(at::kFloat).clone();
+        work.norms[g.prev] = work.norms[g.prev] / s;
+      } else {
+        work.weights[g.prev] = work.weights[g.prev] / s.unsqueeze(1);  // the previous linear's output rows
+      }
+      for (const auto& l : g.linears) work.weights[l] = work.weights[l] * s;  // input columns
+      x = x / s;
+      progress.scaled_groups += found.alpha >= 0;
+      spdlog::debug("awq: {} alpha {} loss {:.4g} (plain rounding {:.4g})", g.linears.front(), found.alpha,
+                    found.loss, found.rtn_loss);
+    }
+    for (const auto& l : g.linears) work.inputs[l] = x;
+  }
+}
+
+// Clip, round and pack every linear of the scaled layer, and write its
+// norms with the folded scales in their checkpoint dtype.
+void write_layer(const std::vector<ScalingGroup>& groups, const CheckpointReader& checkpoint, const AwqOptions& o,
+                 LayerWork& work, SafetensorsWriter& writer, AwqProgress& progress) {
+  const int64_t G = o.group_size;
+  for (const auto& g : groups)
+    for (const auto& l : g.linears) {
+      at::Tensor w = work.weights[l];
+      if (o.clip && !skips_clip(l)) w = apply_clip(w, search_clip(w, work.inputs[l], G), G);
+      const auto q = quantize_groups(w, G);
+      // The report: this linear's output error with AWQ (its scaled input
+      // through the quantised scaled weight, against the exact scaled
+      // weight) next to plain rounding of the original weight.
+      progress.rel_awq += relative_error(work.inputs[l], work.weights[l], q.dequantize());
+      progress.rel_rtn += relative_error(work.raw_inputs[l], work.originals[l], fake_quantize(work.originals[l], G));
+      const auto gemm = pack_gemm(q);
+      writer.write(l + ".qweight", gemm.qweight);
+      writer.write(l + ".qzeros", gemm.qzeros);
+      writer.write(l + ".scales", gemm.scales);
+      progress.written.insert(l + ".weight");
+    }
+  for (const auto& [name, norm] : work.norms) {
+    writer.write(name, norm.to(dtype_from_safetensors(checkpoint.info(name).dtype)));
+    progress.written.insert(name);
+  }
+}
+
+// config.json with quantization_config; tokenizer and other files copied,
+// every safetensors file and its index left out.
+void write_awq_side_files(const fs::path& source, const fs::path& tmp, int64_t G) {
   auto cfg = nlohmann::json::parse(read_text(source / "config.json"));
   cfg["quantization_config"] = awq_quantization_config(G);
   write_file_atomic((tmp / "config.json").string(), cfg.dump(2) + "\n");
@@ -302,9 +327,11 @@ ExportReport export_awq(const ExportJob& job, const AwqOptions& o) {
       continue;
     fs::copy_file(entry.path(), tmp / file);
   }
+}
 
-  // 6. Read the file back: every declared tensor, with its dtype and shape.
-  const auto written_file = SafetensorsFile::open((tmp / "model.safetensors").string());
+// Reads the file back: every declared tensor, with its dtype and shape.
+void check_awq_reads_back(const fs::path& file, const std::vector<SafetensorsWriter::Decl>& decls) {
+  const auto written_file = SafetensorsFile::open(file.string());
   MFTK_CHECK(written_file->tensors().size() == decls.size(), "awq: {} reads back {} tensors, {} were written",
              written_file->path(), written_file->tensors().size(), decls.size());
   for (const auto& d : decls) {
@@ -312,16 +339,67 @@ ExportReport export_awq(const ExportJob& job, const AwqOptions& o) {
     MFTK_CHECK(info && info->dtype == dtype_to_safetensors(d.dtype) && info->shape == d.shape,
                "awq: {} does not read back '{}' as written", written_file->path(), d.name);
   }
+}
+
+}  // namespace
+
+ExportReport export_awq(const ExportJob& job, const AwqOptions& o) {
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t G = o.group_size;
+  // The checkpoint described by the model plugin (its shape and tensor
+  // table), and loaded by it when the caller passes no model to run.
+  std::unique_ptr<Model> own = open_model(job.model_dir);
+  const ModelShape config = own->shape();
+  const ModelArchitecture architecture = own->architecture();
+  check_awq_shapes(config, G);
+  check_awq_output(job);
+  const auto checkpoint = CheckpointReader::open(job.model_dir);
+
+  // 1. Calibration: the input of every group's first linear, recorded in one pass.
+  const auto rows = calibration_rows_for(job, o);
+  const auto layers = scaling_layers(architecture, config);
+  const Calibration calibration = record_calibration(job, o, *own, layers, rows);
+  own.reset();  // the weights are read from the checkpoint from here on
+  spdlog::info("awq: calibration on {} rows, {} tokens; searches score on up to {} sampled tokens", calibration.rows,
+               calibration.tokens, o.sample_tokens);
+
+  // 2. The output's tensor table, written in a private folder beside OUT and
+  // put in place only once it reads back.
+  std::set<std::string> quantised;
+  for (const auto& groups : layers)
+    for (const auto& g : groups) quantised.insert(g.linears.begin(), g.linears.end());
+  const auto decls = awq_tensor_table(checkpoint, quantised, G);
+  OutputGuard building(job.out, kAwqCheckpointKind, OutputShape::folder);
+  const fs::path tmp = building.path();
+  SafetensorsWriter writer((tmp / "model.safetensors").string(), decls);
+
+  // 3. Layer by layer: scale, clip, round, write.
+  AwqProgress progress;
+  for (const auto& groups : layers) {
+    LayerWork work = read_layer(groups, checkpoint);
+    scale_layer(groups, calibration, checkpoint, o, work, progress);
+    write_layer(groups, checkpoint, o, work, writer, progress);
+  }
+  // 4. Everything else as it is: embeddings, final norm, lm_head, any bias.
+  for (const auto& name : checkpoint.names())
+    if (!progress.written.count(name)) writer.write(name, checkpoint.get(name));
+  writer.finish();
+
+  // 5. config.json and the tokenizer; 6. the file read back before the folder is put in place.
+  write_awq_side_files(fs::path(job.model_dir), tmp, G);
+  check_awq_reads_back(tmp / "model.safetensors", decls);
   building.commit();
 
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const fs::path out(job.out);
   ExportReport report;
   report.path = out.string();
   report.bytes = int64_t(fs::file_size(out / "model.safetensors"));
   report.summary = fmt::format(
       "{} linears 4-bit (group {}), {} of {} groups scaled, calibration {} tokens; summed relative output error on "
       "the calibration sample {:.4g} (plain rounding {:.4g}), {:.1f} s",
-      quantised.size(), G, scaled_groups, layers.size() * 4, tokens, rel_awq, rel_rtn, seconds);
+      quantised.size(), G, progress.scaled_groups, layers.size() * 4, calibration.tokens, progress.rel_awq,
+      progress.rel_rtn, seconds);
   return report;
 }
 
