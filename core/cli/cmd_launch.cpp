@@ -88,28 +88,30 @@ struct Rank {
   std::optional<int> status;
 };
 
-int launch(const LaunchArgs& a) {
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  const int port = a.master_port > 0 ? a.master_port : free_port();
-  // Ranks share the cores: cores / N threads each, unless the user chose.
+// Ranks share the cores: cores / N threads each, unless the user chose.
+std::string threads_per_rank(int nproc) {
   const char* user_threads = std::getenv("MFTK_THREADS");
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  const std::string threads =
-      user_threads && *user_threads ? user_threads : std::to_string(std::max(1u, cores / unsigned(a.nproc)));
+  return user_threads && *user_threads ? user_threads : std::to_string(std::max(1u, cores / unsigned(nproc)));
+}
 
+// `self run RECIPE [--set K=V ...] [--output-dir DIR]`: what every rank runs.
+std::vector<std::string> rank_command(const LaunchArgs& a, const std::string& self) {
   std::vector<std::string> args = {self, "run", a.recipe.path};
   for (const auto& o : a.recipe.overrides) args.insert(args.end(), {"--set", o});
   if (!a.output_dir.empty()) args.insert(args.end(), {"--output-dir", a.output_dir});
-  std::vector<char*> argv;
-  for (auto& s : args) argv.push_back(s.data());
-  argv.push_back(nullptr);
+  return args;
+}
 
+// Each rank's environment: launch's own, with torchrun's variables (and the
+// thread counts) set for that rank in place of any inherited ones.
+std::vector<Rank> make_ranks(int nproc, int port, const std::string& threads) {
   const std::map<std::string, std::string> common = {
-      {"WORLD_SIZE", std::to_string(a.nproc)}, {"LOCAL_WORLD_SIZE", std::to_string(a.nproc)},
-      {"MASTER_ADDR", "127.0.0.1"},           {"MASTER_PORT", std::to_string(port)},
-      {"MFTK_THREADS", threads},              {"OMP_NUM_THREADS", threads}};
-  std::vector<Rank> ranks(size_t(a.nproc));
-  for (int r = 0; r < a.nproc; ++r) {
+      {"WORLD_SIZE", std::to_string(nproc)}, {"LOCAL_WORLD_SIZE", std::to_string(nproc)},
+      {"MASTER_ADDR", "127.0.0.1"},         {"MASTER_PORT", std::to_string(port)},
+      {"MFTK_THREADS", threads},            {"OMP_NUM_THREADS", threads}};
+  std::vector<Rank> ranks(static_cast<size_t>(nproc));
+  for (int r = 0; r < nproc; ++r) {
     auto vars = common;
     vars["RANK"] = vars["LOCAL_RANK"] = std::to_string(r);
     auto& env = ranks[size_t(r)].env;
@@ -120,18 +122,15 @@ int launch(const LaunchArgs& a) {
     for (const auto& [k, v] : vars) env.push_back(k + "=" + v);
     ranks[size_t(r)].rank = r;
   }
-  spdlog::info("launch: {} ranks of `mftk run {}`, rendezvous 127.0.0.1:{}, {} thread(s) each", a.nproc,
-               a.recipe.path, port, threads);
+  return ranks;
+}
 
-  // Ctrl-C reaches the children from the terminal; a signal sent to launch
-  // alone (kill, a scheduler) is passed on so they can checkpoint and stop.
-  struct sigaction sa {};
-  sa.sa_handler = remember_signal;
-  sigemptyset(&sa.sa_mask);
-  struct sigaction old_int {}, old_term {};
-  sigaction(SIGINT, &sa, &old_int);
-  sigaction(SIGTERM, &sa, &old_term);
-
+// Forks and execs every rank; argv and envp point into `args` and each
+// rank's env, built before fork.
+void start_ranks(std::vector<Rank>& ranks, std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (auto& s : args) argv.push_back(s.data());
+  argv.push_back(nullptr);
   for (auto& rk : ranks) {
     std::vector<char*> envp;
     for (auto& s : rk.env) envp.push_back(s.data());
@@ -149,7 +148,12 @@ int launch(const LaunchArgs& a) {
       _exit(127);
     }
   }
+}
 
+// Waits for every rank, passing on a signal launch received. The first rank
+// to fail gets the others stopped: SIGTERM now, SIGKILL 10 s later. Returns
+// that rank's index, if any failed.
+std::optional<size_t> supervise(std::vector<Rank>& ranks) {
   std::optional<size_t> first_failure;
   std::optional<std::chrono::steady_clock::time_point> kill_at;  // SIGKILL whoever is left then
   auto alive = [&] {
@@ -184,9 +188,13 @@ int launch(const LaunchArgs& a) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  sigaction(SIGINT, &old_int, nullptr);
-  sigaction(SIGTERM, &old_term, nullptr);
+  return first_failure;
+}
 
+// launch's exit code once every rank has ended: an Error naming the first
+// failed rank and how the others ended; 130 when a rank was interrupted
+// (and checkpointed); else 0.
+int launch_outcome(const std::vector<Rank>& ranks, std::optional<size_t> first_failure) {
   if (first_failure) {
     const Rank& f = ranks[*first_failure];
     std::vector<std::string> others;
@@ -199,6 +207,30 @@ int launch(const LaunchArgs& a) {
   for (const auto& rk : ranks)
     if (WEXITSTATUS(*rk.status) == 130) return 130;
   return 0;
+}
+
+int launch(const LaunchArgs& a) {
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  const int port = a.master_port > 0 ? a.master_port : free_port();
+  const std::string threads = threads_per_rank(a.nproc);
+  std::vector<std::string> args = rank_command(a, self);
+  std::vector<Rank> ranks = make_ranks(a.nproc, port, threads);
+  spdlog::info("launch: {} ranks of `mftk run {}`, rendezvous 127.0.0.1:{}, {} thread(s) each", a.nproc,
+               a.recipe.path, port, threads);
+
+  // Ctrl-C reaches the children from the terminal; a signal sent to launch
+  // alone (kill, a scheduler) is passed on so they can checkpoint and stop.
+  struct sigaction sa {};
+  sa.sa_handler = remember_signal;
+  sigemptyset(&sa.sa_mask);
+  struct sigaction old_int {}, old_term {};
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
+  start_ranks(ranks, args);
+  const std::optional<size_t> first_failure = supervise(ranks);
+  sigaction(SIGINT, &old_int, nullptr);
+  sigaction(SIGTERM, &old_term, nullptr);
+  return launch_outcome(ranks, first_failure);
 }
 
 }  // namespace
