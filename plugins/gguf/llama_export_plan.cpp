@@ -137,6 +137,100 @@ std::optional<size_t> added_token_id(int64_t id, int64_t vocab_size, const std::
   return size_t(id);
 }
 
+// Rules 1 and 2 below: every piece of tokenizer.model with sentencepiece's
+// score and type (NORMAL for a user-defined one), then "[PAD<id>]" up to vocab_size.
+void add_sentencepiece_pieces(const Tokenizer& tok, int64_t vocab_size, TokenizerFacts& f) {
+  const int32_t n = tok.vocab_size();
+  f.tokens.reserve(size_t(vocab_size));
+  for (int32_t id = 0; id < n; ++id) {
+    const PieceType type = tok.type(id);
+    const bool kept = type == PieceType::unknown || type == PieceType::control || type == PieceType::unused ||
+                      type == PieceType::byte;
+    f.tokens.push_back(tok.piece(id));
+    f.scores.push_back(tok.score(id));
+    f.types.push_back(int32_t(kept ? type : PieceType::normal));
+  }
+  for (int64_t id = n; id < vocab_size; ++id) {
+    f.tokens.push_back(fmt::format("[PAD{}]", id));
+    f.scores.push_back(-10000.0f);
+    f.types.push_back(int32_t(PieceType::unused));
+  }
+}
+
+// Rule 3: added_tokens.json ({text: id}), USER_DEFINED with score -1000.
+void apply_added_tokens_json(const std::string& model_dir, int64_t vocab_size, TokenizerFacts& f) {
+  const auto added_path = std::filesystem::path(model_dir) / "added_tokens.json";
+  const nlohmann::json added = read_json_if_present(added_path);
+  if (!added.is_object())
+    throw Error(fmt::format("{}: expected an object {{\"token\": id, ...}}", added_path.string()));
+  for (const auto& [text, id] : added.items()) {
+    if (!id.is_number_integer())
+      throw Error(fmt::format("{}: the id of \"{}\" is not an integer", added_path.string(), text));
+    if (auto at = added_token_id(id.get<int64_t>(), vocab_size, text, added_path.string())) {
+      f.tokens[*at] = text;
+      f.scores[*at] = -1000.0f;
+      f.types[*at] = int32_t(PieceType::user_defined);
+    }
+  }
+}
+
+// An added_tokens_decoder key: the whole string a decimal token id.
+int64_t decoder_key_id(const std::string& key, const std::string& file) {
+  int64_t id = -1;
+  size_t used = 0;
+  try {
+    id = std::stoll(key, &used);
+  } catch (const std::exception&) {
+  }
+  if (used == 0 || used != key.size())
+    throw Error(fmt::format("{}: added_tokens_decoder key \"{}\" is not a token id", file, key));
+  return id;
+}
+
+// Rule 4: tokenizer_config.json's added_tokens_decoder, last so it wins:
+// CONTROL when special or control-looking, else USER_DEFINED with "▁" as a space.
+void apply_added_tokens_decoder(const nlohmann::json& config, const std::string& config_file, int64_t vocab_size,
+                                TokenizerFacts& f) {
+  auto it = config.find("added_tokens_decoder");
+  if (it == config.end() || it->is_null()) return;
+  if (!it->is_object())
+    throw Error(fmt::format("{}: added_tokens_decoder is not an object {{\"id\": {{\"content\": ...}}}}",
+                            config_file));
+  for (const auto& [key, entry] : it->items()) {
+    const int64_t id = decoder_key_id(key, config_file);
+    if (!entry.is_object() || !entry.contains("content") || !entry["content"].is_string())
+      throw Error(fmt::format("{}: added_tokens_decoder[\"{}\"] has no \"content\" string", config_file, key));
+    std::string text = entry["content"].get<std::string>();
+    const auto at = added_token_id(id, vocab_size, text, config_file);
+    if (!at) continue;
+    const auto special = entry.find("special");
+    if ((special != entry.end() && special->is_boolean() && special->get<bool>()) || looks_like_control_token(text)) {
+      f.types[*at] = int32_t(PieceType::control);
+    } else {
+      text = spaces_for_word_boundaries(text);
+      f.types[*at] = int32_t(PieceType::user_defined);
+    }
+    f.scores[*at] = -1000.0f;
+    f.tokens[*at] = text;
+  }
+}
+
+// tokenizer_config.json's chat_template: a string, or transformers' list
+// form [{"name": "default", "template": ...}, ...]; empty when there is none.
+std::string chat_template_of(const nlohmann::json& config) {
+  std::string chat_template;
+  if (auto it = config.find("chat_template"); it != config.end() && !it->is_null()) {
+    if (it->is_string()) {
+      chat_template = it->get<std::string>();
+    } else if (it->is_array()) {
+      for (const auto& entry : *it)
+        if (entry.value("name", "") == "default" && entry.contains("template") && entry["template"].is_string())
+          chat_template = entry["template"].get<std::string>();
+    }
+  }
+  return chat_template;
+}
+
 }  // namespace
 
 TokenizerFacts load_tokenizer_facts(const std::string& model_dir, int64_t vocab_size) {
@@ -165,87 +259,23 @@ TokenizerFacts load_tokenizer_facts(const std::string& model_dir, int64_t vocab_
   //     so they become CONTROL with score -1000, <unk> included.
   // Added ids past vocab_size are ignored with a warning, as there.
   TokenizerFacts f;
-  f.tokens.reserve(size_t(vocab_size));
-  for (int32_t id = 0; id < n; ++id) {
-    const PieceType type = tok->type(id);
-    const bool kept = type == PieceType::unknown || type == PieceType::control || type == PieceType::unused ||
-                      type == PieceType::byte;
-    f.tokens.push_back(tok->piece(id));
-    f.scores.push_back(tok->score(id));
-    f.types.push_back(int32_t(kept ? type : PieceType::normal));
-  }
-  for (int64_t id = n; id < vocab_size; ++id) {
-    f.tokens.push_back(fmt::format("[PAD{}]", id));
-    f.scores.push_back(-10000.0f);
-    f.types.push_back(int32_t(PieceType::unused));
-  }
-  const auto added_path = std::filesystem::path(model_dir) / "added_tokens.json";
-  const nlohmann::json added = read_json_if_present(added_path);
-  if (!added.is_object())
-    throw Error(fmt::format("{}: expected an object {{\"token\": id, ...}}", added_path.string()));
-  for (const auto& [text, id] : added.items()) {
-    if (!id.is_number_integer())
-      throw Error(fmt::format("{}: the id of \"{}\" is not an integer", added_path.string(), text));
-    if (auto at = added_token_id(id.get<int64_t>(), vocab_size, text, added_path.string())) {
-      f.tokens[*at] = text;
-      f.scores[*at] = -1000.0f;
-      f.types[*at] = int32_t(PieceType::user_defined);
-    }
-  }
-
+  add_sentencepiece_pieces(*tok, vocab_size, f);
+  apply_added_tokens_json(model_dir, vocab_size, f);
   const auto config_path = std::filesystem::path(model_dir) / "tokenizer_config.json";
   const nlohmann::json config = read_json_if_present(config_path);
-  if (auto it = config.find("added_tokens_decoder"); it != config.end() && !it->is_null()) {
-    if (!it->is_object())
-      throw Error(fmt::format("{}: added_tokens_decoder is not an object {{\"id\": {{\"content\": ...}}}}",
-                              config_path.string()));
-    for (const auto& [key, entry] : it->items()) {
-      int64_t id = -1;
-      size_t used = 0;
-      try {
-        id = std::stoll(key, &used);
-      } catch (const std::exception&) {
-      }
-      if (used == 0 || used != key.size())
-        throw Error(fmt::format("{}: added_tokens_decoder key \"{}\" is not a token id", config_path.string(), key));
-      if (!entry.is_object() || !entry.contains("content") || !entry["content"].is_string())
-        throw Error(fmt::format("{}: added_tokens_decoder[\"{}\"] has no \"content\" string", config_path.string(),
-                                key));
-      std::string text = entry["content"].get<std::string>();
-      const auto at = added_token_id(id, vocab_size, text, config_path.string());
-      if (!at) continue;
-      const auto special = entry.find("special");
-      if ((special != entry.end() && special->is_boolean() && special->get<bool>()) || looks_like_control_token(text)) {
-        f.types[*at] = int32_t(PieceType::control);
-      } else {
-        text = spaces_for_word_boundaries(text);
-        f.types[*at] = int32_t(PieceType::user_defined);
-      }
-      f.scores[*at] = -1000.0f;
-      f.tokens[*at] = text;
-    }
-  }
+  apply_added_tokens_decoder(config, config_path.string(), vocab_size, f);
+
   f.bos = uint32_t(tok->bos_id());
   f.eos = uint32_t(tok->eos_id());
   f.unk = uint32_t(tok->unk_id());
   f.add_bos = tok->add_bos();
   f.add_eos = tok->add_eos();
-
   if (auto pad = special_token_text(config, "pad_token")) {
     if (auto id = tok->piece_to_id(*pad)) f.pad = uint32_t(*id);
     else
       throw Error(fmt::format("{}: pad_token \"{}\" is not a piece of tokenizer.model", config_path.string(), *pad));
   }
-  if (auto it = config.find("chat_template"); it != config.end() && !it->is_null()) {
-    if (it->is_string()) {
-      f.chat_template = it->get<std::string>();
-    } else if (it->is_array()) {
-      // transformers' list form: [{"name": "default", "template": ...}, ...]
-      for (const auto& entry : *it)
-        if (entry.value("name", "") == "default" && entry.contains("template") && entry["template"].is_string())
-          f.chat_template = entry["template"].get<std::string>();
-    }
-  }
+  f.chat_template = chat_template_of(config);
   return f;
 }
 
