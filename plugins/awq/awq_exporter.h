@@ -20,7 +20,7 @@
 //
 // defines: mftk::awq::AwqOptions, mftk::awq::awq_keys, mftk::awq::awq_options_from_config,
 //          mftk::awq::check_awq_shapes, mftk::awq::awq_quantization_config, mftk::awq::ScalingGroup,
-//          mftk::awq::mistral_scaling_groups, mftk::awq::export_awq, mftk::awq::AwqExporter
+//          mftk::awq::scaling_groups, mftk::awq::export_awq, mftk::awq::AwqExporter
 #pragma once
 
 #include <cstdint>
