@@ -79,7 +79,7 @@ at::Tensor random_ids(int64_t batch, int64_t seq, int64_t vocab, uint64_t seed);
 // (not supervised), the rest the response.
 Batch mftk_batch(const at::Tensor& ids, int64_t prompt_tokens = 0);
 
-// One mftk training step: the trainer's order of work (core/trainer.cpp):
+// One mftk training step: the trainer's order of work (core/train/trainer.cpp):
 // supervised_loss_sum / tokens, backward, clip the global norm (computed in
 // double, as Trainer::clip_gradients does), optimizer plugin step, grads cleared.
 double mftk_train_step(Model& model, Optimizer& optimizer, NamedTensors& trainable, const Batch& batch, double lr,

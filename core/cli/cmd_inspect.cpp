@@ -1,5 +1,5 @@
 // mftk inspect FILE: what a GGUF file says, read with mftk's bounds-checked
-// reader (core/gguf_reader.h): the header, every metadata key with its type
+// reader (core/io/gguf_reader.h): the header, every metadata key with its type
 // (arrays as element type, length and their first items) and the tensor
 // table (name, type, ne, offset).
 #include <cstdio>

@@ -1,4 +1,4 @@
-// mftk plan: the pre-flight estimate of a recipe (core/plan.h), with its lint.
+// mftk plan: the pre-flight estimate of a recipe (core/run/plan.h), with its lint.
 #include <cstdio>
 #include <memory>
 

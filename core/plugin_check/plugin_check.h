@@ -32,7 +32,7 @@ using CheckSink = std::function<void(const CheckResult&)>;
 // the checks write only below it. A check that throws is a failure with the
 // exception's message; nothing a plugin does escapes this function except a
 // crash. Adapters, quantizers and exporters run against the default model
-// plugin (core/defaults.h), found through `registry`.
+// plugin (core/recipe/defaults.h), found through `registry`.
 void check_component(Registry& registry, const ComponentInfo& component, const std::string& scratch_dir,
                      const CheckSink& sink);
 

@@ -1,6 +1,6 @@
 // libmftk_spm: the C ABI of spm_shim.h over sentencepiece 0.1.97.
 //
-// Loaded by core/tokenizer.cpp with dlmopen(LM_ID_NEWLM), never linked into a
+// Loaded by core/data/tokenizer.cpp with dlmopen(LM_ID_NEWLM), never linked into a
 // torch process. Every exported function catches everything: a C++ exception
 // must not unwind into the caller's (different) libstdc++.
 #include "spm_shim.h"

@@ -4,7 +4,7 @@
  *          and one function-pointer typedef per function (MftkSpm*Fn)
  *
  * Why C: libsentencepiece bundles protobuf 3.14 and libtorch links protobuf
- * 3.21; the two crash in one link namespace. core/tokenizer.cpp loads this
+ * 3.21; the two crash in one link namespace. core/data/tokenizer.cpp loads this
  * library with dlmopen(LM_ID_NEWLM), which gives it its own libstdc++ and
  * libc, so nothing but plain C values may cross: no std::string, no
  * exceptions, no memory allocated on one side and freed on the other.

@@ -1,5 +1,5 @@
 // An AWQ folder read back from disk as a dense checkpoint folder, for the
-// export parity gate (core/export_parity.h): each quantised linear's
+// export parity gate (core/model/export_parity.h): each quantised linear's
 // qweight / qzeros / scales decoded as AutoAWQ's WQLinear_GEMM dequantises
 // them, W[o, i] = (q[i, o] - z[i / G, o]) * s[i / G, o] (docs/formats.md §5, AWQ), and
 // every other tensor (the norms with the folded scales among them) taken

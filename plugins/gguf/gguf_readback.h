@@ -1,5 +1,5 @@
 // A GGUF file mftk wrote, read back from disk as a plain Hugging Face
-// checkpoint folder, for the export parity gate (core/export_parity.h):
+// checkpoint folder, for the export parity gate (core/model/export_parity.h):
 // every tensor decoded from its stored type (F32, F16, BF16, Q8_0, Q4_K,
 // Q6_K) with the decoders llama.cpp's formats define, the q/k rows put back
 // in HF's RoPE order, and the hyperparameters taken from the file's

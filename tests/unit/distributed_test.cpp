@@ -1,4 +1,4 @@
-// Data-parallel training (core/distributed.cpp, the trainer's DP path, mftk
+// Data-parallel training (core/train/distributed.cpp, the trainer's DP path, mftk
 // launch). In process: the environment parsing, the rendezvous timeout, and
 // the bucketed all-reduce / broadcast / scalar sum on two ranks in threads
 // against sums computed by hand. End to end, with the real binary on a tiny

@@ -1,4 +1,4 @@
-// The export parity gate (core/export_parity.h): the figures against a
+// The export parity gate (core/model/export_parity.h): the figures against a
 // case worked by hand, the row selection, a LoRA merge read back from disk
 // (near-exact) against the same checkpoint with one layer zeroed (fails),
 // the GGUF and AWQ read-backs against facts of their formats, and `mftk run`

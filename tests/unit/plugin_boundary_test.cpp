@@ -2,7 +2,7 @@
 // what they can do instead of spelling their names. Quantizers claim the
 // stored formats they read, packers declare the respects_sliding_window
 // trait, and core/ sources spell no first-party plugin name outside
-// core/defaults.h (a source scan against the names the build's plugins
+// core/recipe/defaults.h (a source scan against the names the build's plugins
 // register).
 #include <gtest/gtest.h>
 
@@ -230,7 +230,7 @@ TEST(PluginBoundary, CoreSpellsNoFirstPartyPluginNameOutsideTheDefaultsTable) {
     const auto ext = entry.path().extension();
     if (!entry.is_regular_file() || (ext != ".cpp" && ext != ".h")) continue;
     const std::string rel = fs::relative(entry.path(), fs::path(MFTK_SOURCE_DIR)).generic_string();
-    if (rel == "core/defaults.h") continue;  // the one table allowed to
+    if (rel == "core/recipe/defaults.h") continue;  // the one table allowed to
     std::ifstream in(entry.path());
     std::stringstream text;
     text << in.rdbuf();
@@ -248,7 +248,7 @@ TEST(PluginBoundary, CoreSpellsNoFirstPartyPluginNameOutsideTheDefaultsTable) {
       std::printf("pending %s:%s\n", file.c_str(), list.c_str());
       continue;
     }
-    ADD_FAILURE() << file << " spells first-party plugin names; read them from core/defaults.h or ask the plugin "
+    ADD_FAILURE() << file << " spells first-party plugin names; read them from core/recipe/defaults.h or ask the plugin "
                   << "(ComponentSpec traits, SDK hooks):" << list;
   }
   for (const auto& file : kPending)

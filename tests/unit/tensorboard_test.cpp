@@ -1,4 +1,4 @@
-// The TensorBoard events file (core/tensorboard_writer.h), read back by a
+// The TensorBoard events file (core/io/tensorboard_writer.h), read back by a
 // reader written here from the format's definition, not from the writer:
 // TFRecord framing (uint64 length, masked CRC32C of it, data, masked CRC32C
 // of the data), CRCs from a bit-by-bit CRC32C (no table), and the protobuf

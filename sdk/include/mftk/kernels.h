@@ -16,7 +16,7 @@
 // updates (plugins/paged_adamw_8bit), the dynamic-map code search (below),
 // and the attention plan's block bounds (plugins/mistral/attention.cpp).
 // Already tensor ops only, so the same on every device: the fused
-// cross-entropy (core/linear_cross_entropy.cpp) and the attention masks.
+// cross-entropy (core/train/linear_cross_entropy.cpp) and the attention masks.
 // Left on the CPU on purpose, being host data by nature: the packers and
 // make_batch (std::vector rows -> tensors; the trainer moves batches), the
 // 8-bit optimizer's host pages and its state()/load_state() copies, and

@@ -1,7 +1,7 @@
 // Ollama's Modelfile for a GGUF mftk writes (docs/formats.md §4.9): FROM
 // (and ADAPTER for a LoRA adapter file), a TEMPLATE in Ollama's Go-template
 // syntax that renders Mistral's [INST] chat format exactly as the core's
-// encode_chat (core/chat_template.h) builds it, and the stop strings. Part of
+// encode_chat (core/data/chat_template.h) builds it, and the stop strings. Part of
 // the SDK (implemented in libmftk_core), so every exporter that writes a GGUF
 // writes the same Modelfile beside it.
 //

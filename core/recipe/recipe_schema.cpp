@@ -37,7 +37,7 @@ const std::map<std::string, std::vector<KeySpec>>& core_tables() {
            K::boolean("group_by_length", false, fmt::format("batch rows of similar length ({} packer)",
                                                              kDefaultOneRowPerExamplePacker)),
            K::integer("threads", 0, "CPU threads for libtorch; 0: all cores").range(0, 4096),
-           // Checked beyond one_of by check_device_setting (core/device.h): cuda:N takes any index.
+           // Checked beyond one_of by check_device_setting (core/train/device.h): cuda:N takes any index.
            K::string("device", "auto",
                      "where weights, adapter, optimizer state and batches live: auto (a GPU when the libtorch has "
                      "CUDA and one is visible, else cpu), cpu, cuda, or cuda:N; under mftk launch / torchrun each "
@@ -73,7 +73,7 @@ const std::map<std::string, std::vector<KeySpec>>& core_tables() {
            K::number("temperature", 0.0, "0 is greedy").range(0, 100),
            K::integer("exact_match", 0, "score greedy answers of N eval examples before and after training; 0: off")
                .range(0, 1 << 20),
-           // The export parity gate (core/export_parity.h): rows through the trained model and through each
+           // The export parity gate (core/model/export_parity.h): rows through the trained model and through each
            // artefact read back from disk.
            K::integer("parity_rows", 16,
                       "export parity: held-out rows (the eval split; training rows when there is none) run through "

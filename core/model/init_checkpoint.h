@@ -12,7 +12,7 @@
 namespace mftk::core {
 
 struct InitOptions {
-  std::string model_plugin;  // empty: kDefaultModelPlugin (core/defaults.h)
+  std::string model_plugin;  // empty: kDefaultModelPlugin (core/recipe/defaults.h)
   std::string preset = "tiny";
   std::map<std::string, int64_t> overrides;  // config.json key -> value (num_hidden_layers, ...)
   bool sliding_window_null = false;          // --sliding-window 0

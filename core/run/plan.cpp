@@ -48,8 +48,8 @@ namespace {
 // ---------------------------------------------------------------------------
 // Constants of the code being modelled (each names where it comes from).
 
-constexpr int64_t kLossChunk = 1024;               // core/trainer.cpp kLossChunkTokens
-constexpr int64_t kWidenChunkBytes = 64ll << 20;   // core/linear_slot.cpp widen_chunk_rows
+constexpr int64_t kLossChunk = 1024;               // core/train/trainer.cpp kLossChunkTokens
+constexpr int64_t kWidenChunkBytes = 64ll << 20;   // core/train/linear_slot.cpp widen_chunk_rows
 constexpr int64_t kMaskCacheBytes = 64ll << 20;    // plugins/mistral AttentionPlan cache_bytes
 constexpr int64_t kCudaContextBytes = 600ll << 20; // CUDA context + cuBLAS workspace of a libtorch process
 
@@ -336,7 +336,7 @@ MemoryEstimate estimate_memory(const ModelFacts& m, const TrainingFacts& t, cons
                   t.gradient_checkpointing ? "on" : "off"));
 
   // 4. Logits and cross-entropy: only supervised tokens, in chunks
-  // (core/linear_cross_entropy.cpp). Gradients are taken chunk by chunk in
+  // (core/train/linear_cross_entropy.cpp). Gradients are taken chunk by chunk in
   // the forward pass: a chunk's logits and softmax are live, [S, H] of
   // hidden-state gradient is kept, and a trainable head (full fine-tuning,
   // modules_to_save) also keeps its weight's gradient, summed over chunks.
@@ -455,7 +455,7 @@ StepPlan plan_steps(const Recipe& recipe, const TrainingFacts& t, const DataPlan
   if (!d.available) {
     s.total_steps = t.max_steps > 0 ? t.max_steps : 0;
   } else {
-    // The trainer's arithmetic (core/trainer.cpp: Trainer::Trainer).
+    // The trainer's arithmetic (core/train/trainer.cpp: Trainer::Trainer).
     s.micro_batches_per_epoch = (d.train_rows + t.micro_batch_size - 1) / t.micro_batch_size;
     s.steps_per_epoch = (s.micro_batches_per_epoch + t.gradient_accumulation_steps - 1) / t.gradient_accumulation_steps;
     const int64_t micro = std::max<int64_t>(1, int64_t(std::floor(t.num_epochs * double(s.micro_batches_per_epoch))));
