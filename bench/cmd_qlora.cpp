@@ -132,7 +132,6 @@ void cmd_qlora(const CommonOptions& common, const TrainArgs& a) {
       const auto* aref = engine.recipe->component("adapter");
       auto adapter = engine.registry.create<Adapter>(Kind::adapter, aref->plugin, aref->config);
       adapter->inject(model);
-      adapter->set_training(true);
       NamedTensors trainable = adapter->trainable_parameters();
       const auto* oref = engine.recipe->component("optimizer");
       auto optimizer = engine.registry.create<Optimizer>(Kind::optimizer, oref->plugin, oref->config);

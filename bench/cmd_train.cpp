@@ -131,7 +131,6 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
       const auto* ref = engine.recipe->component("adapter");
       adapter = engine.registry.create<Adapter>(Kind::adapter, ref->plugin, ref->config);
       adapter->inject(model);
-      adapter->set_training(true);
       trainable = adapter->trainable_parameters();
       copy_lora_into(model, pw);
       if (response_only) copy_lora_into(model, gw);

@@ -199,8 +199,7 @@ void add_data_commands(CLI::App& app) {
         if (stats.dropped > 0)
           spdlog::warn("eval: {} pairs longer than sequence_len {} left out", stats.dropped, training.get_int("sequence_len"));
         const int64_t mbs = training.get_int("micro_batch_size");
-        lm.model->set_training(false);
-        if (loaded_adapter) loaded_adapter->set_training(false);
+        lm.model->set_training(false);  // the adapter's ops included
         core::prepare_objective(*lm.model, *objective, loaded_adapter.get(), rows, mbs);
         const auto result = core::evaluate_objective(*lm.model, objective.get(), loaded_adapter.get(), rows, mbs);
         spdlog::info("eval ({}): {} pairs", objective_name, result.tokens);

@@ -61,7 +61,7 @@ std::unique_ptr<Adapter> load_adapter(Registry& registry, const std::string& plu
   const Config defaults = config ? Config() : component_config(registry, Kind::adapter, plugin, "adapter");
   auto adapter = registry.create<Adapter>(Kind::adapter, plugin, config ? *config : defaults);
   adapter->load(dir, model);
-  adapter->set_training(false);
+  model.set_training(false);  // reaches the adapter's ops: no dropout
   return adapter;
 }
 

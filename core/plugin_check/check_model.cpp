@@ -5,7 +5,9 @@
 //   documents separate    a document packed after another scores as it does alone
 //   kv cache              decode() token by token equals one full forward pass
 //   description           architecture() names tensors the model holds, with their shapes
+//   training mode         set_training() reaches every slot's op (an adapter's dropout hears it there)
 #include <map>
+#include <memory>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -16,6 +18,26 @@
 
 namespace mftk::core::check {
 namespace {
+
+// Wraps a slot's op and remembers the last training mode it was told.
+class ModeProbe final : public LinearOp {
+ public:
+  explicit ModeProbe(std::shared_ptr<LinearOp> inner) : inner_(std::move(inner)) {}
+  at::Tensor forward(const at::Tensor& x) override { return inner_->forward(x); }
+  at::Tensor dense_weight(at::ScalarType dtype) const override { return inner_->dense_weight(dtype); }
+  NamedTensors parameters() override { return inner_->parameters(); }
+  int64_t storage_bytes() const override { return inner_->storage_bytes(); }
+  std::string describe() const override { return inner_->describe(); }
+  void set_training(bool on) override {
+    heard = on ? 1 : 0;
+    inner_->set_training(on);
+  }
+  const std::shared_ptr<LinearOp>& inner() const { return inner_; }
+  int heard = -1;  // -1: never told
+
+ private:
+  std::shared_ptr<LinearOp> inner_;
+};
 
 // fp32 on a tiny model: what differs only by summation order stays far below this.
 constexpr double kSameLogits = 1e-4;
@@ -33,7 +55,7 @@ void check_model(Registry& registry, const ComponentInfo& component, TinyModelSo
     model = source.load(component.spec.name);
   });
   if (!made) {
-    for (const char* c : {"forward shapes", "causal", "documents separate", "kv cache", "description"})
+    for (const char* c : {"forward shapes", "causal", "documents separate", "kv cache", "description", "training mode"})
       checker.report(c, CheckOutcome::skip, "the model could not be created from default keys and the checkpoint path");
     return;
   }
@@ -132,6 +154,27 @@ void check_model(Registry& registry, const ComponentInfo& component, TinyModelSo
       throw CheckFailed(fmt::format("decoding with the KV cache differs from a full forward pass by {:.3g} "
                                     "(relative; {} tokens, {})",
                                     d, kLen, window));
+  });
+  checker.run("training mode", [&] {
+    const std::vector<LinearSlot*> slots = model->linear_slots();
+    if (slots.empty()) throw CheckSkipped("linear_slots() is empty");
+    std::vector<std::shared_ptr<ModeProbe>> probes;
+    for (LinearSlot* slot : slots) {
+      probes.push_back(std::make_shared<ModeProbe>(slot->op));
+      slot->op = probes.back();
+    }
+    std::string missed;
+    for (bool on : {true, false}) {
+      model->set_training(on);
+      for (size_t i = 0; i < slots.size() && missed.empty(); ++i)
+        if (probes[i]->heard != int(on))
+          missed = fmt::format("set_training({}) did not reach slot '{}' (LinearOp::set_training): an adapter's "
+                               "dropout there would not follow the model's mode",
+                               on, slots[i]->name);
+    }
+    for (size_t i = 0; i < slots.size(); ++i) slots[i]->op = probes[i]->inner();
+    if (!missed.empty()) throw CheckFailed(missed);
+    checker.note(fmt::format("{} slots told on and off", slots.size()));
   });
 }
 

@@ -38,6 +38,7 @@
 #include "mftk/safetensors.h"
 #include "mftk/tokenizer.h"
 #include "model_tools.h"
+#include "objective_cache.h"
 #include "preference_rows.h"
 #include "recipe.h"
 #include "registry.h"
@@ -413,6 +414,10 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
     if (!packer_name.empty()) components.push_back(component_record(registry, Kind::packer, "packer", packer_name));
     components.push_back(component_record(registry, Kind::optimizer, "optimizer", optimizer_name));
     train_options.run_record = record.dump(2) + "\n";
+    // A recorded reference (full fine-tuning DPO) is cached beside the prepared data.
+    train_options.objective_cache = objective_cache_file(objective_cache_inputs(
+        recipe, data.cache_file, component_record(registry, Kind::objective, "objective", objective_name).dump(),
+        device.str()));
   }
   Trainer trainer(model, *optimizer, trainable, std::move(train_rows), std::move(eval_rows), std::move(train_options));
   trainer.set_objective(objective.get(), adapter.get());
@@ -420,7 +425,6 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
     trainer.on_checkpoint = [&](const std::string& dir) {
       adapter->save((fs::path(dir) / "adapter").string(), lm.path);
     };
-    trainer.on_training_mode = [&](bool on) { adapter->set_training(on); };  // LoRA dropout
   }
   spdlog::info("training: {} optimizer steps ({} optimizer: {} tensors), output {}", trainer.total_steps(),
                optimizer_name, trainable.size(), output_dir);
@@ -490,7 +494,7 @@ int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan) {
   std::string merged_dir = adapter ? "" : final_dir;
   // The export parity gate: the trained model's log-probabilities on
   // held-out rows, taken now, before the merge changes the model.
-  if (adapter) adapter->set_training(false);
+  model.set_training(false);  // dropout off, in the adapter's ops too
   RunParityGate parity(recipe, registry, model, data.eval, data.train,
                        (adapter && want_merge) || !recipe.exports().empty());
   if (!adapter) parity.check_checkpoint("saved model", final_dir);

@@ -38,6 +38,7 @@
 #include "mftk/objective.h"
 #include "mftk/optimizer.h"
 #include "mftk/safetensors.h"
+#include "objective_cache.h"
 #include "recipe.h"
 #include "run_log.h"
 #include "sha256.h"
@@ -612,8 +613,9 @@ TrainResult Trainer::train() {
     // Before a checkpoint is loaded: an objective that records a reference
     // (full fine-tuning DPO) sees the weights training started from, also
     // when this run resumes.
-    prepare_objective(model_, *objective_, adapter_, train_rows_, o_.micro_batch_size);
-    prepare_objective(model_, *objective_, adapter_, eval_rows_, o_.micro_batch_size);
+    const std::string line = prepare_objective_cached(model_, *objective_, adapter_, train_rows_, eval_rows_,
+                                                      o_.micro_batch_size, o_.objective_cache, main_rank);
+    if (!line.empty() && main_rank) spdlog::info("{}", line);
   }
   if (!o_.resume_from_checkpoint.empty()) {
     std::string dir = o_.resume_from_checkpoint;
@@ -648,10 +650,8 @@ TrainResult Trainer::train() {
   ProgressBar bar(total_steps_, step_, o_.progress_bar && main_rank);
   std::string bar_extra;  // the objective's headline metric, once logged
   SigintScope sigint;
-  auto training_mode = [&](bool on) {
-    model_.set_training(on);
-    if (on_training_mode) on_training_mode(on);
-  };
+  // Model::set_training reaches every slot's op, an adapter's dropout included.
+  auto training_mode = [&](bool on) { model_.set_training(on); };
 
   TrainResult result;
   const auto t0 = std::chrono::steady_clock::now();

@@ -49,6 +49,9 @@ struct TrainOptions {
   // run_record). Every checkpoint keeps it as run.json, and a resume compares
   // it with the checkpoint's. Empty: nothing is recorded or compared.
   std::string run_record;
+  // Where the objective's prepared state is cached (objective_cache_file);
+  // empty: it is prepared in memory at every start.
+  std::string objective_cache;
   bool progress_bar = true;            // when stderr is a terminal
   // Also write the metrics to output_dir/tensorboard/ (rank 0). The recipe
   // key defaults to true; options built in code (tests, tools) opt in.
@@ -117,10 +120,6 @@ class Trainer {
 
   // Called after every checkpoint with its folder (the pipeline adds e.g. a PEFT adapter copy).
   std::function<void(const std::string& dir)> on_checkpoint;
-  // Called with true before each step's forward passes, and with false before
-  // evaluation and when train() returns: Model::set_training does not reach an
-  // adapter's modules, so the pipeline switches its dropout through this.
-  std::function<void(bool training)> on_training_mode;
 
   // The loss to minimise (null, the default: token cross-entropy, which is
   // also what the sft objective computes) and the adapter it may switch off

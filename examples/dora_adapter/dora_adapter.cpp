@@ -222,7 +222,6 @@ void DoraAdapter::inject(mftk::Model& model) {
     lo.device = weight ? weight->device() : at::Device(at::kCPU);
     w.op = std::make_shared<DoraLinear>(slot->op, bias ? bias->detach() : at::Tensor(), slot->in_features,
                                         slot->out_features, lo);
-    w.op->set_training(training_);
     slot->op = w.op;
     wrapped_.push_back(std::move(w));
   }
@@ -240,11 +239,6 @@ mftk::NamedTensors DoraAdapter::trainable_parameters() {
   for (const auto& w : wrapped_)
     for (const auto& [n, t] : w.op->parameters()) out.emplace_back(kPeftPrefix + w.slot_name + "." + n, t);
   return out;
-}
-
-void DoraAdapter::set_training(bool on) {
-  training_ = on;
-  for (auto& w : wrapped_) w.op->set_training(on);
 }
 
 void DoraAdapter::set_enabled(bool on) {

@@ -55,7 +55,6 @@ class DoraAdapter final : public mftk::Adapter {
 
   void inject(mftk::Model& model) override;
   mftk::NamedTensors trainable_parameters() override;
-  void set_training(bool on) override;
   void set_enabled(bool on) override;
   void save(const std::string& dir, const std::string& base_model) const override;
   void load(const std::string& dir, mftk::Model& model) override;
@@ -71,7 +70,6 @@ class DoraAdapter final : public mftk::Adapter {
   DoraOptions options_;
   bool injected_ = false;
   bool merged_ = false;
-  bool training_ = false;
   std::vector<std::string> matched_targets_;  // what adapter_config.json lists
   std::vector<Wrapped> wrapped_;
 };

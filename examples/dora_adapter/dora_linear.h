@@ -60,7 +60,11 @@ class DoraLinear final : public mftk::LinearOp {
   int64_t storage_bytes() const override;
   std::string describe() const override;  // "dora(r=8) over dense Float"
 
-  void set_training(bool on) { training_ = on; }
+  // Dropout in training mode (the model's set_training reaches every slot).
+  void set_training(bool on) override {
+    training_ = on;
+    base_->set_training(on);
+  }
   // Off: forward() is the base op alone.
   void set_enabled(bool on) { enabled_ = on; }
 

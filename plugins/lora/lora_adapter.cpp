@@ -352,7 +352,6 @@ int64_t LoRAAdapter::wrap_lora_slots(const std::vector<LinearSlot*>& slots, at::
     w.base_dtype = float_weight_dtype(*slot->op);
     if (const at::Tensor* b = find_param(params, "bias")) w.base_bias = b->detach();
     w.op = std::make_shared<LoRALinear>(slot->op, slot->in_features, slot->out_features, lo);
-    w.op->set_training(training_);
     slot->op = w.op;
     added += options_.r * (slot->in_features + slot->out_features);
     wrapped_.push_back(std::move(w));
@@ -436,11 +435,6 @@ NamedTensors LoRAAdapter::trainable_parameters() {
   }
   for (const auto& s : saved_tensors_) out.emplace_back(kPeftPrefix + s.name, s.tensor);
   return out;
-}
-
-void LoRAAdapter::set_training(bool on) {
-  training_ = on;
-  for (auto& w : wrapped_) w.op->set_training(on);
 }
 
 void LoRAAdapter::set_enabled(bool on) {

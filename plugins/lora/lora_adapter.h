@@ -48,7 +48,6 @@ class LoRAAdapter final : public Adapter {
 
   void inject(Model& model) override;
   NamedTensors trainable_parameters() override;
-  void set_training(bool on) override;
   void set_enabled(bool on) override;
   void save(const std::string& dir, const std::string& base_model) const override;
   void load(const std::string& dir, Model& model) override;
@@ -74,7 +73,6 @@ class LoRAAdapter final : public Adapter {
   LoRAOptions options_;
   bool injected_ = false;
   bool merged_ = false;
-  bool training_ = false;
   std::vector<std::string> matched_targets_;  // as written to adapter_config.json
   std::vector<Wrapped> wrapped_;
   std::vector<SavedSlot> saved_slots_;

@@ -53,7 +53,11 @@ class LoRALinear final : public LinearOp {
   int64_t storage_bytes() const override;
   std::string describe() const override;  // "lora(r=8) over dense BFloat16"
 
-  void set_training(bool on) { training_ = on; }
+  // Dropout on the adapter's input in training mode; the inner op hears it too.
+  void set_training(bool on) override {
+    training_ = on;
+    inner_->set_training(on);
+  }
   bool training() const { return training_; }
   // Off: forward() is the inner op alone (the adapter's tensors take no part).
   void set_enabled(bool on) { enabled_ = on; }

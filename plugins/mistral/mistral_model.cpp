@@ -283,6 +283,12 @@ std::vector<LinearSlot*> MistralModel::linear_slots() {
   return slots;
 }
 
+void MistralModel::set_training(bool on) {
+  training_ = on;
+  for (LinearSlot* s : linear_slots())
+    if (s->op) s->op->set_training(on);
+}
+
 NamedTensors MistralModel::named_parameters() {
   NamedTensors out;
   if (!loaded_) return out;

@@ -56,7 +56,7 @@ class MistralModel final : public Model {
   at::Tensor decode(DecodeState& state, const at::Tensor& ids) override;
 
   void set_gradient_checkpointing(bool on) override { gradient_checkpointing_ = on; }
-  void set_training(bool on) override { training_ = on; }
+  void set_training(bool on) override;  // and every slot's op
   at::ScalarType compute_dtype() const override { return compute_dtype_; }
 
   // model_description.cpp: the tensor table and `mftk init`'s presets and weights.

@@ -131,6 +131,52 @@ void DpoObjective::prepare(Model& model, Adapter* adapter, const Batch& batch) {
   }
 }
 
+NamedTensors DpoObjective::prepared_state() const {
+  if (reference_.empty()) return {};
+  std::vector<int64_t> keys, key_counts, logp_counts;
+  std::vector<float> logps;
+  for (const auto& [key, values] : reference_) {
+    // A key is the row's (id, document) pairs as int64 bytes (row_key).
+    const auto* v = reinterpret_cast<const int64_t*>(key.data());
+    keys.insert(keys.end(), v, v + key.size() / sizeof(int64_t));
+    key_counts.push_back(int64_t(key.size() / sizeof(int64_t)));
+    logps.insert(logps.end(), values.begin(), values.end());
+    logp_counts.push_back(int64_t(values.size()));
+  }
+  auto i64 = [](const std::vector<int64_t>& v) { return at::tensor(at::ArrayRef<int64_t>(v), at::kLong); };
+  return {{"dpo.reference.keys", i64(keys)},
+          {"dpo.reference.key_counts", i64(key_counts)},
+          {"dpo.reference.logps", at::tensor(at::ArrayRef<float>(logps), at::kFloat)},
+          {"dpo.reference.logp_counts", i64(logp_counts)}};
+}
+
+bool DpoObjective::restore_prepared(const NamedTensors& state) {
+  std::map<std::string, at::Tensor> t;
+  for (const auto& [name, tensor] : state) t[name] = tensor.contiguous();
+  for (const char* name : {"dpo.reference.keys", "dpo.reference.key_counts", "dpo.reference.logps",
+                           "dpo.reference.logp_counts"})
+    if (!t.count(name) || t[name].dim() != 1) return false;
+  const at::Tensor keys = t["dpo.reference.keys"], key_counts = t["dpo.reference.key_counts"];
+  const at::Tensor logps = t["dpo.reference.logps"], logp_counts = t["dpo.reference.logp_counts"];
+  if (keys.scalar_type() != at::kLong || key_counts.scalar_type() != at::kLong ||
+      logp_counts.scalar_type() != at::kLong || logps.scalar_type() != at::kFloat ||
+      key_counts.numel() != logp_counts.numel() || key_counts.sum().item<int64_t>() != keys.numel() ||
+      logp_counts.sum().item<int64_t>() != logps.numel() || (key_counts.numel() && key_counts.min().item<int64_t>() < 0) ||
+      (logp_counts.numel() && logp_counts.min().item<int64_t>() < 0))
+    return false;
+  std::map<std::string, std::vector<float>> restored;
+  const int64_t* k = keys.data_ptr<int64_t>();
+  const float* l = logps.data_ptr<float>();
+  const auto kc = key_counts.accessor<int64_t, 1>(), lc = logp_counts.accessor<int64_t, 1>();
+  for (int64_t i = 0; i < key_counts.numel(); ++i) {
+    const int64_t nk = kc[i], nl = lc[i];
+    restored[std::string(reinterpret_cast<const char*>(k), size_t(nk) * sizeof(int64_t))] = std::vector<float>(l, l + nl);
+    k += nk, l += nl;
+  }
+  reference_ = std::move(restored);
+  return true;
+}
+
 at::Tensor DpoObjective::reference_logp(Model& model, Adapter* adapter, const Batch& batch, int64_t docs) {
   if (adapter) {
     at::NoGradGuard no_grad;

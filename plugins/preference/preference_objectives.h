@@ -23,8 +23,8 @@ namespace mftk::preference {
 //   ipo      (h - 1 / (2 beta))^2, on length-averaged log-probabilities (TRL averages them for ipo)
 // The reference is the model with the adapter switched off (no gradient),
 // or, with full fine-tuning (no adapter), the log-probabilities the model
-// gave each row before training, recorded in prepare() and kept in memory
-// for the run (keyed by the row's tokens).
+// gave each row before training, recorded in prepare() (keyed by the row's
+// tokens) and handed to the core to cache beside the prepared data.
 struct DpoOptions {
   double beta = 0.1;
   double label_smoothing = 0.0;
@@ -42,11 +42,15 @@ class DpoObjective final : public Objective {
   std::string plan_note(bool with_adapter) const override {
     return with_adapter ? "reference: one more forward pass without gradients per micro-batch (the adapter "
                           "switched off), about a third more compute per step; no second copy of the weights"
-                        : "reference: one forward pass without gradients over every row before training "
-                          "(log-probabilities kept in memory: 4 bytes per sequence)";
+                        : "reference: one forward pass without gradients over every row before training, "
+                          "cached beside the prepared data (4 bytes per sequence in memory)";
   }
   void prepare(Model& model, Adapter* adapter, const Batch& batch) override;
   ObjectiveResult compute(Model& model, Adapter* adapter, const Batch& batch) override;
+  // The recorded reference as four tensors: each row's (token id, document)
+  // pairs and its per-document log-probabilities, flattened, with counts.
+  NamedTensors prepared_state() const override;
+  bool restore_prepared(const NamedTensors& state) override;
 
  private:
   at::Tensor reference_logp(Model& model, Adapter* adapter, const Batch& batch, int64_t docs);

@@ -195,7 +195,7 @@ TEST(ExportParity, MergedLoraReadBackIsNearExactAndAZeroedLayerFailsTheGate) {
     at::manual_seed(3);
     for (auto& [name, t] : adapter->trainable_parameters()) t.copy_(at::randn_like(t) * 0.3);
   }
-  adapter->set_training(false);
+  bundle.model->set_training(false);
   const auto rows = random_rows(5, 6, bundle.model->shape().vocab_size);
   const auto reference = mftk::core::ParityReference::record(*bundle.model, rows, "test rows");
   ASSERT_EQ(reference.rows(), 6);

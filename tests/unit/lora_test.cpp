@@ -125,7 +125,9 @@ class TinyModel final : public mftk::Model {
   std::unique_ptr<mftk::DecodeState> start_decode(int64_t) override { not_used("start_decode"); }
   at::Tensor decode(mftk::DecodeState&, const at::Tensor&) override { not_used("decode"); }
   void set_gradient_checkpointing(bool) override {}
-  void set_training(bool) override {}
+  void set_training(bool on) override {
+    for (auto& s : slots_) s.op->set_training(on);
+  }
   at::ScalarType compute_dtype() const override { return at::kFloat; }
 
   at::Tensor embed_;
@@ -639,7 +641,7 @@ TEST(LoraTrain, GradientsReachAAndBOnly) {
     for (auto& [n, t] : s->op->parameters()) base.emplace_back(s->name + "." + n, t);
   LoRAAdapter adapter;
   adapter.inject(model);
-  adapter.set_training(true);
+  model.set_training(true);  // reaches the adapter's ops
   randomize_lora(adapter, 13);
   model.run(sample_ids()).pow(2).sum().backward();
   for (auto& [n, t] : adapter.trainable_parameters()) {
@@ -660,7 +662,7 @@ TEST(LoraTrain, DropoutOnlyInTrainingAndSeeded) {
   randomize_lora(adapter, 15);
   const at::Tensor eval1 = model.run(sample_ids()).detach();
   EXPECT_TRUE(at::equal(model.run(sample_ids()), eval1));
-  adapter.set_training(true);
+  model.set_training(true);  // reaches the adapter's ops
   at::manual_seed(21);
   const at::Tensor t1 = model.run(sample_ids()).detach();
   at::manual_seed(21);
@@ -670,7 +672,7 @@ TEST(LoraTrain, DropoutOnlyInTrainingAndSeeded) {
   EXPECT_TRUE(at::equal(t1, t2));
   EXPECT_FALSE(at::equal(t1, t3));
   EXPECT_FALSE(at::equal(t1, eval1));
-  adapter.set_training(false);
+  model.set_training(false);
   EXPECT_TRUE(at::equal(model.run(sample_ids()), eval1));
 }
 

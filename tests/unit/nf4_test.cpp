@@ -667,7 +667,6 @@ TEST(Nf4Qlora, TinyMistralLoadsQuantisedTrainsAndStaysCloseToFp32) {
   o.schedule.kind = "constant";
   o.schedule.peak_lr = 1e-2;
   mftk::core::Trainer trainer(*q.model, optimizer, trainable, rows, {}, o);
-  trainer.on_training_mode = [&](bool on) { adapter.set_training(on); };
   const mftk::core::TrainResult result = trainer.train();
   EXPECT_EQ(result.steps, 12);
   const double loss_after = mftk::core::evaluate_loss(*q.model, rows, 4).loss;

@@ -19,8 +19,10 @@
 #include "child_process.h"
 #include "dataset.h"
 #include "lora_adapter.h"
+#include "objective_cache.h"
 #include "mftk/objective.h"
 #include "mftk/plugin.h"
+#include "mftk/safetensors.h"
 #include "mftk/token_logprobs.h"
 #include "mftk/tokenizer.h"
 #include "pipeline.h"
@@ -416,6 +418,139 @@ TEST(DpoReference, FullFineTuningComparesWithTheLogprobsRecordedBeforeTraining) 
   EXPECT_GT(h.abs().max().item<double>(), 1e-3) << "the weights change did not move the log-probabilities";
 }
 
+// The recorded reference survives its trip through the cache: a fresh dpo
+// handed the state scores exactly what the one that recorded it scores, and
+// state of the wrong shape is declined (the core then prepares afresh).
+TEST(DpoReference, RecordedStateRestoresBitForBitAndBadStateIsDeclined) {
+  QuietLog quiet;
+  auto model = load_tiny_model(2);
+  model->set_training(false);
+  const NamedTensors trainable = core::make_all_trainable(*model);
+  const Batch batch = preference_batch();
+  preference::DpoObjective recorded({}), restored({});
+  {
+    at::NoGradGuard no_grad;
+    recorded.prepare(*model, nullptr, batch);
+    for (const auto& [name, t] : trainable)
+      if (name.find("norm") != std::string::npos) at::Tensor(t).mul_(1.3);
+  }
+  const NamedTensors state = recorded.prepared_state();
+  ASSERT_EQ(state.size(), 4u);
+  ASSERT_TRUE(restored.restore_prepared(state));
+  const ObjectiveResult a = recorded.compute(*model, nullptr, batch), b = restored.compute(*model, nullptr, batch);
+  EXPECT_TRUE(at::equal(a.loss_sum, b.loss_sum));
+  EXPECT_EQ(a.metrics, b.metrics);
+
+  NamedTensors missing(state.begin(), state.end() - 1);
+  EXPECT_FALSE(preference::DpoObjective({}).restore_prepared(missing));
+  NamedTensors short_counts = state;
+  for (auto& [name, t] : short_counts)
+    if (name == "dpo.reference.key_counts") t = t.narrow(0, 0, t.size(0) - 1);
+  EXPECT_FALSE(preference::DpoObjective({}).restore_prepared(short_counts));
+}
+
+// An objective that counts its prepare() calls and caches how many rows it saw.
+class CountingObjective final : public Objective {
+ public:
+  ObjectiveData data() const override { return ObjectiveData::preference_pairs; }
+  std::vector<std::string> metric_names() const override { return {}; }
+  int64_t units(const PackedRow&) const override { return 1; }
+  bool needs_preparation(const Adapter*) const override { return true; }
+  void prepare(Model&, Adapter*, const Batch& batch) override {
+    ++prepare_calls;
+    rows_seen += batch.input_ids.size(0);
+  }
+  ObjectiveResult compute(Model&, Adapter*, const Batch&) override { return {}; }
+  NamedTensors prepared_state() const override { return {{"rows_seen", at::full({1}, rows_seen, at::kLong)}}; }
+  bool restore_prepared(const NamedTensors& state) override {
+    if (state.size() != 1 || state[0].first != "rows_seen" || !accept) return false;
+    rows_seen = state[0].second.item<int64_t>();
+    return true;
+  }
+  int prepare_calls = 0;
+  int64_t rows_seen = 0;
+  bool accept = true;
+};
+
+TEST(ObjectiveCache, PreparedStateIsWrittenOnceThenReadBackInsteadOfPreparing) {
+  QuietLog quiet;
+  ScratchDir dir("objcache");
+  auto model = load_tiny_model(2);
+  std::vector<PackedRow> rows;
+  preference_batch(&rows);
+  const std::vector<PackedRow> eval(rows.begin(), rows.begin() + 1);
+  const std::string file = dir.sub("prepared/key/objective-test.safetensors");
+
+  CountingObjective first;
+  const std::string wrote = core::prepare_objective_cached(*model, first, nullptr, rows, eval, 3, file, true);
+  EXPECT_EQ(first.prepare_calls, 2 + 1);  // 4 train rows in micro-batches of 3, 1 eval row
+  EXPECT_EQ(first.rows_seen, int64_t(rows.size() + eval.size()));
+  EXPECT_NE(wrote.find("cached in"), std::string::npos) << wrote;
+  EXPECT_EQ(SafetensorsFile::open(file)->metadata().at("mftk"), "objective-prepared-state");
+
+  CountingObjective second;
+  const std::string read = core::prepare_objective_cached(*model, second, nullptr, rows, eval, 3, file, true);
+  EXPECT_EQ(second.prepare_calls, 0) << read;
+  EXPECT_EQ(second.rows_seen, first.rows_seen);
+  EXPECT_NE(read.find("read from"), std::string::npos) << read;
+
+  // State the objective declines is prepared again and replaced (mftk's own file).
+  CountingObjective picky;
+  picky.accept = false;
+  core::prepare_objective_cached(*model, picky, nullptr, rows, eval, 3, file, true);
+  EXPECT_EQ(picky.prepare_calls, 3);
+
+  // Not rank 0: prepares, writes nothing.
+  const std::string other = dir.sub("prepared/key/objective-other.safetensors");
+  CountingObjective rank1;
+  core::prepare_objective_cached(*model, rank1, nullptr, rows, eval, 3, other, false);
+  EXPECT_FALSE(fs::exists(other));
+
+  // A file mftk did not write is never read or replaced.
+  {
+    std::ofstream foreign(other);
+    foreign << "my notes";
+  }
+  CountingObjective refused;
+  EXPECT_THROW(core::prepare_objective_cached(*model, refused, nullptr, rows, eval, 3, other, true), UsageError);
+  std::ifstream kept(other);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(kept), {}), "my notes");
+}
+
+TEST(ObjectiveCache, TheFileNameFollowsTheWeightsTheSettingsAndTheData) {
+  ScratchDir dir("objcache_key");
+  fs::create_directories(dir.sub("base"));
+  {
+    std::ofstream w(dir.sub("base/model.safetensors"));
+    w << "0123456789";
+  }
+  core::ObjectiveCacheInputs in;
+  in.data_cache_file = dir.sub("prepared/abc/examples.bin");
+  in.objective = "dpo 0.1.0";
+  in.settings_json = R"({"objective": {"beta": 0.1}})";
+  in.weight_folders = {dir.sub("base")};
+  in.device = "cpu";
+  const std::string f = core::objective_cache_file(in);
+  EXPECT_EQ(fs::path(f).parent_path(), fs::path(dir.sub("prepared/abc")));
+  EXPECT_EQ(core::objective_cache_file(in), f);  // stable
+  auto differs = [&](auto change) {
+    core::ObjectiveCacheInputs other = in;
+    change(other);
+    return core::objective_cache_file(other) != f;
+  };
+  EXPECT_TRUE(differs([](auto& o) { o.settings_json = R"({"objective": {"beta": 0.2}})"; }));
+  EXPECT_TRUE(differs([](auto& o) { o.device = "cuda:0"; }));
+  EXPECT_TRUE(differs([](auto& o) { o.objective = "dpo 0.2.0"; }));
+  EXPECT_TRUE(differs([&](auto& o) { o.data_cache_file = dir.sub("prepared/def/examples.bin"); }));
+  {
+    std::ofstream w(dir.sub("base/model.safetensors"), std::ios::app);
+    w << "more";  // new weights: another size
+  }
+  EXPECT_NE(core::objective_cache_file(in), f);
+  in.data_cache_file.clear();
+  EXPECT_EQ(core::objective_cache_file(in), "");  // uncached data: nothing cached
+}
+
 // ----------------------------------------------------------------- sft ----
 
 TEST(SftObjective, ThePluginLossIsTheTokenCrossEntropyOfTheTrainer) {
@@ -522,6 +657,41 @@ TEST(PreferenceTask, DpoRaisesHeldOutRewardAccuracyAndEvalAgrees) {
   ASSERT_FALSE(cont.empty());
   EXPECT_EQ(cont.front().first, 0);
   EXPECT_EQ(cont.front().second, acc.back().second);
+}
+
+// Full fine-tuning DPO records its reference before training; a second run
+// (and a resume) of the same data and base reads it from beside the prepared
+// data and trains exactly as the first did.
+TEST(PreferenceTask, FullFineTuningReferenceIsCachedWithThePreparedData) {
+  using namespace child_process;
+  ScratchDir dir("pref_fullft");
+  const auto run = [&](const std::vector<std::string>& args, const std::string& log) {
+    return exit_code(wait_status(spawn(mftk_binary(), args, log), std::chrono::minutes(5)));
+  };
+  ASSERT_EQ(run({"init", "--preset", "tiny", "--seed", "1", "--out", dir.sub("base")}, dir.sub("init.log")), 0);
+  std::string recipe = e2e::read_text(MFTK_SOURCE_DIR "/configs/preference.toml");
+  e2e::replace_all(recipe, "\"data/preference/", "\"" MFTK_SOURCE_DIR "/data/preference/");
+  e2e::replace_all(recipe, "\"out/preference/", "\"" + dir.str() + "/");
+  const size_t a = recipe.find("[adapter]"), o = recipe.find("[objective]");
+  ASSERT_TRUE(a != std::string::npos && o != std::string::npos);
+  recipe.erase(a, o - a);  // no adapter: full fine-tuning
+  e2e::replace_all(recipe, "eval_steps = 20", "eval_steps = 1000");
+  const std::string recipe_path = write_jsonl(dir, "preference.toml", {recipe});
+  const std::vector<std::string> steps = {"--set", "training.max_steps=2", "--set", "schedule.learning_rate=1e-4"};
+  auto args = [&](std::vector<std::string> a) {
+    a.insert(a.end(), steps.begin(), steps.end());
+    return a;
+  };
+  ASSERT_EQ(run(args({"run", recipe_path, "--set", "training.output_dir=" + dir.sub("first")}), dir.sub("first.log")), 0)
+      << e2e::read_text(dir.sub("first.log"));
+  ASSERT_EQ(run(args({"run", recipe_path, "--set", "training.output_dir=" + dir.sub("second")}), dir.sub("second.log")), 0)
+      << e2e::read_text(dir.sub("second.log"));
+  const std::string first = e2e::read_text(dir.sub("first.log")), second = e2e::read_text(dir.sub("second.log"));
+  EXPECT_NE(first.find("cached in"), std::string::npos) << first;
+  EXPECT_EQ(first.find("prepared state read from"), std::string::npos) << first;
+  EXPECT_NE(second.find("prepared state read from"), std::string::npos) << second;
+  EXPECT_EQ(e2e::read_text(dir.sub("second/model/model.safetensors")),
+            e2e::read_text(dir.sub("first/model/model.safetensors")));
 }
 
 // DPO's metrics window (rewards, logps) is saved with a checkpoint like the

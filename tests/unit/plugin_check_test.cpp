@@ -104,6 +104,7 @@ TEST(PluginCheck, EachFlawFailsTheCheckItBreaks) {
       {"model:conf.model_forgets_cache", {"kv cache"}},
       {"model:conf.model_short_logits", {"forward shapes"}},
       {"model:conf.model_misdescribed", {"description"}},  // states a shape its tensor does not have
+      {"model:conf.model_mode_stays_home", {"training mode"}},
       {"adapter:conf.adapter", {}},
       {"adapter:conf.adapter_starts_nonzero", {"identity at init"}},
       {"adapter:conf.adapter_trains_base", {"gradients own tensors"}},

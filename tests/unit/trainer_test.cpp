@@ -118,7 +118,6 @@ TrainResult train(LoraRun& run, mftk::Optimizer& optimizer, const std::vector<Pa
   tt::QuietLog quiet;
   optimizer.attach(run.trainable);
   Trainer trainer(*run.model, optimizer, run.trainable, rows, eval_rows, std::move(o));
-  trainer.on_training_mode = [&run](bool on) { run.adapter->set_training(on); };
   trainer.on_checkpoint = std::move(on_checkpoint);
   return trainer.train();
 }
@@ -602,7 +601,6 @@ json run_record(double lr, int64_t r, int64_t max_steps, const std::string& lora
 TrainResult train_logged(LoraRun& run, mftk::Optimizer& optimizer, const std::vector<PackedRow>& rows, TrainOptions o) {
   optimizer.attach(run.trainable);
   Trainer trainer(*run.model, optimizer, run.trainable, rows, {}, std::move(o));
-  trainer.on_training_mode = [&run](bool on) { run.adapter->set_training(on); };
   return trainer.train();
 }
 

@@ -13,7 +13,7 @@
  * interface changes, the layout of an SDK struct changes, or this handshake
  * changes. The loader requires an exact match: the C++ ABI between core and
  * plugins is not stable, so there is no "compatible range". */
-#define MFTK_PLUGIN_ABI_VERSION 4
+#define MFTK_PLUGIN_ABI_VERSION 5
 #define MFTK_SDK_VERSION "0.1.0"
 
 /* The one symbol every plugin exports (written by MFTK_PLUGIN in plugin.h). */

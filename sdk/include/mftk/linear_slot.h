@@ -35,6 +35,9 @@ class LinearOp {
   virtual int64_t storage_bytes() const = 0;
   // "dense bf16", "nf4(64)", "lora(r=8) over nf4(64)".
   virtual std::string describe() const = 0;
+  // Training or evaluation (dropout on or off). Model::set_training calls it
+  // on every slot's op; an op that wraps another passes it on.
+  virtual void set_training(bool on) { (void)on; }
 };
 
 struct LinearSlot {

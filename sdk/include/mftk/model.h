@@ -91,6 +91,21 @@ struct LoadOptions {
   Quantizer* quantizer = nullptr;         // applied slot by slot while streaming
 };
 
+// `mftk plan` asks a model what one micro-batch's forward keeps for backward.
+struct ActivationQuery {
+  int64_t rows = 0;              // micro-batch rows
+  int64_t row_len = 0;           // tokens per row
+  int64_t compute_bytes = 4;     // bytes per element of the compute dtype
+  bool fused_attention = false;  // a GPU's fused attention (no probabilities kept)
+};
+struct ActivationPlan {
+  int64_t layer_bytes = 0;        // kept by one decoder layer for backward
+  int64_t layer_input_bytes = 0;  // one layer's input: all a checkpointed layer keeps
+  int64_t shared_bytes = 0;       // held once for the whole step (mask caches)
+  int64_t backward_bytes = 0;     // one layer's backward working set, live for a moment
+  std::string detail;             // what the figures count, for the plan's reader
+};
+
 // Per-sequence inference state (KV cache); owned by the caller.
 class DecodeState {
  public:
@@ -126,6 +141,8 @@ class Model {
 
   // Recompute each decoder layer in backward instead of keeping activations.
   virtual void set_gradient_checkpointing(bool on) = 0;
+  // Training or evaluation; reaches every slot's op (LinearOp::set_training),
+  // which is how an adapter's dropout learns the mode.
   virtual void set_training(bool on) = 0;
   virtual at::ScalarType compute_dtype() const = 0;
 
@@ -142,6 +159,14 @@ class Model {
   }
   virtual int64_t write_random_weights(const RandomWeightsJob& job) {
     throw UsageError("this model plugin cannot write random weights (for " + job.dir + ")");
+  }
+
+  // Planning hook (`mftk plan`): the activations a training step keeps
+  // (valid after load_config). None (the default): the plan says it has no
+  // figure for them.
+  virtual std::optional<ActivationPlan> plan_activations(const ActivationQuery& query) const {
+    (void)query;
+    return std::nullopt;
   }
 };
 

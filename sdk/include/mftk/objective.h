@@ -57,6 +57,17 @@ class Objective {
   // first step, while the model is still the one training starts from (a
   // full fine-tuning DPO records its reference log-probabilities here).
   virtual void prepare(Model& model, Adapter* adapter, const Batch& batch) = 0;
+  // What prepare() recorded, to be cached beside the prepared data: the core
+  // stores these tensors after preparing and, when a later run (or a resume)
+  // has the same data, base weights and objective settings, hands them to
+  // restore_prepared() instead of calling prepare(). restore_prepared()
+  // returns false for state it cannot use; the core then prepares afresh.
+  // Empty (the default): nothing to cache.
+  virtual NamedTensors prepared_state() const { return {}; }
+  virtual bool restore_prepared(const NamedTensors& state) {
+    (void)state;
+    return false;
+  }
   // One micro-batch. `adapter` is null for full fine-tuning. Gradients flow
   // from loss_sum; compute() must leave the adapter enabled.
   virtual ObjectiveResult compute(Model& model, Adapter* adapter, const Batch& batch) = 0;

@@ -1,9 +1,11 @@
 // Quantizer plugins: replace frozen base weights with packed storage.
 //
-// defines: mftk::Quantizer
+// defines: mftk::QuantizedSlotPlan, mftk::Quantizer
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "mftk/linear_slot.h"
@@ -11,6 +13,12 @@
 namespace mftk {
 
 class CheckpointReader;
+
+// What a quantizer stores for one slot, for `mftk plan`.
+struct QuantizedSlotPlan {
+  int64_t bytes = 0;   // packed weights plus their scales
+  std::string format;  // "NF4 (block 64, double quant)"
+};
 
 class Quantizer {
  public:
@@ -41,6 +49,13 @@ class Quantizer {
   virtual bool reads_stored_format(const std::string& quantization_config) const {
     (void)quantization_config;
     return false;
+  }
+  // Planning hook: the storage quantize() would give a slot it wants() of
+  // [out_features, in_features]. None (the default): no figure.
+  virtual std::optional<QuantizedSlotPlan> plan_slot(const std::string& slot_name, int64_t out_features,
+                                                     int64_t in_features) const {
+    (void)slot_name, (void)out_features, (void)in_features;
+    return std::nullopt;
   }
 };
 
