@@ -223,6 +223,22 @@ struct InjectTargets {
   std::set<std::string> targets_hit;  // target_modules entries that matched (all-linear: the slots' last names)
 };
 
+// The one rule for what LoRA wraps (inject() and plan() both ask it):
+// "all-linear" is every slot but lm_head, else a target_modules entry matches.
+bool targets_slot(const LoRAOptions& options, const std::string& slot_name) {
+  if (is_all_linear(options.target_modules)) return !is_lm_head(slot_name);
+  for (const auto& t : options.target_modules)
+    if (name_matches(slot_name, t)) return true;
+  return false;
+}
+
+// A slot, or the module of a tensor outside the slots, that modules_to_save names.
+bool saves_module(const LoRAOptions& options, const std::string& module) {
+  for (const auto& m : options.modules_to_save)
+    if (!module.empty() && name_matches(module, m)) return true;
+  return false;
+}
+
 // Matches target_modules and modules_to_save against the model's slots and
 // tensors; refuses a module in both lists, targets that match nothing and a
 // modules_to_save entry that matches nothing.
@@ -234,18 +250,13 @@ InjectTargets select_targets(const LoRAOptions& options, const std::vector<Linea
   std::vector<std::string> slot_names;
   for (LinearSlot* slot : slots) {
     slot_names.push_back(slot->name);
-    bool is_target = false, is_saved = false;
-    if (all_linear) {
-      if (!is_lm_head(slot->name)) {
-        is_target = true;
-        out.targets_hit.insert(last_component(slot->name));
-      }
-    } else {
-      for (const auto& t : options.target_modules)
-        if (name_matches(slot->name, t)) { is_target = true; out.targets_hit.insert(t); }
-    }
+    const bool is_target = targets_slot(options, slot->name);
+    const bool is_saved = saves_module(options, slot->name);
+    if (is_target && all_linear) out.targets_hit.insert(last_component(slot->name));
+    for (const auto& t : options.target_modules)
+      if (is_target && !all_linear && name_matches(slot->name, t)) out.targets_hit.insert(t);
     for (const auto& m : options.modules_to_save)
-      if (name_matches(slot->name, m)) { is_saved = true; saves_hit.insert(m); }
+      if (name_matches(slot->name, m)) saves_hit.insert(m);
     if (is_target && is_saved)
       throw UsageError(fmt::format("[adapter] modules_to_save: '{}' is also matched by target_modules; a module "
                                    "is either adapted with LoRA or trained in full", slot->name),
@@ -417,6 +428,58 @@ void LoRAAdapter::log_injection(size_t slot_count) const {
                 : fmt::format("; trained in full: {}", fmt::join(options_.modules_to_save, ", ")));
   log::info("lora: trainable params: {} || all params: {} || trainable%: {:.4f}", trainable_count_, total_count_,
             total_count_ > 0 ? 100.0 * double(trainable_count_) / double(total_count_) : 0.0);
+}
+
+// ---------------------------------------------------------------------------
+// plan: what inject() would train, from the model's tensor table alone
+
+std::optional<AdapterPlan> LoRAAdapter::plan(const ModelArchitecture& model) const {
+  // Slots as the table lists them ([out, in] weights). A tied head has no
+  // tensor of its own but is still a slot: it reads the embedding's shape.
+  struct Slot {
+    std::string name;
+    int64_t out = 0, in = 0, layer = -1;
+  };
+  std::vector<Slot> slots;
+  bool head_listed = false;
+  const ModelTensor* embedding = nullptr;
+  for (const auto& t : model.tensors) {
+    if (t.name == model.embedding) embedding = &t;
+    if (!t.in_slot || t.shape.size() != 2) continue;
+    slots.push_back({module_of(t.name), t.shape[0], t.shape[1], t.layer});
+    head_listed = head_listed || slots.back().name == model.head_slot;
+  }
+  const bool tied_head = !head_listed && !model.head_slot.empty() && embedding && embedding->shape.size() == 2;
+  if (tied_head) slots.push_back({model.head_slot, embedding->shape[0], embedding->shape[1], -1});
+
+  AdapterPlan p;
+  const int64_t r = options_.r;
+  std::map<int64_t, int64_t> saved_per_layer;  // elements per token, by decoder layer
+  for (const auto& s : slots) {
+    const bool head = s.name == model.head_slot;
+    if (targets_slot(options_, s.name)) {
+      p.trainable_parameters += r * (s.in + s.out);  // A [r, in] and B [out, r]
+      p.largest_tensor = std::max(p.largest_tensor, r * std::max(s.in, s.out));
+      // x A^T is kept for B's gradient; with dropout its output and mask too.
+      if (s.layer >= 0) saved_per_layer[s.layer] += r + (options_.dropout > 0 ? 2 * s.in : 0);
+      p.trains_head = p.trains_head || head;
+    } else if (saves_module(options_, s.name)) {  // a dense fp32 copy
+      p.trainable_parameters += s.out * s.in;
+      p.largest_tensor = std::max(p.largest_tensor, s.out * s.in);
+      p.trains_head = p.trains_head || head;
+    }
+  }
+  for (const auto& t : model.tensors) {  // modules_to_save tensors outside the slots (embed_tokens)
+    if (t.in_slot || !saves_module(options_, module_of(t.name))) continue;
+    int64_t n = 1;
+    for (int64_t d : t.shape) n *= d;
+    p.trainable_parameters += n;
+    p.largest_tensor = std::max(p.largest_tensor, n);
+    p.trains_head = p.trains_head || (tied_head && &t == embedding);
+  }
+  for (const auto& [layer, elements] : saved_per_layer) p.saved_per_token = std::max(p.saved_per_token, elements);
+  p.detail = fmt::format("r {} on {}", r, fmt::join(options_.target_modules, ","));
+  return p;
 }
 
 // ---------------------------------------------------------------------------

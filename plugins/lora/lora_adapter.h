@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,9 @@ class LoRAAdapter final : public Adapter {
   void save(const std::string& dir, const std::string& base_model) const override;
   void load(const std::string& dir, Model& model) override;
   void merge(Model& model) override;
+  // What inject() would train on `model` (`mftk plan`): r * (in + out) per
+  // targeted slot, modules_to_save whole.
+  std::optional<AdapterPlan> plan(const ModelArchitecture& model) const override;
 
   const LoRAOptions& options() const { return options_; }
   // What the last inject() reported (for tests and the run summary).

@@ -48,11 +48,15 @@ struct AttentionBlock {
 
 // The blocks of one forward pass, shared by every layer (the mask does not
 // depend on the layer).
+// Bytes of block masks an AttentionPlan keeps for every layer of a pass
+// (plan_activations counts them once per step).
+constexpr int64_t kMaskCacheBytes = int64_t{64} << 20;
+
 class AttentionPlan {
  public:
   // query_block: rows per block (<= 0: one block). Masks of all blocks are
   // kept while they total at most cache_bytes, else rebuilt per layer.
-  AttentionPlan(AttentionMaskRule rule, int64_t query_block, int64_t cache_bytes = 64 << 20);
+  AttentionPlan(AttentionMaskRule rule, int64_t query_block, int64_t cache_bytes = kMaskCacheBytes);
 
   const AttentionMaskRule& rule() const { return rule_; }
   const std::vector<AttentionBlock>& blocks() const { return blocks_; }

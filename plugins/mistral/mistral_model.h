@@ -64,6 +64,8 @@ class MistralModel final : public Model {
   std::vector<ModelPreset> presets() const override;
   std::string preset_config(const std::string& preset, int64_t vocab_size) const override;
   int64_t write_random_weights(const RandomWeightsJob& job) override;
+  // activation_plan.cpp: what a training step keeps for backward (`mftk plan`).
+  std::optional<ActivationPlan> plan_activations(const ActivationQuery& query) const override;
 
   const MistralConfig& config() const { return config_; }
   // Query rows per attention block (tests compare block sizes).

@@ -8,6 +8,7 @@
 #include "mftk/error.h"
 #include "mftk/log.h"
 #include "nf4_checkpoint.h"
+#include "nf4_kernels.h"
 #include "nf4_linear.h"
 #include "nf4_tensor.h"
 
@@ -68,6 +69,21 @@ bool Nf4Quantizer::wants(const std::string& slot_name) const {
   for (const auto& m : options_.skip_modules)
     if (matches_module(slot_name, m)) return false;
   return true;
+}
+
+std::optional<QuantizedSlotPlan> Nf4Quantizer::plan_slot(const std::string& slot_name, int64_t out_features,
+                                                        int64_t in_features) const {
+  (void)slot_name;  // every slot it wants is stored alike
+  // What quantize_nf4 stores (Nf4Tensor::storage_bytes): two weights per
+  // byte and an fp32 absmax per block, or with double quantisation a code
+  // byte per block plus an fp32 absmax per kNestedBlocksize codes.
+  const int64_t n = out_features * in_features;
+  const int64_t blocks = (n + options_.blocksize - 1) / options_.blocksize;
+  const int64_t scales =
+      options_.double_quant ? blocks + (blocks + kNestedBlocksize - 1) / kNestedBlocksize * 4 : blocks * 4;
+  return QuantizedSlotPlan{(n + 1) / 2 + scales,
+                           fmt::format("NF4 (block {}{})", options_.blocksize,
+                                       options_.double_quant ? ", double quant" : "")};
 }
 
 std::shared_ptr<LinearOp> Nf4Quantizer::quantize(const std::string& slot_name, const at::Tensor& weight,

@@ -43,6 +43,9 @@ class Nf4Quantizer final : public Quantizer {
   explicit Nf4Quantizer(Nf4Options options = {});
 
   bool wants(const std::string& slot_name) const override;
+  // The bytes quantize() will hold for a slot of [out, in] (`mftk plan`).
+  std::optional<QuantizedSlotPlan> plan_slot(const std::string& slot_name, int64_t out_features,
+                                             int64_t in_features) const override;
   // Quantises `weight` (any float dtype, possibly a mapped view it does not
   // keep) into an Nf4Linear computing in options.compute_dtype, or in
   // `compute_dtype` (the model's) when that is not set.
