@@ -178,8 +178,12 @@ LintFacts lint_facts(const Recipe& recipe, const Plan* plan) {
   const TrainingFacts t = training_facts(recipe);
   f.packer = t.packer;
   f.adapter = t.adapter;
-  f.lora_r = t.lora_r;
-  f.lora_alpha = t.lora_alpha;
+  // The rank rules read LoRA-style keys where an adapter declares them (the
+  // plan's estimate itself asks the adapter's planning hook instead).
+  if (const auto* a = recipe.component("adapter")) {
+    if (a->config.has("r")) f.lora_r = a->config.get_int("r");
+    if (a->config.has("alpha")) f.lora_alpha = a->config.get_number("alpha");
+  }
   if (training.get_int("max_steps") > 0) f.total_steps = training.get_int("max_steps");
   if (plan) {
     f.packer = plan->training.packer;

@@ -50,7 +50,6 @@ namespace {
 
 constexpr int64_t kLossChunk = 1024;               // core/train/trainer.cpp kLossChunkTokens
 constexpr int64_t kWidenChunkBytes = 64ll << 20;   // core/train/linear_slot.cpp widen_chunk_rows
-constexpr int64_t kMaskCacheBytes = 64ll << 20;    // plugins/mistral AttentionPlan cache_bytes
 constexpr int64_t kCudaContextBytes = 600ll << 20; // CUDA context + cuBLAS workspace of a libtorch process
 
 // VmRSS of this process now.
@@ -65,36 +64,44 @@ int64_t resident_bytes() {
 
 int64_t physical_memory_bytes() { return int64_t(sysconf(_SC_PHYS_PAGES)) * int64_t(sysconf(_SC_PAGESIZE)); }
 
-bool listed(const std::vector<std::string>& names, const std::string& name) {
-  return std::find(names.begin(), names.end(), name) != names.end();
+int64_t elements(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
 }
 
-// The seven projections of a Mistral layer: (name, in, out).
-struct Projection {
-  const char* name;
-  int64_t in, out;
-};
-std::vector<Projection> projections(const ModelFacts& m) {
-  const int64_t H = m.hidden_size, Hkv = m.num_kv_heads * m.head_dim, I = m.intermediate_size;
-  const int64_t Hq = m.num_heads * m.head_dim;
-  return {{"q_proj", H, Hq},    {"k_proj", H, Hkv},  {"v_proj", H, Hkv},  {"o_proj", Hq, H},
-          {"gate_proj", H, I}, {"up_proj", H, I}, {"down_proj", I, H}};
-}
+// The model's tensor table as the estimate reads it: linear slots ([out, in]
+// weights, the head among them unless tied), the embedding, the rest.
+struct TensorTable {
+  struct Slot {
+    std::string name;  // the slot: the tensor's name less ".weight"
+    int64_t out = 0, in = 0, layer = -1;
+    int64_t elements() const { return out * in; }
+  };
+  std::vector<Slot> slots;
+  const ModelTensor* embedding = nullptr;
+  int64_t other_elements = 0;  // norms and whatever else is neither
+  int64_t largest = 0;         // elements of the largest tensor
 
-// Sum over the attention's query blocks of (queries x keys the block sees):
-// blocks of `chunk` queries see keys [q0 - W + 1, q1) with a window W, else
-// [0, q1) (plugins/mistral/attention.cpp: the key range of a block).
-int64_t attention_pairs(int64_t T, int64_t chunk, std::optional<int64_t> window, int64_t* widest_block) {
-  int64_t pairs = 0, widest = 0;
-  for (int64_t q0 = 0; q0 < T; q0 += chunk) {
-    const int64_t q1 = std::min(T, q0 + chunk);
-    const int64_t k0 = window ? std::max<int64_t>(0, q0 - *window + 1) : 0;
-    pairs += (q1 - q0) * (q1 - k0);
-    widest = std::max(widest, (q1 - q0) * (q1 - k0));
+  explicit TensorTable(const ModelArchitecture& a) {
+    for (const auto& t : a.tensors) {
+      const int64_t n = elements(t.shape);
+      largest = std::max(largest, n);
+      if (t.name == a.embedding) {
+        embedding = &t;
+      } else if (t.in_slot && t.shape.size() == 2) {
+        const auto dot = t.name.rfind('.');
+        slots.push_back({dot == std::string::npos ? t.name : t.name.substr(0, dot), t.shape[0], t.shape[1], t.layer});
+      } else {
+        other_elements += n;
+      }
+    }
   }
-  if (widest_block) *widest_block = widest;
-  return pairs;
-}
+  int64_t embedding_rows() const { return embedding && !embedding->shape.empty() ? embedding->shape[0] : 0; }
+  int64_t embedding_row_elements() const {
+    return embedding && embedding->shape.size() == 2 ? embedding->shape[1] : 0;
+  }
+};
 
 std::string gb(int64_t bytes) { return fmt::format("{:.2f} GB", double(bytes) / 1e9); }
 
@@ -105,33 +112,15 @@ std::string format_bytes(int64_t bytes) {
   return fmt::format("{:.1f} MB", double(bytes) / 1e6);
 }
 
-int64_t ModelFacts::layer_linear_parameters() const {
+int64_t ModelFacts::parameters() const {
   int64_t n = 0;
-  for (const auto& p : projections(*this)) n += p.in * p.out;
+  for (const auto& t : architecture.tensors) n += elements(t.shape);
   return n;
 }
 
-int64_t ModelFacts::parameters() const {
-  const int64_t embed = vocab_size * hidden_size;
-  return num_layers * (layer_linear_parameters() + 2 * hidden_size) + hidden_size + embed +
-         (tie_word_embeddings ? 0 : embed);
-}
-
-ModelFacts read_model_facts(const Recipe& recipe, Registry& registry) {
-  const auto* ref = recipe.component("model");
-  if (!ref)
-    throw UsageError(fmt::format("{}: the recipe has no [model] table", recipe.path()),
-                     fmt::format("add [model] with plugin = \"{}\" and path = \"<checkpoint folder>\"",
-                                 kDefaultModelPlugin));
+ModelFacts describe_model(std::shared_ptr<const Model> model, const std::string& path) {
   ModelFacts f;
-  f.path = ref->config.get_string("path");
-  const auto config_path = fs::path(f.path) / "config.json";
-  if (!fs::exists(config_path))
-    throw UsageError(fmt::format("{}: [model] path: no config.json in '{}'", recipe.path(), f.path),
-                     "point model.path at a Hugging Face checkpoint folder (mftk plan reads only its config.json), "
-                     "or make a random one with `mftk init --preset ...`");
-  auto model = registry.create<Model>(Kind::model, ref->plugin, ref->config);
-  model->load_config(f.path);
+  f.path = path;
   const ModelShape& s = model->shape();
   f.vocab_size = s.vocab_size;
   f.hidden_size = s.hidden_size;
@@ -142,6 +131,26 @@ ModelFacts read_model_facts(const Recipe& recipe, Registry& registry) {
   f.head_dim = s.head_dim;
   f.sliding_window = s.sliding_window;
   f.tie_word_embeddings = s.tie_word_embeddings;
+  f.architecture = model->architecture();
+  f.activations = [model](const ActivationQuery& q) { return model->plan_activations(q); };
+  return f;
+}
+
+ModelFacts read_model_facts(const Recipe& recipe, Registry& registry) {
+  const auto* ref = recipe.component("model");
+  if (!ref)
+    throw UsageError(fmt::format("{}: the recipe has no [model] table", recipe.path()),
+                     fmt::format("add [model] with plugin = \"{}\" and path = \"<checkpoint folder>\"",
+                                 kDefaultModelPlugin));
+  const std::string path = ref->config.get_string("path");
+  const auto config_path = fs::path(path) / "config.json";
+  if (!fs::exists(config_path))
+    throw UsageError(fmt::format("{}: [model] path: no config.json in '{}'", recipe.path(), path),
+                     "point model.path at a Hugging Face checkpoint folder (mftk plan reads only its config.json), "
+                     "or make a random one with `mftk init --preset ...`");
+  std::shared_ptr<Model> model = registry.create<Model>(Kind::model, ref->plugin, ref->config);
+  model->load_config(path);
+  ModelFacts f = describe_model(model, path);
   // load_config leaves checkpoint_dtype to load(); config.json says it.
   std::ifstream in(config_path);
   const auto j = nlohmann::json::parse(in, nullptr, false);
@@ -164,47 +173,50 @@ TrainingFacts training_facts(const Recipe& recipe) {
   f.max_steps = t.get_int("max_steps");
   f.bf16 = t.get_bool("bf16");
   f.gradient_checkpointing = t.get_bool("gradient_checkpointing");
-  // Component keys are the plugins' own; the estimate reads the ones of the
-  // shipped plugins (nf4, lora, the adamw family) and falls back to their
-  // defaults when a plugin does not declare them.
-  if (const auto* q = recipe.component("quantize")) {
-    f.quantizer = q->plugin;
-    if (q->config.has("double_quant")) f.double_quant = q->config.get_bool("double_quant");
-    if (q->config.has("blocksize")) f.quant_block = q->config.get_int("blocksize");
-    if (q->config.has("skip_modules")) f.quant_skip = q->config.get_strings("skip_modules");
-  }
-  if (const auto* a = recipe.component("adapter")) {
-    f.adapter = a->plugin;
-    if (a->config.has("r")) f.lora_r = a->config.get_int("r");
-    if (a->config.has("alpha")) f.lora_alpha = a->config.get_number("alpha");
-    if (a->config.has("dropout")) f.lora_dropout = a->config.get_number("dropout");
-    if (a->config.has("target_modules")) f.target_modules = a->config.get_strings("target_modules");
-    if (a->config.has("modules_to_save")) f.modules_to_save = a->config.get_strings("modules_to_save");
-  }
+  // Component keys are the plugins' own: what a component will hold comes
+  // from its planning hook (ask_planning_hooks), never from its keys here.
+  if (const auto* q = recipe.component("quantize")) f.quantizer = q->plugin;
+  if (const auto* a = recipe.component("adapter")) f.adapter = a->plugin;
   if (const auto* o = recipe.component("optimizer")) f.optimizer = o->plugin;
   if (const auto* p = recipe.component("packer")) f.packer = p->plugin;
   else f.packer = default_packer(t.get_bool("sample_packing"));
   if (const auto* o = recipe.component("objective")) f.objective = o->plugin;
-  if (const auto* m = recipe.component("model"); m && m->config.has("attention_chunk"))
-    f.attention_chunk = m->config.get_int("attention_chunk");
   return f;
 }
 
+namespace {
+
+// The recipe's table for `kind` when it names `plugin`, else the plugin's defaults.
+Config planning_config(const Recipe* recipe, Registry& registry, Kind kind, const std::string& plugin,
+                       const std::string& table) {
+  const auto* ref = recipe ? recipe->component(table) : nullptr;
+  return ref && ref->plugin == plugin ? ref->config : component_config(registry, kind, plugin, table);
+}
+
+}  // namespace
+
 void ask_planning_hooks(TrainingFacts& t, const Recipe* recipe, Registry& registry) {
-  const auto* opt_ref = recipe ? recipe->component("optimizer") : nullptr;
-  std::shared_ptr<const Optimizer> optimizer =
-      registry.create<Optimizer>(Kind::optimizer, t.optimizer,
-                                 opt_ref ? opt_ref->config
-                                         : component_config(registry, Kind::optimizer, t.optimizer, "optimizer"));
+  std::shared_ptr<const Optimizer> optimizer = registry.create<Optimizer>(
+      Kind::optimizer, t.optimizer, planning_config(recipe, registry, Kind::optimizer, t.optimizer, "optimizer"));
   t.optimizer_state = [optimizer](int64_t n) { return optimizer->plan_state(n); };
   const auto probe = optimizer->plan_state(1);
   t.optimizer_state_on_host = probe && probe->on_host;
-  const auto* obj_ref = recipe ? recipe->component("objective") : nullptr;
-  const auto objective =
-      registry.create<Objective>(Kind::objective, t.objective,
-                                 obj_ref ? obj_ref->config
-                                         : component_config(registry, Kind::objective, t.objective, "objective"));
+  const auto objective = registry.create<Objective>(
+      Kind::objective, t.objective, planning_config(recipe, registry, Kind::objective, t.objective, "objective"));
   t.objective_note = objective->plan_note(!t.adapter.empty());
+  if (!t.adapter.empty()) {
+    std::shared_ptr<const Adapter> adapter = registry.create<Adapter>(
+        Kind::adapter, t.adapter, planning_config(recipe, registry, Kind::adapter, t.adapter, "adapter"));
+    t.adapter_plan = [adapter](const ModelArchitecture& a) { return adapter->plan(a); };
+  }
+  if (!t.quantizer.empty()) {
+    std::shared_ptr<const Quantizer> quantizer = registry.create<Quantizer>(
+        Kind::quantizer, t.quantizer, planning_config(recipe, registry, Kind::quantizer, t.quantizer, "quantize"));
+    t.quantizer_wants = [quantizer](const std::string& slot) { return quantizer->wants(slot); };
+    t.quantized_slot = [quantizer](const std::string& slot, int64_t out, int64_t in) {
+      return quantizer->plan_slot(slot, out, in);
+    };
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -215,12 +227,14 @@ MemoryEstimate estimate_memory(const ModelFacts& m, const TrainingFacts& t, cons
   MemoryEstimate e;
   const bool cpu = device == PlanDevice::cpu;
   const int64_t H = m.hidden_size, I = m.intermediate_size, V = m.vocab_size, L = m.num_layers;
-  const int64_t Hq = m.num_heads * m.head_dim, Hkv = m.num_kv_heads * m.head_dim;
   const int64_t c = t.bf16 ? 2 : 4;  // compute dtype bytes
   // Frozen weights: [training] bf16 loads them as bf16, else they keep the checkpoint's dtype.
   const int64_t wd = t.bf16 ? 2 : m.checkpoint_dtype_bytes;
   const bool quantized = !t.quantizer.empty() || m.stored_quantized;
   const bool full_ft = t.adapter.empty();
+  const TensorTable table(m.architecture);
+  const std::string& head = m.architecture.head_slot;
+  constexpr const char* kNoFigure = "the plugin gave no figure";
 
   // The micro-batch at the peak: rows are as long as the longest packed row.
   const int64_t B = t.micro_batch_size;
@@ -243,34 +257,57 @@ MemoryEstimate estimate_memory(const ModelFacts& m, const TrainingFacts& t, cons
   else
     add("runtime", kCudaContextBytes, "CUDA context and cuBLAS workspace of a libtorch process (typical)");
 
-  // 1. Base weights.
-  const int64_t embed_rows = cpu && data.available && data.distinct_tokens > 0 ? std::min(V, data.distinct_tokens) : V;
+  // 1. Base weights, tensor by tensor from the model's table.
+  const int64_t embed_rows_total = table.embedding_rows();
+  const int64_t embed_rows = cpu && data.available && data.distinct_tokens > 0
+                                 ? std::min(embed_rows_total, data.distinct_tokens)
+                                 : embed_rows_total;
+  const int64_t embed_bytes = embed_rows * table.embedding_row_elements() * wd;
+  int64_t largest_slot = 0;   // of the slots the quantizer packs (dequantised whole per matmul)
+  int64_t widest_weight = table.embedding ? elements(table.embedding->shape) : 0;  // any slot or the embedding
+  for (const auto& s : table.slots) widest_weight = std::max(widest_weight, s.elements());
   int64_t base = 0;
   std::string base_detail;
-  int64_t largest_slot = 0;
-  for (const auto& p : projections(m)) largest_slot = std::max(largest_slot, p.in * p.out);
-  if (full_ft) {
+  std::string quantized_kind = "quantised";  // the quantizer's format, less its settings ("NF4")
+  if (m.architecture.tensors.empty()) {
+    base_detail = "the model plugin describes no tensors (Model::architecture): not counted";
+  } else if (full_ft) {
     base = 0;
     base_detail = "full fine-tuning: the weights are the trainable fp32 copies (below)";
   } else if (quantized) {
-    auto nf4_bytes = [&](int64_t params) {
-      const int64_t blocks = (params + t.quant_block - 1) / t.quant_block;
-      // 4 bits per weight + one absmax per block: fp32, or with double
-      // quantisation one byte plus an fp32 absmax per 256 of them.
-      return params / 2 + (t.double_quant ? blocks + (blocks / 256 + 1) * 4 : blocks * 4);
-    };
-    const int64_t layers = L * nf4_bytes(m.layer_linear_parameters());
-    const bool head_dense = listed(t.quant_skip, "lm_head");
-    const int64_t head = m.tie_word_embeddings ? 0 : head_dense ? V * H * wd : nf4_bytes(V * H);
-    base = layers + head + embed_rows * H * wd + (2 * L + 1) * H * wd;
-    base_detail = fmt::format("NF4 (block {}{}) {} + lm_head {} {} + embeddings {} ({} of {} rows{})", t.quant_block,
-                              t.double_quant ? ", double quant" : "", format_bytes(layers),
-                              head_dense ? m.checkpoint_dtype : "NF4", format_bytes(head),
-                              format_bytes(embed_rows * H * wd), embed_rows, V,
-                              cpu && embed_rows < V ? ": mapped pages the data touches" : "");
+    // Each slot the quantizer wants is priced by its plan_slot; the head (as
+    // a quantizer usually skips it) and skipped slots stay in the load dtype.
+    int64_t packed = 0, head_bytes = 0, dense_slots = 0;
+    std::string format, head_format = m.checkpoint_dtype;
+    bool no_figure = false;
+    for (const auto& s : table.slots) {
+      const bool wanted = t.quantizer_wants ? t.quantizer_wants(s.name) : s.name != head;
+      std::optional<QuantizedSlotPlan> plan;
+      if (wanted && t.quantized_slot) plan = t.quantized_slot(s.name, s.out, s.in);
+      if (wanted && !plan) no_figure = true;
+      if (wanted) largest_slot = std::max(largest_slot, s.elements());
+      const int64_t bytes = plan ? plan->bytes : s.elements() * wd;
+      if (s.name == head) {
+        head_bytes = bytes;
+        if (plan) head_format = plan->format.substr(0, plan->format.find(" ("));
+      } else if (wanted) {
+        packed += bytes;
+        if (plan) format = plan->format, quantized_kind = format.substr(0, format.find(" ("));
+      } else {
+        dense_slots += bytes;
+      }
+    }
+    if (no_figure)
+      format = fmt::format("{} ({} (Quantizer::plan_slot): its slots counted unquantised)",
+                           t.quantizer.empty() ? std::string("the stored quantizer") : t.quantizer, kNoFigure);
+    base = packed + head_bytes + dense_slots + embed_bytes + table.other_elements * wd;
+    base_detail = fmt::format("{} {}{} + {} {} {} + embeddings {} ({} of {} rows{})", format, format_bytes(packed),
+                              dense_slots ? fmt::format(" + unquantised slots {}", format_bytes(dense_slots)) : "",
+                              head, head_format, format_bytes(head_bytes), format_bytes(embed_bytes), embed_rows,
+                              embed_rows_total, cpu && embed_rows < embed_rows_total ? ": mapped pages the data touches" : "");
   } else {
-    base = L * m.layer_linear_parameters() * wd + (m.tie_word_embeddings ? 0 : V * H * wd) + embed_rows * H * wd +
-           (2 * L + 1) * H * wd;
+    for (const auto& s : table.slots) base += s.elements() * wd;
+    base += embed_bytes + table.other_elements * wd;
     // bf16 compute keeps bf16 weights; otherwise they stay as the checkpoint stores them (f16 included).
     const std::string stored = t.bf16 ? "bf16" : m.checkpoint_dtype == "float16" ? "f16" : wd == 2 ? "bf16" : "fp32";
     base_detail = fmt::format("{} params in {}{}", m.parameters(), stored,
@@ -280,90 +317,96 @@ MemoryEstimate estimate_memory(const ModelFacts& m, const TrainingFacts& t, cons
 
   // 2. Trainable parameters, their gradients, optimizer state.
   int64_t trainable = 0, largest_trainable = 0;
-  int64_t lora_saved_per_token = 0;  // LoRA's own saved activations, per token per layer (elements)
+  int64_t adapter_saved_per_token = 0;  // the adapter's own saved activations, per token per layer (elements)
+  bool head_trainable = full_ft;
+  std::string trainable_detail;
   if (full_ft) {
     trainable = m.parameters();
-    largest_trainable = std::max(largest_slot, V * H);
+    largest_trainable = table.largest;
   } else {
-    for (const auto& p : projections(m)) {
-      if (!listed(t.target_modules, p.name)) continue;
-      trainable += L * t.lora_r * (p.in + p.out);
-      largest_trainable = std::max(largest_trainable, t.lora_r * std::max(p.in, p.out));
-      // x A^T is kept for B's gradient; with dropout its output and mask too.
-      lora_saved_per_token += t.lora_r + (t.lora_dropout > 0 ? 2 * p.in : 0);
+    const std::optional<AdapterPlan> plan = t.adapter_plan ? t.adapter_plan(m.architecture) : std::nullopt;
+    if (plan) {
+      trainable = plan->trainable_parameters;
+      largest_trainable = plan->largest_tensor;
+      adapter_saved_per_token = plan->saved_per_token;
+      head_trainable = plan->trains_head;
+      trainable_detail = fmt::format(" ({} {})", t.adapter, plan->detail);
+    } else {
+      trainable_detail = fmt::format(" ({}: {} (Adapter::plan): its tensors not counted)", t.adapter, kNoFigure);
     }
-    for (const char* module : {"lm_head", "embed_tokens"})
-      if (listed(t.modules_to_save, module)) {
-        trainable += V * H;
-        largest_trainable = std::max(largest_trainable, V * H);
-      }
   }
   e.trainable_parameters = trainable;
   add(full_ft ? "trainable weights" : "adapter", trainable * 4,
-      fmt::format("{} trainable parameters in fp32{}", trainable,
-                  full_ft ? "" : fmt::format(" ({} r {} on {})", t.adapter, t.lora_r, fmt::join(t.target_modules, ","))));
+      fmt::format("{} trainable parameters in fp32{}", trainable, trainable_detail));
   add("gradients", trainable * 4, "one fp32 gradient per trainable parameter");
   // The optimizer's planning hook; without one, two fp32 moments per parameter.
   std::optional<OptimizerStatePlan> state = t.optimizer_state ? t.optimizer_state(trainable) : std::nullopt;
   if (!state)
-    state = OptimizerStatePlan{trainable * 8, "the plugin gave no figure (plan_state): 2 fp32 moments assumed", false};
+    state = OptimizerStatePlan{trainable * 8, fmt::format("{} (plan_state): 2 fp32 moments assumed", kNoFigure), false};
   const int64_t opt = state->bytes;
   const std::string opt_detail = state->detail;
   add("optimizer state", opt, fmt::format("{}: {}", t.optimizer, opt_detail));
 
-  // 3. Activations kept for backward. Per token and layer (elements):
-  // the layer input, each RMSNorm's normalised value and output (2 x 2H),
-  // q, k, v and the rotated q, k (2 Hq + 3 Hkv), the attention output and
-  // its contiguous copy for o_proj (2 Hq), the residual (H), and the MLP's
-  // gate, up, silu(gate) and their product (4 I).
-  const int64_t per_token = 6 * H + 4 * Hq + 3 * Hkv + 4 * I + lora_saved_per_token;
-  int64_t widest_block = 0;
-  const int64_t pairs = attention_pairs(T, t.attention_chunk, m.sliding_window, &widest_block);
-  // CPU attention keeps each block's softmax output (fp32; with bf16 compute
-  // its bf16 copy too); fused GPU attention keeps only a logsumexp per query.
-  const int64_t probs_layer = cpu ? B * m.num_heads * pairs * (t.bf16 ? 6 : 4) : B * m.num_heads * T * 4;
-  const int64_t layer_full = N * per_token * c + probs_layer;
-  const int64_t mask = cpu ? std::min(B * pairs, kMaskCacheBytes) : 0;
-  e.activations_without_checkpointing = L * layer_full + mask;
+  // 3. Activations kept for backward: the model's own count per layer, plus
+  // what the adapter's wrapped slots keep per token.
+  std::optional<ActivationPlan> act_plan =
+      m.activations ? m.activations(ActivationQuery{B, T, c, /*fused_attention=*/!cpu}) : std::nullopt;
+  std::string act_note;
+  if (!act_plan) {
+    // Generic: every linear keeps its input and output per token; attention
+    // scores and the model's other intermediates are not counted.
+    std::map<int64_t, int64_t> per_layer;
+    int64_t widest = H;
+    for (const auto& s : table.slots) {
+      if (s.layer < 0) continue;
+      per_layer[s.layer] += s.in + s.out;
+      widest = std::max({widest, s.in, s.out});
+    }
+    int64_t per_token = 0;
+    for (const auto& [layer, n] : per_layer) per_token = std::max(per_token, n);
+    act_plan = ActivationPlan{N * per_token * c, N * H * c, 0, 3 * N * widest * c, ""};
+    act_note = fmt::format("; {} (Model::plan_activations): each linear's input and output per token, attention "
+                           "not counted", kNoFigure);
+  }
+  const int64_t layer_full = act_plan->layer_bytes + N * adapter_saved_per_token * c;
+  const int64_t shared = act_plan->shared_bytes;
+  e.activations_without_checkpointing = L * layer_full + shared;
   // Checkpointing keeps only each layer's input and recomputes one layer at
   // a time in backward; the last layer is not checkpointed (its input is
   // part of its activations).
-  e.activations_with_checkpointing = (L - 1) * N * H * c + layer_full + mask;
+  e.activations_with_checkpointing = (L - 1) * act_plan->layer_input_bytes + layer_full + shared;
   const int64_t act = t.gradient_checkpointing ? e.activations_with_checkpointing : e.activations_without_checkpointing;
   add("activations", act,
-      fmt::format("{} x {} tokens, {} layers: {} with gradient checkpointing, {} without (now {})", B, T, L,
+      fmt::format("{} x {} tokens, {} layers: {} with gradient checkpointing, {} without (now {}){}", B, T, L,
                   format_bytes(e.activations_with_checkpointing), format_bytes(e.activations_without_checkpointing),
-                  t.gradient_checkpointing ? "on" : "off"));
+                  t.gradient_checkpointing ? "on" : "off", act_note));
 
   // 4. Logits and cross-entropy: only supervised tokens, in chunks
   // (core/train/linear_cross_entropy.cpp). Gradients are taken chunk by chunk in
   // the forward pass: a chunk's logits and softmax are live, [S, H] of
   // hidden-state gradient is kept, and a trainable head (full fine-tuning,
-  // modules_to_save) also keeps its weight's gradient, summed over chunks.
-  const bool head_trainable = full_ft || listed(t.modules_to_save, "lm_head") ||
-                              (listed(t.modules_to_save, "embed_tokens") && m.tie_word_embeddings) ||
-                              listed(t.target_modules, "lm_head");
+  // or as the adapter's plan says) also keeps its weight's gradient, summed
+  // over chunks.
   const int64_t chunk = std::min(S, kLossChunk);
   const int64_t logits = 2 * chunk * V * 4 + S * H * c + (head_trainable ? V * H * 4 : 0);
   add("logits / cross-entropy", logits,
       fmt::format("a chunk of {} x vocab {} in flight, its gradients taken at once; {} x hidden kept{}", chunk, V, S,
                   head_trainable ? " and the head's gradient summed over chunks" : ""));
 
-  // 5. What is live only for a moment but sets the peak: a dequantised (NF4)
+  // 5. What is live only for a moment but sets the peak: a dequantised
   // or widened (bf16 on a CPU without native bf16) weight, and backward's
-  // gradients of one layer (activation gradients and the attention block's
-  // probability gradients).
+  // working set of one layer (the model's figure) with the largest
+  // trainable tensor's gradient.
   int64_t weight_tmp = 0;
   std::string weight_detail;
   if (!full_ft && quantized) {
     weight_tmp = largest_slot * c;
-    weight_detail = "the largest NF4 weight dequantised for its matmul";
+    weight_detail = fmt::format("the largest {} weight dequantised for its matmul", quantized_kind);
   } else if (!full_ft && cpu && !t.bf16 && wd == 2) {
-    weight_tmp = std::min(kWidenChunkBytes, std::max(largest_slot, V * H) * 4);
+    weight_tmp = std::min(kWidenChunkBytes, widest_weight * 4);
     weight_detail = "bf16 weight rows widened to fp32 (64 MiB chunks)";
   }
-  const int64_t backward_tmp = 3 * N * std::max(H, I) * c + (cpu ? 2 * B * m.num_heads * widest_block * 4 : 0) +
-                               largest_trainable * 4;
+  const int64_t backward_tmp = act_plan->backward_bytes + largest_trainable * 4;
   add("transient", weight_tmp + backward_tmp,
       fmt::format("{}{}backward working set of one layer {}", weight_detail,
                   weight_detail.empty() ? "" : fmt::format(" {}, ", format_bytes(weight_tmp)), format_bytes(backward_tmp)));
@@ -480,6 +523,10 @@ Plan make_plan(const Recipe& recipe, Registry& registry, const PlanOptions& opti
   p.model = read_model_facts(recipe, registry);
   p.training = training_facts(recipe);
   p.training.packer_window_aware = packer_respects_sliding_window(registry, p.training.packer);
+  // A checkpoint saved quantised loads through the quantizer that claims its
+  // format (as the run's load does), [quantize] or not.
+  if (p.model.stored_quantized && p.training.quantizer.empty())
+    p.training.quantizer = stored_quantizer_plugin(registry, p.model.path);
   ask_planning_hooks(p.training, &recipe, registry);
   p.data = plan_data(recipe, registry, p.model, p.training);
   p.steps = plan_steps(recipe, p.training, p.data);

@@ -6,28 +6,34 @@
 // defines: mftk::core::PlanDevice, mftk::core::PlanOptions, mftk::core::MemoryPart,
 //          mftk::core::MemoryEstimate, mftk::core::DataPlan, mftk::core::StepPlan,
 //          mftk::core::TimeEstimate, mftk::core::Plan, mftk::core::ModelFacts,
-//          mftk::core::TrainingFacts, mftk::core::read_model_facts, mftk::core::training_facts,
+//          mftk::core::TrainingFacts, mftk::core::read_model_facts, mftk::core::describe_model,
+//          mftk::core::training_facts, mftk::core::ask_planning_hooks,
 //          mftk::core::estimate_memory, mftk::core::make_plan, mftk::core::measure_steps,
 //          mftk::core::format_plan, mftk::core::plan_json, mftk::core::format_bytes,
 //          mftk::core::plan_placement, mftk::core::plan_device_for
 //
 // The memory model says what mftk itself allocates, part by part (see
-// docs/plan.md for the derivation and the check against measured peaks):
+// docs/plan.md for the derivation and the check against measured peaks).
+// The core knows no plugin: the components say what they hold through their
+// planning hooks (Model::plan_activations, Adapter::plan, Quantizer::plan_slot,
+// Optimizer::plan_state, Objective::plan_note), the weights come from the
+// model's tensor table (Model::architecture); a hook that gives no figure
+// leaves a stated generic figure, named in the part's detail.
 //   cpu:  what this build does on this machine. Weights stay memory-mapped in
 //         their checkpoint dtype (pages count once touched: for the embedding
-//         table only the rows the data uses), NF4 slots are dequantised whole
-//         per matmul, bf16 weights are widened to fp32 in 64 MiB row chunks,
-//         attention is computed in query blocks of 512 and keeps each block's
-//         probabilities for backward, the loss takes logits of supervised
-//         tokens only, in chunks of 1024; plus the process's own footprint
-//         (libtorch, plugins, tokenizer), measured in this process.
+//         table only the rows the data uses), quantised slots are dequantised
+//         whole per matmul, bf16 weights are widened to fp32 in 64 MiB row
+//         chunks, the model's attention is its own (not fused), the loss
+//         takes logits of supervised tokens only, in chunks of 1024; plus the
+//         process's own footprint (libtorch, plugins, tokenizer), measured in
+//         this process.
 //   cuda: what a GPU run would hold: bf16 compute (when [training] bf16), no
-//         widening, fused attention (no T x T probabilities kept), a fixed
-//         CUDA context.
+//         widening, fused attention, a fixed CUDA context.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -36,7 +42,10 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "defaults.h"
+#include "mftk/adapter.h"
+#include "mftk/model.h"
 #include "mftk/optimizer.h"
+#include "mftk/quantizer.h"
 
 namespace mftk::core {
 
@@ -51,8 +60,8 @@ struct PlanOptions {
   int64_t measure_steps = 0; // > 0: run that many optimizer steps to time them
 };
 
-// The shape facts the estimate needs, from config.json (and the recipe's
-// component tables).
+// The shape facts the estimate needs, from config.json through the recipe's
+// model plugin: its shape, its tensor table and its planning hook.
 struct ModelFacts {
   std::string path;
   int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_layers = 0;
@@ -62,32 +71,32 @@ struct ModelFacts {
   int64_t checkpoint_dtype_bytes = 2;  // config.json torch_dtype
   std::string checkpoint_dtype = "bfloat16";
   bool stored_quantized = false;        // config.json has a quantization_config
-  int64_t parameters() const;           // every weight, lm_head counted once when tied
-  int64_t layer_linear_parameters() const;  // the seven projections of one layer
+  // Model::architecture: every checkpoint tensor with its shape (no head
+  // when tied). Empty: the plugin does not describe its tensors.
+  ModelArchitecture architecture;
+  // Model::plan_activations. Empty (hand-made facts) or answering none: the
+  // estimate uses a generic figure from the tensor table and says so.
+  std::function<std::optional<ActivationPlan>(const ActivationQuery&)> activations;
+  int64_t parameters() const;           // the tensor table's elements (a tied head counted once)
 };
 // Reads <model.path>/config.json through the recipe's model plugin
 // (load_config), plus the dtype and quantization_config keys.
 ModelFacts read_model_facts(const Recipe& recipe, Registry& registry);
+// The facts `model` (load_config done) gives of itself; `path` is its folder.
+ModelFacts describe_model(std::shared_ptr<const Model> model, const std::string& path);
 
-// The recipe keys the estimate reads, gathered in one place.
+// The recipe keys the estimate reads, gathered in one place; what the
+// components will hold comes from their planning hooks (ask_planning_hooks).
 struct TrainingFacts {
   int64_t sequence_len = 0, micro_batch_size = 1, gradient_accumulation_steps = 1;
   double num_epochs = 1;
   int64_t max_steps = -1;
   bool bf16 = false, gradient_checkpointing = false;
-  std::string quantizer;   // "" or the [quantize] plugin (nf4)
-  bool double_quant = false;
-  int64_t quant_block = 64;
-  std::vector<std::string> quant_skip = {"lm_head"};
+  std::string quantizer;   // "" or the [quantize] plugin (or the one that reads a stored checkpoint)
   std::string adapter;     // "" (full fine-tuning) or the [adapter] plugin
-  int64_t lora_r = 0;
-  double lora_alpha = 0, lora_dropout = 0;
-  std::vector<std::string> target_modules;
-  std::vector<std::string> modules_to_save;
   std::string optimizer = kDefaultOptimizerPlugin;
   std::string packer;      // the packer the run uses
   bool packer_window_aware = false;  // it declares the respects_sliding_window trait
-  int64_t attention_chunk = 128;
   std::string objective = kDefaultObjectivePlugin;  // the [objective] plugin
   bool preference_pairs = false;  // type = "preference" data: one pair (two sequences) per row
   // The components' planning hooks (ask_planning_hooks). Hand-made facts may
@@ -95,11 +104,14 @@ struct TrainingFacts {
   std::function<std::optional<OptimizerStatePlan>(int64_t)> optimizer_state;  // Optimizer::plan_state
   bool optimizer_state_on_host = false;  // what plan_state says (paged state)
   std::string objective_note;            // Objective::plan_note
+  std::function<std::optional<AdapterPlan>(const ModelArchitecture&)> adapter_plan;  // Adapter::plan
+  std::function<bool(const std::string&)> quantizer_wants;                          // Quantizer::wants
+  std::function<std::optional<QuantizedSlotPlan>(const std::string&, int64_t, int64_t)> quantized_slot;  // plan_slot
 };
 TrainingFacts training_facts(const Recipe& recipe);
-// Creates the optimizer and objective `t` names (with the recipe's keys when
-// `recipe` has their tables, else their defaults) and keeps what their
-// planning hooks say in `t`.
+// Creates the optimizer, objective, adapter and quantizer `t` names (with the
+// recipe's keys when `recipe` has their tables, else their defaults) and
+// keeps what their planning hooks say in `t`.
 void ask_planning_hooks(TrainingFacts& t, const Recipe* recipe, Registry& registry);
 
 struct MemoryPart {

@@ -124,6 +124,9 @@ TEST(PlanningHooks, OptimizersPriceTheirStateAndObjectivesDescribeTheirExtraWork
   mftk::core::ModelFacts m;
   m.vocab_size = 64, m.hidden_size = 16, m.intermediate_size = 32, m.num_layers = 1;
   m.num_heads = 2, m.num_kv_heads = 1, m.head_dim = 8;
+  m.architecture.tensors = {{"model.embed_tokens.weight", mftk::TensorRole::embedding, -1, {64, 16}, false},
+                            {"model.layers.0.mlp.up_proj.weight", mftk::TensorRole::ffn_up, 0, {32, 16}, true},
+                            {"lm_head.weight", mftk::TensorRole::output, -1, {64, 16}, true}};
   mftk::core::TrainingFacts t;
   t.sequence_len = 8;
   t.optimizer = "acme.unplanned";
@@ -132,6 +135,7 @@ TEST(PlanningHooks, OptimizersPriceTheirStateAndObjectivesDescribeTheirExtraWork
   for (const auto& part : e.parts)
     if (part.name == "optimizer state") {
       found = true;
+      EXPECT_EQ(e.trainable_parameters, 64 * 16 + 32 * 16 + 64 * 16);  // full fine-tuning: the whole table
       EXPECT_EQ(part.bytes, e.trainable_parameters * 8);
       EXPECT_NE(part.detail.find("gave no figure"), std::string::npos) << part.detail;
     }
