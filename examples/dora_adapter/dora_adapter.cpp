@@ -7,6 +7,7 @@
 // (m / ||W + s B A||) * (W + s B A); file names as in dora_adapter.h.
 #include "dora_adapter.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -51,6 +52,15 @@ bool name_matches(const std::string& name, const std::string& entry) {
 std::string last_component(const std::string& name) {
   const auto dot = name.rfind('.');
   return dot == std::string::npos ? name : name.substr(dot + 1);
+}
+
+// The slots DoRA wraps (inject() and plan() both ask): "all-linear" is every
+// slot but lm_head, else a target_modules entry matches.
+bool targets_slot(const DoraOptions& o, const std::string& slot_name) {
+  if (o.target_modules.size() == 1 && o.target_modules[0] == kAllLinear) return !name_matches(slot_name, "lm_head");
+  for (const auto& t : o.target_modules)
+    if (name_matches(slot_name, t)) return true;
+  return false;
 }
 
 const at::Tensor* find_param(const mftk::NamedTensors& params, const std::string& name) {
@@ -181,16 +191,14 @@ void DoraAdapter::inject(mftk::Model& model) {
   std::set<std::string> hit;
   std::vector<mftk::LinearSlot*> targets;
   for (mftk::LinearSlot* slot : model.linear_slots()) {
+    if (!targets_slot(options_, slot->name)) continue;
+    targets.push_back(slot);
     if (all_linear) {
-      if (!name_matches(slot->name, "lm_head")) {
-        targets.push_back(slot);
-        hit.insert(last_component(slot->name));
-      }
+      hit.insert(last_component(slot->name));
       continue;
     }
     for (const auto& t : options_.target_modules)
       if (name_matches(slot->name, t)) {
-        targets.push_back(slot);
         hit.insert(t);
         break;
       }
@@ -230,6 +238,37 @@ void DoraAdapter::inject(mftk::Model& model) {
   mftk::log::info("example.dora: r={} alpha={} scaling={:.4g} on {} linear slots ({})", options_.r, options_.alpha,
                   dora_scaling(options_.alpha, options_.r, options_.use_rslora), wrapped_.size(),
                   fmt::join(matched_targets_, ", "));
+}
+
+std::optional<mftk::AdapterPlan> DoraAdapter::plan(const mftk::ModelArchitecture& model) const {
+  mftk::AdapterPlan p;
+  const int64_t r = options_.r;
+  std::map<int64_t, int64_t> saved_per_layer;
+  bool head_listed = false;
+  const mftk::ModelTensor* embedding = nullptr;
+  auto count = [&](const std::string& slot, int64_t out, int64_t in, int64_t layer) {
+    if (!targets_slot(options_, slot)) return;
+    p.trainable_parameters += r * (in + out) + out;  // A [r, in], B [out, r], the magnitude [out]
+    p.largest_tensor = std::max(p.largest_tensor, r * std::max(in, out));
+    // What forward leaves for backward per token: x A^T, and x W^T and the
+    // low-rank output for the magnitude's gradient; with dropout its mask and
+    // the dropped input too.
+    if (layer >= 0) saved_per_layer[layer] += r + 2 * out + (options_.dropout > 0 ? 2 * in : 0);
+    p.trains_head = p.trains_head || slot == model.head_slot;
+  };
+  for (const auto& t : model.tensors) {
+    if (t.name == model.embedding) embedding = &t;
+    if (!t.in_slot || t.shape.size() != 2) continue;
+    const std::string slot = t.name.substr(0, t.name.rfind('.'));
+    head_listed = head_listed || slot == model.head_slot;
+    count(slot, t.shape[0], t.shape[1], t.layer);
+  }
+  // A tied head has no tensor of its own: it reads the embedding's shape.
+  if (!head_listed && !model.head_slot.empty() && embedding && embedding->shape.size() == 2)
+    count(model.head_slot, embedding->shape[0], embedding->shape[1], -1);
+  for (const auto& [layer, elements] : saved_per_layer) p.saved_per_token = std::max(p.saved_per_token, elements);
+  p.detail = fmt::format("r {} on {}", r, fmt::join(options_.target_modules, ","));
+  return p;
 }
 
 mftk::NamedTensors DoraAdapter::trainable_parameters() {

@@ -59,6 +59,9 @@ class DoraAdapter final : public mftk::Adapter {
   void save(const std::string& dir, const std::string& base_model) const override;
   void load(const std::string& dir, mftk::Model& model) override;
   void merge(mftk::Model& model) override;
+  // What inject() would train on `model` (`mftk plan`): per targeted slot
+  // r * (in + out) plus one magnitude per output row.
+  std::optional<mftk::AdapterPlan> plan(const mftk::ModelArchitecture& model) const override;
 
  private:
   struct Wrapped {
