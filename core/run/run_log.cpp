@@ -27,17 +27,19 @@ void MetricsWriter::write(const nlohmann::json& record) {
 MetricPoints read_metrics(const std::string& metrics_jsonl_path) {
   MetricPoints points;
   std::ifstream in(metrics_jsonl_path);
-  for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_object() || !j.contains("step") || !j["step"].is_number()) continue;
-    const double step = j["step"].get<double>();
-    for (const auto& [key, value] : j.items()) {
-      if (key == "step") continue;
-      if (value.is_number()) points[key].emplace_back(step, value.get<double>());
-      else if (value.is_null()) points[key].emplace_back(step, NAN);
-    }
-  }
+  for (std::string line; std::getline(in, line);) add_metrics_record(points, nlohmann::json::parse(line, nullptr, false));
   return points;
+}
+
+void add_metrics_record(MetricPoints& points, const nlohmann::json& j) {
+  if (!j.is_object() || !j.contains("step") || !j["step"].is_number()) return;
+  const double step = j["step"].get<double>();
+  for (const auto& [key, value] : j.items()) {
+    if (key == "step") continue;
+    // A NaN mean is written as null; both read back as NaN.
+    if (value.is_number()) points[key].emplace_back(step, value.get<double>());
+    else if (value.is_null()) points[key].emplace_back(step, NAN);
+  }
 }
 
 ProgressBar::ProgressBar(int64_t total, int64_t start, bool enabled)

@@ -2,7 +2,7 @@
 // loss / learning-rate picture at the end.
 //
 // defines: mftk::core::MetricsWriter, mftk::core::MetricPoints, mftk::core::read_metrics,
-//          mftk::core::ProgressBar, mftk::core::CurveSeries, mftk::core::write_curves_svg, mftk::core::xml_escape,
+//          mftk::core::add_metrics_record, mftk::core::ProgressBar, mftk::core::CurveSeries, mftk::core::write_curves_svg, mftk::core::xml_escape,
 //          mftk::core::peak_rss_bytes
 #pragma once
 
@@ -38,6 +38,9 @@ class MetricsWriter {
 // missing file reads as no metrics.
 using MetricPoints = std::map<std::string, std::vector<std::pair<double, double>>>;
 MetricPoints read_metrics(const std::string& metrics_jsonl_path);
+// One record's points, by read_metrics' rules (the trainer collects its
+// series with it, so they equal metrics.jsonl read back).
+void add_metrics_record(MetricPoints& points, const nlohmann::json& record);
 
 // One line redrawn in place on a terminal:
 //   [=========>          ] 120/300  40% | loss 1.234 | lr 1.2e-04 | 1234 tok/s | ETA 02:13

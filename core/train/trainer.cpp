@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <regex>
 #include <set>
@@ -43,6 +44,7 @@
 #include "run_log.h"
 #include "sha256.h"
 #include "tensorboard_writer.h"
+#include "train_step.h"
 
 namespace mftk::core {
 
@@ -281,8 +283,6 @@ Trainer::Trainer(Model& model, Optimizer& optimizer, NamedTensors trainable, std
   o_.schedule.warmup_steps = warmup_from(o_.schedule.warmup_steps, o_.warmup_ratio_, total_steps_);
 }
 
-// Rows of micro-batch `m` (counted from the start of training): epoch
-// m / micro_per_epoch, in that epoch's seeded permutation.
 void Trainer::set_objective(Objective* objective, Adapter* adapter) {
   objective_ = objective;
   adapter_ = adapter;
@@ -290,13 +290,8 @@ void Trainer::set_objective(Objective* objective, Adapter* adapter) {
   window_metrics_.assign(metric_names_.size(), 0.0);
 }
 
-int64_t Trainer::row_units(const PackedRow& row) const {
-  if (objective_) return objective_->units(row);
-  int64_t n = 0;
-  for (int32_t t : row.targets) n += t != kIgnoreIndex;
-  return n;
-}
-
+// Rows of micro-batch `m` (counted from the start of training): epoch
+// m / micro_per_epoch, in that epoch's seeded permutation.
 std::vector<const PackedRow*> Trainer::micro_batch_rows(int64_t m) const {
   const int64_t epoch = m / micro_per_epoch_, within = m % micro_per_epoch_;
   if (epoch != order_epoch_) {
@@ -311,25 +306,6 @@ std::vector<const PackedRow*> Trainer::micro_batch_rows(int64_t m) const {
   for (int64_t k = within * o_.micro_batch_size; k < std::min<int64_t>((within + 1) * o_.micro_batch_size, int64_t(order.size())); ++k)
     rows.push_back(&train_rows_[order[size_t(k)]]);
   return rows;
-}
-
-double Trainer::clip_gradients() {
-  // Summed where the gradients are and read back once: on a GPU a read per
-  // tensor would stall the step hundreds of times. The same double additions
-  // in the same order as a host sum, so the CPU's norm is bit for bit as before.
-  at::Tensor sq;
-  for (auto& [name, p] : trainable_)
-    if (p.grad().defined()) {
-      const at::Tensor s = p.grad().to(at::kDouble).pow(2).sum();
-      sq = sq.defined() ? sq + s.to(sq.device()) : s;
-    }
-  const double norm = sq.defined() ? std::sqrt(sq.item<double>()) : 0.0;
-  if (o_.max_grad_norm > 0 && norm > o_.max_grad_norm && std::isfinite(norm)) {
-    const double scale = o_.max_grad_norm / (norm + 1e-6);
-    for (auto& [name, p] : trainable_)
-      if (p.grad().defined()) p.grad().mul_(scale);
-  }
-  return norm;
 }
 
 namespace {
@@ -605,7 +581,59 @@ EvalResult Trainer::evaluate_sharded() {
   return r;
 }
 
+// What one call of train() keeps while it runs: where the metrics go, the
+// bar, the clocks, and the result being filled in.
+struct Trainer::Loop {
+  std::optional<MetricsWriter> metrics;
+  std::optional<TensorBoardWriter> tensorboard;
+  std::optional<ProgressBar> bar;
+  std::string bar_extra;  // the objective's headline metric, once logged
+  TrainResult result;
+  std::chrono::steady_clock::time_point t0, window_t;
+};
+
+namespace {
+
+// The series metrics.jsonl holds up to and including `step`: the part of a
+// resumed run that an earlier process logged. Records past the checkpoint
+// (logged before a kill, and logged again by this run) are left out.
+MetricPoints metrics_up_to(const std::string& path, int64_t step) {
+  MetricPoints points = read_metrics(path);
+  for (auto& [name, series] : points)
+    series.erase(std::remove_if(series.begin(), series.end(), [&](const auto& p) { return p.first > double(step); }),
+                 series.end());
+  return points;
+}
+
+}  // namespace
+
 TrainResult Trainer::train() {
+  start_training();
+  Loop loop;
+  open_logs(loop);
+  SigintScope sigint;
+  TrainStep step(model_, optimizer_, trainable_, objective_, adapter_);
+  // An objective's eval metrics before the first step (TRL's eval_on_start),
+  // so a run shows where its rewards started; logged as step 0.
+  if (objective_ && !metric_names_.empty() && step_ == 0 && !eval_rows_.empty())
+    loop.result.eval_metrics_before = evaluate_and_log(loop).metrics;
+  while (step_ < total_steps_) {
+    const bool interrupted = take_step(step, loop);
+    const bool last = step_ == total_steps_;
+    if (!eval_rows_.empty() && ((o_.eval_steps > 0 && step_ % o_.eval_steps == 0) || last)) {
+      const EvalResult ev = evaluate_and_log(loop);
+      loop.result.eval_metrics = ev.metrics;
+      loop.result.eval_loss = ev.loss;
+      if (!best_eval_ || ev.loss < *best_eval_) best_eval_ = ev.loss;
+    }
+    if (save_when_due(loop, interrupted)) break;
+  }
+  return finish(loop);
+}
+
+// Before the first step: the objective prepared, a checkpoint resumed, the
+// ranks agreed on where they start.
+void Trainer::start_training() {
   Distributed* dp = o_.distributed.get();
   const bool main_rank = rank_ == 0;  // writes metrics, the progress bar and checkpoints
   if (main_rank) fs::create_directories(o_.output_dir);
@@ -638,196 +666,192 @@ TrainResult Trainer::train() {
                   "every rank must see the same output_dir (a shared filesystem), or name the checkpoint folder "
                   "explicitly in resume_from_checkpoint");
   }
-  std::optional<MetricsWriter> metrics;
-  std::optional<TensorBoardWriter> tensorboard;
-  if (main_rank) metrics.emplace((fs::path(o_.output_dir) / "metrics.jsonl").string());
-  if (main_rank && o_.tensorboard) tensorboard.emplace(o_.output_dir, step_);
-  // Every metrics line goes to both, so TensorBoard shows exactly what metrics.jsonl holds.
-  auto log_metrics = [&](const nlohmann::json& record) {
-    if (metrics) metrics->write(record);
-    if (tensorboard) tensorboard->write_metrics(record);
-  };
-  ProgressBar bar(total_steps_, step_, o_.progress_bar && main_rank);
-  std::string bar_extra;  // the objective's headline metric, once logged
-  SigintScope sigint;
-  // Model::set_training reaches every slot's op, an adapter's dropout included.
-  auto training_mode = [&](bool on) { model_.set_training(on); };
+}
 
-  TrainResult result;
-  const auto t0 = std::chrono::steady_clock::now();
-  auto window_t = t0;
-  int64_t& window_tokens = window_tokens_;  // members: a checkpoint saves them
-  double& window_loss = window_loss_;
-  int64_t& window_steps = window_steps_;
-  const int64_t per_step = micro_per_step_;
+// metrics.jsonl, TensorBoard and the bar (rank 0), and the clocks. A
+// resumed run's series starts with what the earlier process logged, so the
+// series train() hands back covers the whole run.
+void Trainer::open_logs(Loop& loop) {
+  const bool main_rank = rank_ == 0;
+  const std::string path = (fs::path(o_.output_dir) / "metrics.jsonl").string();
+  if (main_rank && step_ > 0) loop.result.metrics = metrics_up_to(path, step_);
+  if (main_rank) loop.metrics.emplace(path);
+  if (main_rank && o_.tensorboard) loop.tensorboard.emplace(o_.output_dir, step_);
+  loop.bar.emplace(total_steps_, step_, o_.progress_bar && main_rank);
+  loop.t0 = loop.window_t = std::chrono::steady_clock::now();
+}
 
-  // An objective's eval metrics before the first step (TRL's eval_on_start),
-  // so a run shows where its rewards started; logged as step 0.
-  auto log_eval = [&](const EvalResult& ev) {
-    nlohmann::json record = {
-        {"step", step_}, {"eval_loss", ev.loss}, {"eval_ppl", ev.perplexity}, {"eval_tokens", ev.tokens}};
-    std::string objective_text;
-    for (const auto& [name, value] : ev.metrics) {
-      record["eval_" + name] = value;
-      objective_text += fmt::format(" {} {:.4f}", name, value);
-    }
-    log_metrics(record);
-    bar.finish();
-    spdlog::info("step {}: eval loss {:.4f} (perplexity {:.3f}, {} {}){}", step_, ev.loss, ev.perplexity, ev.tokens,
-                 objective_ ? "units" : "tokens", objective_text);
-  };
-  if (objective_ && !metric_names_.empty() && step_ == 0 && !eval_rows_.empty()) {
-    training_mode(false);
-    const EvalResult ev = evaluate_sharded();
-    log_eval(ev);
-    result.eval_metrics_before = ev.metrics;
+// Every metrics line goes to metrics.jsonl, TensorBoard and the series
+// train() returns, so all three hold exactly the same records.
+void Trainer::log_metrics(Loop& loop, const nlohmann::json& record) {
+  if (!loop.metrics) return;  // ranks other than 0 log nothing
+  loop.metrics->write(record);
+  if (loop.tensorboard) loop.tensorboard->write_metrics(record);
+  add_metrics_record(loop.result.metrics, record);
+}
+
+EvalResult Trainer::evaluate_and_log(Loop& loop) {
+  model_.set_training(false);
+  const EvalResult ev = evaluate_sharded();
+  nlohmann::json record = {
+      {"step", step_}, {"eval_loss", ev.loss}, {"eval_ppl", ev.perplexity}, {"eval_tokens", ev.tokens}};
+  std::string objective_text;
+  for (const auto& [name, value] : ev.metrics) {
+    record["eval_" + name] = value;
+    objective_text += fmt::format(" {} {:.4f}", name, value);
   }
+  log_metrics(loop, record);
+  loop.bar->finish();
+  spdlog::info("step {}: eval loss {:.4f} (perplexity {:.3f}, {} {}){}", step_, ev.loss, ev.perplexity, ev.tokens,
+               objective_ ? "units" : "tokens", objective_text);
+  return ev;
+}
 
-  while (step_ < total_steps_) {
-    // 1. This step's micro-batches, and their supervised-token total. Every
-    // rank knows every row, so the totals are the whole step's (over all
-    // ranks) without communication; this rank keeps micro-batches k = rank,
-    // rank + W, ... of the step.
-    training_mode(true);
-    std::vector<std::pair<int64_t, Batch>> batches;  // (global micro-batch index, batch)
-    int64_t step_supervised = 0, step_tokens = 0;
-    for (int64_t k = 0; k < per_step; ++k) {
-      const int64_t m = step_ * per_step + k;
-      if (o_.max_steps <= 0 && m >= total_micro_) break;
-      auto rows = micro_batch_rows(m);
-      for (const auto* r : rows) {
-        step_supervised += row_units(*r);
-        for (int32_t d : r->doc_ids) step_tokens += d >= 0;
-      }
-      if (k % world_size_ != rank_) continue;
-      std::vector<PackedRow> copy;
-      for (const auto* r : rows) copy.push_back(*r);
-      batches.emplace_back(m, make_batch(copy));
+// This step's micro-batches, and the step's units and tokens. Every rank
+// knows every row, so the totals are the whole step's (over all ranks)
+// without communication; this rank keeps micro-batches k = rank, rank + W,
+// ... of the step. Dropout draws from a generator seeded by the micro-batch
+// index, so its masks do not depend on which rank runs the micro-batch.
+std::vector<MicroBatch> Trainer::step_micro_batches(const TrainStep& step, int64_t& units, int64_t& tokens) const {
+  std::vector<MicroBatch> batches;
+  units = tokens = 0;
+  for (int64_t k = 0; k < micro_per_step_; ++k) {
+    const int64_t m = step_ * micro_per_step_ + k;
+    if (o_.max_steps <= 0 && m >= total_micro_) break;
+    auto rows = micro_batch_rows(m);
+    for (const auto* r : rows) {
+      units += step.units(*r);
+      for (int32_t d : r->doc_ids) tokens += d >= 0;
     }
-    // 2. Forward/backward, each micro-batch weighted by its share of the
-    // step's tokens. Dropout draws from a generator seeded by the micro-batch
-    // index, so its masks do not depend on which rank runs the micro-batch.
-    double loss_sum = 0;
-    std::vector<double> metric_sums(metric_names_.size(), 0.0);
-    for (auto& [m, b] : batches) {
-      at::manual_seed(SplitMix64(o_.seed ^ (0xD1B54A32D192ED03ULL * uint64_t(m + 1))).next());
-      at::Tensor loss;
-      if (objective_) {
-        ObjectiveResult part = objective_->compute(model_, adapter_, b);
-        loss = part.loss_sum;
-        for (size_t k = 0; k < metric_sums.size() && k < part.metrics.size(); ++k) metric_sums[k] += part.metrics[k];
-      } else {
-        loss = supervised_loss_sum(model_, b, nullptr);
-      }
-      loss_sum += loss.item<double>();
-      if (step_supervised > 0) (loss / double(step_supervised)).backward();
-    }
-    bool interrupted = g_interrupt;
-    if (world_size_ > 1) {
-      // Once per optimizer step, after the last micro-batch: the gradients
-      // (each rank's are its micro-batches' share of the global mean), the
-      // loss and Ctrl-C, so every rank takes the same skip/step/stop decision.
-      const std::string at_step = fmt::format("step {}", step_ + 1);
-      dp->allreduce_gradients(trainable_, "the gradient all-reduce at " + at_step);
-      std::vector<double> values = {loss_sum, interrupted ? 1.0 : 0.0};
-      values.insert(values.end(), metric_sums.begin(), metric_sums.end());
-      const auto sums = dp->sum(values, "the loss all-reduce at " + at_step);
-      loss_sum = sums[0];
-      interrupted = sums[1] > 0;
-      for (size_t k = 0; k < metric_sums.size(); ++k) metric_sums[k] = sums[2 + k];
-    }
-    const double step_loss = step_supervised ? loss_sum / double(step_supervised) : 0.0;
-    const double lr = o_.schedule.lr(step_);
-    // 3. Update, unless the loss or the gradients are not finite (clipping
-    // sees the summed gradients, so every rank computes the same norm).
-    const double grad_norm = clip_gradients();
-    if (!std::isfinite(step_loss) || !std::isfinite(grad_norm)) {
-      ++nan_total_;
-      if (++nan_in_a_row_ >= o_.nan_patience)
-        throw Error(fmt::format("{} non-finite losses in a row (step {}); stopping", nan_in_a_row_, step_ + 1),
-                    "lower the learning rate, enable max_grad_norm clipping, try bf16 = false, or check the data "
-                    "for empty or corrupt rows");
-      spdlog::warn("step {}: non-finite loss ({}) or gradient norm ({}): update skipped", step_ + 1, step_loss, grad_norm);
-    } else {
-      nan_in_a_row_ = 0;
-      optimizer_.step(lr);
-    }
-    for (auto& [name, p] : trainable_)
-      if (p.grad().defined()) p.mutable_grad() = at::Tensor();
-    ++step_;
-    result.train_tokens += step_tokens;
-    window_tokens += step_tokens;
-    if (std::isfinite(step_loss)) {
-      window_loss += step_loss, ++window_steps;
-      for (size_t k = 0; k < metric_sums.size(); ++k)
-        window_metrics_[k] += step_supervised ? metric_sums[k] / double(step_supervised) : 0.0;
-    }
-    result.final_loss = step_loss;
-
-    // 4. Log, evaluate, checkpoint.
-    const auto now = std::chrono::steady_clock::now();
-    const double window_s = std::chrono::duration<double>(now - window_t).count();
-    const double tps = window_s > 0 ? double(window_tokens) / window_s : 0.0;
-    bar.update(step_, step_loss, lr, tps, bar_extra);
-    if (step_ % o_.logging_steps == 0 || step_ == total_steps_) {
-      const double mean_loss = window_steps ? window_loss / double(window_steps) : NAN;
-      nlohmann::json record = {{"step", step_},
-                               {"epoch", double(step_ * per_step) / double(micro_per_epoch_)},
-                               {"loss", mean_loss},
-                               {"lr", lr},
-                               {"grad_norm", grad_norm},
-                               {"tokens", window_tokens},
-                               {"tokens_per_s", tps},
-                               {"elapsed_s", std::chrono::duration<double>(now - t0).count()}};
-      std::string objective_text;  // the objective's metrics, for the log line
-      for (size_t k = 0; k < metric_names_.size(); ++k) {
-        const double mean = window_steps ? window_metrics_[k] / double(window_steps) : NAN;
-        record[metric_names_[k]] = mean;
-        objective_text += fmt::format(" {} {:.4f}", metric_names_[k], mean);
-        // The bar has room for one of them: a preference run's reward
-        // accuracy (TRL's name), as of the last logged window.
-        if (metric_names_[k] == "rewards/accuracies") bar_extra = fmt::format("reward acc {:.3f}", mean);
-      }
-      log_metrics(record);
-      // An objective's metrics (rewards/accuracies ...) do not fit the bar:
-      // they get their own line under it.
-      if (!objective_text.empty() && ::isatty(STDERR_FILENO) && o_.progress_bar) bar.finish();
-      if (!::isatty(STDERR_FILENO) || !o_.progress_bar || !objective_text.empty())
-        spdlog::info("step {}/{} loss {:.4f} lr {:.3e} grad_norm {:.3f} {:.0f} tok/s{}", step_, total_steps_, mean_loss,
-                     lr, grad_norm, tps, objective_text);
-      window_t = now, window_tokens = 0, window_loss = 0, window_steps = 0;
-      std::fill(window_metrics_.begin(), window_metrics_.end(), 0.0);
-    }
-    const bool last = step_ == total_steps_;
-    if (!eval_rows_.empty() && ((o_.eval_steps > 0 && step_ % o_.eval_steps == 0) || last)) {
-      training_mode(false);
-      auto ev = evaluate_sharded();
-      log_eval(ev);
-      result.eval_metrics = ev.metrics;
-      result.eval_loss = ev.loss;
-      if (!best_eval_ || ev.loss < *best_eval_) best_eval_ = ev.loss;
-    }
-    if (interrupted || (world_size_ == 1 && g_interrupt)) {
-      bar.finish();
-      save_checkpoint(step_, "interrupted");
-      result.interrupted = true;
-      result.last_checkpoint = (fs::path(o_.output_dir) / fmt::format("checkpoint-{}", step_)).string();
-      break;
-    }
-    if ((o_.save_steps > 0 && step_ % o_.save_steps == 0) || last) {
-      bar.finish();
-      save_checkpoint(step_, last ? "final" : "periodic");
-      result.last_checkpoint = (fs::path(o_.output_dir) / fmt::format("checkpoint-{}", step_)).string();
-    }
+    if (k % world_size_ != rank_) continue;
+    std::vector<PackedRow> copy;
+    for (const auto* r : rows) copy.push_back(*r);
+    batches.push_back({make_batch(copy), SplitMix64(o_.seed ^ (0xD1B54A32D192ED03ULL * uint64_t(m + 1))).next()});
   }
-  bar.finish();
-  training_mode(false);
+  return batches;
+}
+
+// Data parallelism, once per optimizer step after the last micro-batch: the
+// gradients (each rank's are its micro-batches' share of the global mean),
+// the loss and Ctrl-C, so every rank takes the same skip/step/stop decision.
+void Trainer::all_reduce_step(StepOutcome& outcome, bool& interrupted) {
+  Distributed* dp = o_.distributed.get();
+  const std::string at_step = fmt::format("step {}", step_ + 1);
+  dp->allreduce_gradients(trainable_, "the gradient all-reduce at " + at_step);
+  std::vector<double> values = {outcome.loss_sum, interrupted ? 1.0 : 0.0};
+  values.insert(values.end(), outcome.metric_sums.begin(), outcome.metric_sums.end());
+  const auto sums = dp->sum(values, "the loss all-reduce at " + at_step);
+  outcome.loss_sum = sums[0];
+  interrupted = sums[1] > 0;
+  for (size_t k = 0; k < outcome.metric_sums.size(); ++k) outcome.metric_sums[k] = sums[2 + k];
+}
+
+// One optimizer step (TrainStep::run), counted into the metrics window and
+// logged when due. Returns whether Ctrl-C asked to stop (on any rank).
+bool Trainer::take_step(TrainStep& step, Loop& loop) {
+  model_.set_training(true);
+  int64_t units = 0, tokens = 0;
+  const std::vector<MicroBatch> batches = step_micro_batches(step, units, tokens);
+  bool interrupted = false;
+  std::function<void(StepOutcome&)> reduce;
+  if (world_size_ > 1)
+    reduce = [&](StepOutcome& outcome) {
+      interrupted = g_interrupt;
+      all_reduce_step(outcome, interrupted);
+    };
+  const double lr = o_.schedule.lr(step_);
+  const StepOutcome outcome = step.run(batches, units, lr, o_.max_grad_norm, reduce);
+  if (!outcome.updated) {  // the loss or the gradients were not finite
+    ++nan_total_;
+    if (++nan_in_a_row_ >= o_.nan_patience)
+      throw Error(fmt::format("{} non-finite losses in a row (step {}); stopping", nan_in_a_row_, step_ + 1),
+                  "lower the learning rate, enable max_grad_norm clipping, try bf16 = false, or check the data "
+                  "for empty or corrupt rows");
+    spdlog::warn("step {}: non-finite loss ({}) or gradient norm ({}): update skipped", step_ + 1, outcome.loss(),
+                 outcome.grad_norm);
+  } else {
+    nan_in_a_row_ = 0;
+  }
+  ++step_;
+  loop.result.train_tokens += tokens;
+  window_tokens_ += tokens;
+  const double step_loss = outcome.loss();
+  if (std::isfinite(step_loss)) {
+    window_loss_ += step_loss, ++window_steps_;
+    for (size_t k = 0; k < window_metrics_.size() && k < outcome.metric_sums.size(); ++k)
+      window_metrics_[k] += outcome.units ? outcome.metric_sums[k] / double(outcome.units) : 0.0;
+  }
+  loop.result.final_loss = step_loss;
+  const auto now = std::chrono::steady_clock::now();
+  const double window_s = std::chrono::duration<double>(now - loop.window_t).count();
+  const double tps = window_s > 0 ? double(window_tokens_) / window_s : 0.0;
+  loop.bar->update(step_, step_loss, lr, tps, loop.bar_extra);
+  if (step_ % o_.logging_steps == 0 || step_ == total_steps_) log_window(loop, lr, outcome.grad_norm, tps, now);
+  return interrupted;
+}
+
+// The metrics line of the window that ends at this step, then a new window.
+void Trainer::log_window(Loop& loop, double lr, double grad_norm, double tokens_per_s,
+                         std::chrono::steady_clock::time_point now) {
+  const double mean_loss = window_steps_ ? window_loss_ / double(window_steps_) : NAN;
+  nlohmann::json record = {{"step", step_},
+                           {"epoch", double(step_ * micro_per_step_) / double(micro_per_epoch_)},
+                           {"loss", mean_loss},
+                           {"lr", lr},
+                           {"grad_norm", grad_norm},
+                           {"tokens", window_tokens_},
+                           {"tokens_per_s", tokens_per_s},
+                           {"elapsed_s", std::chrono::duration<double>(now - loop.t0).count()}};
+  std::string objective_text;  // the objective's metrics, for the log line
+  for (size_t k = 0; k < metric_names_.size(); ++k) {
+    const double mean = window_steps_ ? window_metrics_[k] / double(window_steps_) : NAN;
+    record[metric_names_[k]] = mean;
+    objective_text += fmt::format(" {} {:.4f}", metric_names_[k], mean);
+    // The bar has room for one of them: a preference run's reward
+    // accuracy (TRL's name), as of the last logged window.
+    if (metric_names_[k] == "rewards/accuracies") loop.bar_extra = fmt::format("reward acc {:.3f}", mean);
+  }
+  log_metrics(loop, record);
+  // An objective's metrics (rewards/accuracies ...) do not fit the bar:
+  // they get their own line under it.
+  if (!objective_text.empty() && ::isatty(STDERR_FILENO) && o_.progress_bar) loop.bar->finish();
+  if (!::isatty(STDERR_FILENO) || !o_.progress_bar || !objective_text.empty())
+    spdlog::info("step {}/{} loss {:.4f} lr {:.3e} grad_norm {:.3f} {:.0f} tok/s{}", step_, total_steps_, mean_loss,
+                 lr, grad_norm, tokens_per_s, objective_text);
+  loop.window_t = now, window_tokens_ = 0, window_loss_ = 0, window_steps_ = 0;
+  std::fill(window_metrics_.begin(), window_metrics_.end(), 0.0);
+}
+
+// A checkpoint when Ctrl-C asked for one (then training stops: true), every
+// save_steps, and at the last step.
+bool Trainer::save_when_due(Loop& loop, bool interrupted) {
+  const bool last = step_ == total_steps_;
+  const std::string dir = (fs::path(o_.output_dir) / fmt::format("checkpoint-{}", step_)).string();
+  if (interrupted || (world_size_ == 1 && g_interrupt)) {
+    loop.bar->finish();
+    save_checkpoint(step_, "interrupted");
+    loop.result.interrupted = true;
+    loop.result.last_checkpoint = dir;
+    return true;
+  }
+  if ((o_.save_steps > 0 && step_ % o_.save_steps == 0) || last) {
+    loop.bar->finish();
+    save_checkpoint(step_, last ? "final" : "periodic");
+    loop.result.last_checkpoint = dir;
+  }
+  return false;
+}
+
+TrainResult Trainer::finish(Loop& loop) {
+  loop.bar->finish();
+  model_.set_training(false);
+  TrainResult& result = loop.result;
   result.steps = step_;
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop.t0).count();
   result.tokens_per_s = result.seconds > 0 ? double(result.train_tokens) / result.seconds : 0.0;
   result.best_eval_loss = best_eval_;
   result.skipped_nonfinite = nan_total_;
-  return result;
+  return std::move(result);
 }
 
 }  // namespace mftk::core

@@ -6,6 +6,7 @@
 //          mftk::core::EvalResult, mftk::core::evaluate_loss, mftk::core::find_latest_checkpoint
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -14,9 +15,13 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "mftk/batch.h"
 #include "mftk/tensor.h"
+#include "run_log.h"
 #include "schedule.h"
+#include "train_step.h"
 
 namespace mftk {
 class Adapter;
@@ -89,6 +94,10 @@ struct TrainResult {
   int64_t skipped_nonfinite = 0;
   bool interrupted = false;    // Ctrl-C: a checkpoint was written
   std::string last_checkpoint;
+  // Every record the run logged, as series by key (rank 0; the same records
+  // metrics.jsonl holds, read as read_metrics reads them). A resumed run's
+  // start with what metrics.jsonl holds up to the checkpoint's step.
+  MetricPoints metrics;
 };
 
 // Mean cross-entropy over supervised tokens of `rows` (no gradients).
@@ -130,13 +139,24 @@ class Trainer {
   int64_t total_steps() const { return total_steps_; }
 
  private:
+  // train(), in the order it runs them (trainer.cpp).
+  struct Loop;
+  void start_training();
+  void open_logs(Loop& loop);
+  bool take_step(TrainStep& step, Loop& loop);
+  std::vector<MicroBatch> step_micro_batches(const TrainStep& step, int64_t& units, int64_t& tokens) const;
+  void all_reduce_step(StepOutcome& outcome, bool& interrupted);
+  void log_window(Loop& loop, double lr, double grad_norm, double tokens_per_s,
+                  std::chrono::steady_clock::time_point now);
+  void log_metrics(Loop& loop, const nlohmann::json& record);
+  EvalResult evaluate_and_log(Loop& loop);
+  bool save_when_due(Loop& loop, bool interrupted);
+  TrainResult finish(Loop& loop);
+
   std::vector<const PackedRow*> micro_batch_rows(int64_t micro_index) const;
   void save_checkpoint(int64_t step, const std::string& reason);
   void load_checkpoint(const std::string& dir);
-  double clip_gradients();
   EvalResult evaluate_sharded();
-
-  int64_t row_units(const PackedRow& row) const;
 
   Model& model_;
   Optimizer& optimizer_;
