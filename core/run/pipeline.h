@@ -2,7 +2,7 @@
 //
 // defines: mftk::core::run_pipeline, mftk::core::save_hf_checkpoint, mftk::core::kHfCheckpointKind,
 //          mftk::core::kRunOutputKind, mftk::core::make_all_trainable, mftk::core::check_objective_data,
-//          mftk::core::exact_match, mftk::core::LoadedModel, mftk::core::load_model
+//          mftk::core::exact_match
 #pragma once
 
 #include <memory>
@@ -13,6 +13,7 @@
 
 #include "mftk/batch.h"
 #include "mftk/tensor.h"
+#include "run_build.h"  // LoadedModel, load_model: callers of the pipeline's helpers use them too
 
 namespace mftk {
 class Model;
@@ -33,16 +34,6 @@ class Registry;
 // output_dir/report.html.
 struct Plan;
 int run_pipeline(const Recipe& recipe, Registry& registry, const Plan* plan = nullptr);
-
-// A model component built from a recipe's [model] (and [quantize]) table,
-// with its weights loaded.
-struct LoadedModel {
-  std::unique_ptr<Quantizer> quantizer;  // declared first: the model's slots may use it
-  std::unique_ptr<Model> model;
-  std::string path;
-};
-// `device`: where the weights go, tensor by tensor as they are read.
-LoadedModel load_model(const Recipe& recipe, Registry& registry, bool bf16, c10::Device device = c10::kCPU);
 
 // The OutputGuard kind of a plain HF checkpoint folder mftk writes (init,
 // merge, a run's model/ and merged/): one may replace another.

@@ -9,23 +9,18 @@
 #include <fmt/format.h>
 
 #include "batching.h"
-#include "dataset.h"
 #include "device.h"
 #include "mftk/adapter.h"
 #include "mftk/error.h"
 #include "mftk/model.h"
 #include "mftk/objective.h"
 #include "mftk/optimizer.h"
-#include "mftk/packer.h"
 #include "mftk/quantizer.h"
-#include "mftk/tokenizer.h"
-#include "model_tools.h"
-#include "pipeline.h"
 #include "plan.h"
-#include "preference_rows.h"
-#include "recipe.h"
-#include "registry.h"
+#include "run_build.h"
 #include "run_log.h"
+#include "run_spec.h"
+#include "train_step.h"
 #include "trainer.h"
 
 namespace mftk::core {
@@ -35,7 +30,6 @@ void measure_steps(const Recipe& recipe, Registry& registry, int64_t steps, Plan
   if (!plan.data.available)
     throw UsageError(fmt::format("--measure needs the training data: {}", plan.data.why_not),
                      "create the dataset files, or leave --measure out for the memory and step estimate only");
-  const auto& training = recipe.section("training");
   // Timed where the plan says the run computes: a cuda plan measured on a
   // machine without a usable GPU stops with the reason (exit 2).
   const c10::Device device =
@@ -43,62 +37,35 @@ void measure_steps(const Recipe& recipe, Registry& registry, int64_t steps, Plan
           ? resolve_device(DeviceSetting{DeviceSetting::Kind::cuda, std::nullopt, "cuda (mftk plan --measure)"},
                            cuda_support())
           : c10::Device(c10::kCPU);
-  auto lm = load_model(recipe, registry, training.get_bool("bf16"), device);
-  Model& model = *lm.model;
-  model.set_gradient_checkpointing(training.get_bool("gradient_checkpointing"));
-  std::unique_ptr<Adapter> adapter;
-  NamedTensors trainable;
-  if (const auto* a = recipe.component("adapter")) {
-    adapter = registry.create<Adapter>(Kind::adapter, a->plugin, a->config);
-    adapter->inject(model);
-    trainable = adapter->trainable_parameters();
-  } else {
-    trainable = make_all_trainable(model);
-  }
-  const std::string opt_name = plan.training.optimizer;
-  auto optimizer = recipe.component("optimizer")
-                       ? registry.create<Optimizer>(Kind::optimizer, opt_name, recipe.component("optimizer")->config)
-                       : registry.create<Optimizer>(Kind::optimizer, opt_name,
-                                                    component_config(registry, Kind::optimizer, opt_name, "optimizer"));
-  optimizer->attach(trainable);
-  auto tokenizer = Tokenizer::load(plan.model.path);
-  auto data = prepare_data(recipe, *tokenizer);
-  PackOptions po = pack_options_from_recipe(recipe);
-  po.sliding_window = model.shape().sliding_window;
-  PackStats stats;
-  // A recipe's [objective] is timed as it trains (dpo's reference pass included).
-  std::unique_ptr<Objective> objective;
-  if (const auto* o = recipe.component("objective"))
-    objective = registry.create<Objective>(Kind::objective, o->plugin, o->config);
-  const auto rows = plan.training.preference_pairs ? pack_preference_pairs(data.train, po, stats)
-                                                   : make_recipe_packer(recipe, registry)->pack(data.train, po, stats);
-  if (objective) prepare_objective(model, *objective, adapter.get(), rows, plan.training.micro_batch_size);
+  // The run as `mftk run` builds it (its objective, dpo's reference pass
+  // included), without its log lines and without the eval rows.
+  const RunSpec spec = make_run_spec(recipe, registry);
+  BuildRunOptions options;
+  options.device = device;
+  options.pack_eval = false;
+  options.log = false;
+  BuiltRun run = build_run(spec, registry, options);
+  Model& model = run.model();
+  const std::vector<PackedRow>& rows = run.rows.train;
+  prepare_objective(model, *run.objective, run.adapter.get(), rows, spec.micro_batch_size);
   model.set_training(true);
-  const size_t B = size_t(plan.training.micro_batch_size);
-  const int64_t accumulation = plan.training.gradient_accumulation_steps;
+  TrainStep step(model, *run.optimizer, run.trainable, run.objective.get(), run.adapter.get());
+  const size_t B = size_t(spec.micro_batch_size);
   std::vector<double> seconds;
   int64_t tokens = 0;
   size_t next = 0;
-  for (int64_t step = 0; step < steps; ++step) {
+  for (int64_t s = 0; s < steps; ++s) {
     const auto t0 = std::chrono::steady_clock::now();
-    for (int64_t micro = 0; micro < accumulation; ++micro) {
+    std::vector<MicroBatch> micro;
+    int64_t units = 0;
+    for (int64_t m = 0; m < spec.gradient_accumulation_steps; ++m) {
       const size_t count = std::min(B, rows.size() - next);
-      Batch batch = make_batch(rows.data() + next, count);
+      for (size_t i = 0; i < count; ++i) units += step.units(rows[next + i]);
+      micro.push_back({make_batch(rows.data() + next, count), std::nullopt});
+      tokens += (micro.back().batch.doc_ids >= 0).sum().item<int64_t>();
       next = (next + count) % rows.size();
-      int64_t supervised = 0;
-      at::Tensor loss;
-      if (objective) {
-        ObjectiveResult r = objective->compute(model, adapter.get(), batch);
-        loss = r.loss_sum, supervised = r.units;
-      } else {
-        loss = supervised_loss_sum(model, batch, &supervised);
-      }
-      if (supervised > 0) (loss / double(supervised)).backward();
-      tokens += (batch.doc_ids >= 0).sum().item<int64_t>();
     }
-    optimizer->step(1e-12);  // timed like a real update, changes nothing that is kept
-    for (auto& [name, t] : trainable)
-      if (t.grad().defined()) t.mutable_grad() = at::Tensor();
+    step.run(micro, units, /*lr=*/1e-12, spec.max_grad_norm);  // timed like a real update, changes nothing that is kept
     seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   auto sorted = seconds;

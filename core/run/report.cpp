@@ -34,7 +34,10 @@ double number_or_nan(const nlohmann::json& j, const char* key) {
 }  // namespace
 
 std::vector<CurveSeries> report_curves(const std::string& metrics_jsonl_path) {
-  MetricPoints metrics = read_metrics(metrics_jsonl_path);
+  return report_curves(read_metrics(metrics_jsonl_path));
+}
+
+std::vector<CurveSeries> report_curves(MetricPoints metrics) {
   return {{"train loss", "#1f77b4", metrics["loss"], false},
           {"eval loss", "#d62728", metrics["eval_loss"], false},
           {"learning rate", "#2ca02c", metrics["lr"], false},
@@ -147,9 +150,12 @@ std::string report_html(const ReportInputs& in, const std::vector<CurveSeries>& 
 }
 
 std::string write_report(const std::string& output_dir, const ReportInputs& inputs) {
-  const auto curves = report_curves((fs::path(output_dir) / "metrics.jsonl").string());
+  return write_report(output_dir, inputs, read_metrics((fs::path(output_dir) / "metrics.jsonl").string()));
+}
+
+std::string write_report(const std::string& output_dir, const ReportInputs& inputs, const MetricPoints& metrics) {
   const std::string path = (fs::path(output_dir) / "report.html").string();
-  write_file_atomic(path, report_html(inputs, curves));
+  write_file_atomic(path, report_html(inputs, report_curves(metrics)));
   return path;
 }
 

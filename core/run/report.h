@@ -36,9 +36,13 @@ struct ReportInputs {
 // The four report curves from metrics.jsonl lines: train loss, eval loss,
 // learning rate, tokens/s (in that order); lines that are not JSON are skipped.
 std::vector<CurveSeries> report_curves(const std::string& metrics_jsonl_path);
+// The same four curves from series already in memory (TrainResult::metrics).
+std::vector<CurveSeries> report_curves(MetricPoints metrics);
 
 std::string report_html(const ReportInputs& inputs, const std::vector<CurveSeries>& curves);
 // Writes <output_dir>/report.html (atomically) and returns its path.
 std::string write_report(const std::string& output_dir, const ReportInputs& inputs);
+// The same, its curves drawn from `metrics` instead of metrics.jsonl.
+std::string write_report(const std::string& output_dir, const ReportInputs& inputs, const MetricPoints& metrics);
 
 }  // namespace mftk::core
