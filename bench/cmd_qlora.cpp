@@ -8,7 +8,9 @@
 #include "nf4_bench.h"
 #include "nf4_kernels.h"
 #include "nf4_tensor.h"
-#include "pipeline.h"
+#include "run_build.h"
+#include "run_spec.h"
+#include "train_step.h"
 #include "workload_support.h"
 
 namespace mftk::bench {
@@ -114,33 +116,33 @@ void cmd_qlora(const CommonOptions& common, const TrainArgs& a) {
     return in_child([&] {
       std::string text = fmt::format(
           "[model]\nplugin = \"mistral\"\npath = \"{}\"\ndtype = \"bf16\"\ncompute_dtype = \"{}\"\n\n"
+          "[training]\nbf16 = {}\n\n"
           "[optimizer]\nplugin = \"paged_adamw_8bit\"\n\n"
           "[adapter]\nplugin = \"lora\"\nr = 16\nalpha = 32\ndropout = 0.0\n"
           "target_modules = [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", "
           "\"down_proj\"]\n",
-          dir, compute);
+          dir, compute, bf16_compute);
       if (nf4_base) text += "\n[quantize]\nplugin = \"nf4\"\ndouble_quant = true\n";
       Engine engine;
       make_engine(engine, text);
       const MemoryStatus m0 = read_memory_status();
       reset_peak_rss();
       const auto t0 = Clock::now();
-      auto lm = core::load_model(*engine.recipe, engine.registry, bf16_compute);
+      const core::RunSpec spec = core::make_run_spec(*engine.recipe, engine.registry);
+      auto lm = core::load_model(spec, engine.registry);
       const double load_s = seconds_since(t0);
       const MemoryStatus loaded = read_memory_status();
       Model& model = *lm.model;
-      const auto* aref = engine.recipe->component("adapter");
-      auto adapter = engine.registry.create<Adapter>(Kind::adapter, aref->plugin, aref->config);
-      adapter->inject(model);
-      NamedTensors trainable = adapter->trainable_parameters();
-      const auto* oref = engine.recipe->component("optimizer");
-      auto optimizer = engine.registry.create<Optimizer>(Kind::optimizer, oref->plugin, oref->config);
-      optimizer->attach(trainable);
+      core::Trainables t = core::make_trainables(spec, engine.registry, model, /*log=*/false);
+      NamedTensors& trainable = t.tensors;
+      auto optimizer = core::attach_optimizer(spec, engine.registry, trainable);
       model.set_gradient_checkpointing(true);
       model.set_training(true);
       const at::Tensor ids = random_ids(batch, seq, model.shape().vocab_size, 5);
       const auto t1 = Clock::now();
-      const double loss = mftk_train_step(model, *optimizer, trainable, mftk_batch(ids), 1e-4, 1.0);
+      const Batch batch = mftk_batch(ids);
+      core::TrainStep train_step(model, *optimizer, trainable);
+      const double loss = train_step.run({{batch, std::nullopt}}, core::supervised_units(batch), 1e-4, 1.0).loss();
       const double step_s = seconds_since(t1);
       const MemoryStatus stepped = read_memory_status();
       int64_t trainable_count = 0;

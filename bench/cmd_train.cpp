@@ -18,7 +18,9 @@
 #include "mftk/adapter.h"
 #include "mftk/linear_slot.h"
 #include "mftk/quantizer.h"
-#include "pipeline.h"
+#include "run_build.h"
+#include "run_spec.h"
+#include "train_step.h"
 #include "workload_support.h"
 
 namespace mftk::bench {
@@ -98,7 +100,8 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
   // LoRA: frozen weights in the step's dtype (shared with the peer). Full:
   // mapped as stored; both sides then make their own fp32 copies.
   make_engine(engine, model_recipe(ck->dir, lora ? a.dtype : "auto", a.dtype, lora));
-  auto lm = core::load_model(*engine.recipe, engine.registry, a.dtype == "bf16");
+  const core::RunSpec spec = core::make_run_spec(*engine.recipe, engine.registry);
+  auto lm = core::load_model(spec, engine.registry);
   Model& model = *lm.model;
   const ModelShape shape = model.shape();
   const at::Tensor ids = random_ids(batch, seq, shape.vocab_size, 7);
@@ -128,10 +131,9 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
     PeerWeights gw;
     if (response_only) gw = peer_weights_from(model, /*fp32_copies=*/!lora);
     if (lora) {
-      const auto* ref = engine.recipe->component("adapter");
-      adapter = engine.registry.create<Adapter>(Kind::adapter, ref->plugin, ref->config);
-      adapter->inject(model);
-      trainable = adapter->trainable_parameters();
+      core::Trainables t = core::make_trainables(spec, engine.registry, model, /*log=*/false);
+      adapter = std::move(t.adapter);
+      trainable = std::move(t.tensors);
       copy_lora_into(model, pw);
       if (response_only) copy_lora_into(model, gw);
     }
@@ -158,12 +160,15 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
     gather_t.peak_rss -= peers_kept;
     peers_kept += gather_trainable * 12;
   }
-  if (!lora) trainable = core::make_all_trainable(model);
-  const auto* oref = engine.recipe->component("optimizer");
-  auto optimizer = engine.registry.create<Optimizer>(Kind::optimizer, oref->plugin, oref->config);
-  optimizer->attach(trainable);
+  // Full mode: every weight made trainable only now, after the peers' phase.
+  if (!lora) trainable = core::make_trainables(spec, engine.registry, model, /*log=*/false).tensors;
+  auto optimizer = core::attach_optimizer(spec, engine.registry, trainable);
   model.set_training(true);
-  auto mftk_step = [&] { return mftk_train_step(model, *optimizer, trainable, mb, kLr, kMaxGradNorm); };
+  // The trainer's own step (core/train/train_step.h) on the one micro-batch.
+  core::TrainStep train_step(model, *optimizer, trainable);
+  const std::vector<core::MicroBatch> micro = {{mb, std::nullopt}};
+  const int64_t units = core::supervised_units(mb);
+  auto mftk_step = [&] { return train_step.run(micro, units, kLr, kMaxGradNorm).loss(); };
   // mftk's peak RSS is its phase's peak less what the peers keep alive.
   Timing mftk_t = warm_up("mftk", a.warmup, mftk_step);
   mftk_t.peak_rss -= peers_kept;

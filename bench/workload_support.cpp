@@ -12,7 +12,6 @@
 #include "attention.h"
 #include "batching.h"
 #include "mftk/linear_slot.h"
-#include "trainer.h"
 
 namespace mftk::bench {
 
@@ -26,8 +25,9 @@ std::string model_recipe(const std::string& dir, const std::string& weight_dtype
   std::string text = fmt::format(
       "[model]\nplugin = \"mistral\"\npath = \"{}\"\ndtype = \"{}\"\ncompute_dtype = \"{}\"\n"
       "attention_chunk = {}\n\n"
+      "[training]\nbf16 = {}\n\n"
       "[optimizer]\nplugin = \"adamw\"\nweight_decay = 0.0\nbeta1 = 0.9\nbeta2 = 0.999\neps = 1e-8\n",
-      dir, weight_dtype, compute_dtype, kAttentionChunk);
+      dir, weight_dtype, compute_dtype, kAttentionChunk, compute_dtype == "bf16");
   if (lora)
     text += "\n[adapter]\nplugin = \"lora\"\nr = 8\nalpha = 16\ndropout = 0.0\n"
             "target_modules = [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", "
@@ -81,7 +81,7 @@ PeerWeights peer_weights_from(Model& model, bool fp32_copies) {
     const NamedTensors params = slot->op->parameters();
     const at::Tensor* weight = find_named(params, "weight");
     const at::Tensor dense = weight ? *weight : slot->op->dense_weight(at::kFloat);
-    if (slot->name == "lm_head") {
+    if (slot->name == model.architecture().head_slot) {
       w.lm_head = take(dense);
       continue;
     }
@@ -140,25 +140,6 @@ Batch mftk_batch(const at::Tensor& ids, int64_t prompt_tokens) {
     core::append_document(rows[size_t(b)], ex, ex.ids.size());
   }
   return core::make_batch(rows);
-}
-
-double mftk_train_step(Model& model, Optimizer& optimizer, NamedTensors& trainable, const Batch& batch, double lr,
-                       double max_grad_norm) {
-  int64_t tokens = 0;
-  const at::Tensor loss_sum = core::supervised_loss_sum(model, batch, &tokens);
-  const double value = loss_sum.item<double>() / double(tokens);
-  (loss_sum / double(tokens)).backward();
-  double sq = 0;
-  for (auto& [name, p] : trainable)
-    if (p.grad().defined()) sq += p.grad().to(at::kDouble).pow(2).sum().item<double>();
-  const double norm = std::sqrt(sq);
-  if (max_grad_norm > 0 && norm > max_grad_norm)
-    for (auto& [name, p] : trainable)
-      if (p.grad().defined()) p.mutable_grad().mul_(max_grad_norm / (norm + 1e-6));
-  optimizer.step(lr);
-  for (auto& [name, p] : trainable)
-    if (p.grad().defined()) p.mutable_grad() = at::Tensor();
-  return value;
 }
 
 void time_rotated(int steps, const std::vector<Side>& sides) {

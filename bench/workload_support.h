@@ -6,7 +6,7 @@
 //
 // defines: mftk::bench::CommonOptions, emit, Engine, kAttentionChunk, model_recipe, make_engine,
 //          flop_shape, peer_shape, find_named, peer_weights_from, copy_lora_into, random_ids,
-//          mftk_batch, mftk_train_step, Timing, warm_up, Side, time_rotated, time_interleaved,
+//          mftk_batch, Timing, warm_up, Side, time_rotated, time_interleaved,
 //          pair_ratio_summary, relative_difference, WorkloadMismatch, mftk_attention_pairs,
 //          TrainArgs, in_child, and the cmd_* entry points of the subcommands
 #pragma once
@@ -78,12 +78,6 @@ at::Tensor random_ids(int64_t batch, int64_t seq, int64_t vocab, uint64_t seed);
 // One document per row; its first `prompt_tokens` tokens are the prompt
 // (not supervised), the rest the response.
 Batch mftk_batch(const at::Tensor& ids, int64_t prompt_tokens = 0);
-
-// One mftk training step: the trainer's order of work (core/train/trainer.cpp):
-// supervised_loss_sum / tokens, backward, clip the global norm (computed in
-// double, as Trainer::clip_gradients does), optimizer plugin step, grads cleared.
-double mftk_train_step(Model& model, Optimizer& optimizer, NamedTensors& trainable, const Batch& batch, double lr,
-                       double max_grad_norm);
 
 struct Timing {
   std::vector<double> seconds;  // measured steps only
