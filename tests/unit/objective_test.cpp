@@ -607,22 +607,32 @@ std::vector<std::pair<int64_t, double>> eval_accuracies(const std::string& metri
 
 }  // namespace e2e
 
+// `mftk ARGS...` with its output in `log`; the exit code.
+int run(const std::vector<std::string>& args, const std::string& log) {
+  using namespace child_process;
+  return exit_code(wait_status(spawn(mftk_binary(), args, log), std::chrono::minutes(5)));
+}
+
+// configs/preference.toml on a tiny base `mftk init` writes into `dir`, its
+// data read from the source tree and its outputs under `dir`, evaluating
+// only before the first step and after the last.
+std::string bundled_preference_recipe(const ScratchDir& dir) {
+  const int init = run({"init", "--preset", "tiny", "--seed", "1", "--out", dir.sub("base")}, dir.sub("init.log"));
+  EXPECT_EQ(init, 0) << e2e::read_text(dir.sub("init.log"));
+  std::string recipe = e2e::read_text(MFTK_SOURCE_DIR "/configs/preference.toml");
+  e2e::replace_all(recipe, "\"data/preference/", "\"" MFTK_SOURCE_DIR "/data/preference/");
+  e2e::replace_all(recipe, "\"out/preference/", "\"" + dir.str() + "/");
+  e2e::replace_all(recipe, "eval_steps = 20", "eval_steps = 1000");
+  return recipe;
+}
+
 // configs/preference.toml as shipped (paths moved into a scratch folder,
 // evaluations only before and after): DPO on a random base must learn to
 // rank the held-out pairs by reading their prompts (1.0 after its 120
 // steps; one epoch reaches only ~0.9).
 TEST(PreferenceTask, DpoRaisesHeldOutRewardAccuracyAndEvalAgrees) {
-  using namespace child_process;
   ScratchDir dir("pref_e2e");
-  const auto run = [&](const std::vector<std::string>& args, const std::string& log) {
-    return exit_code(wait_status(spawn(mftk_binary(), args, log), std::chrono::minutes(5)));
-  };
-  ASSERT_EQ(run({"init", "--preset", "tiny", "--seed", "1", "--out", dir.sub("base")}, dir.sub("init.log")), 0)
-      << e2e::read_text(dir.sub("init.log"));
-  std::string recipe = e2e::read_text(MFTK_SOURCE_DIR "/configs/preference.toml");
-  e2e::replace_all(recipe, "\"data/preference/", "\"" MFTK_SOURCE_DIR "/data/preference/");
-  e2e::replace_all(recipe, "\"out/preference/", "\"" + dir.str() + "/");
-  e2e::replace_all(recipe, "eval_steps = 20", "eval_steps = 1000");  // only before the first step and after the last
+  std::string recipe = bundled_preference_recipe(dir);
   const std::string recipe_path = write_jsonl(dir, "preference.toml", {recipe});
   ASSERT_EQ(run({"run", recipe_path}, dir.sub("run.log")), 0) << e2e::read_text(dir.sub("run.log"));
 
@@ -660,22 +670,15 @@ TEST(PreferenceTask, DpoRaisesHeldOutRewardAccuracyAndEvalAgrees) {
 }
 
 // Full fine-tuning DPO records its reference before training; a second run
-// (and a resume) of the same data and base reads it from beside the prepared
-// data and trains exactly as the first did.
+// of the same data and base reads it from beside the prepared data and trains
+// exactly as the first did. (A resume takes the same path: the trainer
+// prepares before it loads the checkpoint.)
 TEST(PreferenceTask, FullFineTuningReferenceIsCachedWithThePreparedData) {
-  using namespace child_process;
   ScratchDir dir("pref_fullft");
-  const auto run = [&](const std::vector<std::string>& args, const std::string& log) {
-    return exit_code(wait_status(spawn(mftk_binary(), args, log), std::chrono::minutes(5)));
-  };
-  ASSERT_EQ(run({"init", "--preset", "tiny", "--seed", "1", "--out", dir.sub("base")}, dir.sub("init.log")), 0);
-  std::string recipe = e2e::read_text(MFTK_SOURCE_DIR "/configs/preference.toml");
-  e2e::replace_all(recipe, "\"data/preference/", "\"" MFTK_SOURCE_DIR "/data/preference/");
-  e2e::replace_all(recipe, "\"out/preference/", "\"" + dir.str() + "/");
+  std::string recipe = bundled_preference_recipe(dir);
   const size_t a = recipe.find("[adapter]"), o = recipe.find("[objective]");
   ASSERT_TRUE(a != std::string::npos && o != std::string::npos);
   recipe.erase(a, o - a);  // no adapter: full fine-tuning
-  e2e::replace_all(recipe, "eval_steps = 20", "eval_steps = 1000");
   const std::string recipe_path = write_jsonl(dir, "preference.toml", {recipe});
   const std::vector<std::string> steps = {"--set", "training.max_steps=2", "--set", "schedule.learning_rate=1e-4"};
   auto args = [&](std::vector<std::string> a) {
@@ -698,16 +701,8 @@ TEST(PreferenceTask, FullFineTuningReferenceIsCachedWithThePreparedData) {
 // loss's: a run resumed inside a logging window logs what the uninterrupted
 // run logs, and ends with the same adapter, bit for bit.
 TEST(PreferenceTask, DpoResumesBitForBitInsideALoggingWindow) {
-  using namespace child_process;
   ScratchDir dir("pref_resume");
-  const auto run = [&](const std::vector<std::string>& args, const std::string& log) {
-    return exit_code(wait_status(spawn(mftk_binary(), args, log), std::chrono::minutes(5)));
-  };
-  ASSERT_EQ(run({"init", "--preset", "tiny", "--seed", "1", "--out", dir.sub("base")}, dir.sub("init.log")), 0);
-  std::string recipe = e2e::read_text(MFTK_SOURCE_DIR "/configs/preference.toml");
-  e2e::replace_all(recipe, "\"data/preference/", "\"" MFTK_SOURCE_DIR "/data/preference/");
-  e2e::replace_all(recipe, "\"out/preference/", "\"" + dir.str() + "/");
-  e2e::replace_all(recipe, "eval_steps = 20", "eval_steps = 1000");
+  std::string recipe = bundled_preference_recipe(dir);
   e2e::replace_all(recipe, "logging_steps = 10", "logging_steps = 3");
   e2e::replace_all(recipe, "save_steps = 1000", "save_steps = 2");
   const std::string recipe_path = write_jsonl(dir, "preference.toml", {recipe});
