@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <functional>
 
 #include <torch/version.h>
 // The legacy profiler API as libtorch 1.13 has it; 2.x moved it (--profile
@@ -79,6 +80,155 @@ void profile_step(const std::string& prefix, const char* side, Fn&& fn) {
 #endif
 }
 
+// The peers, from the model's weights before mftk trains anything: one
+// scoring every position (a transformers model given labels = -100) and, on
+// response-only rows, one gathering the supervised positions' hidden states
+// first (Liger's or Unsloth's loss). In LoRA mode `inject` puts mftk's
+// adapter in, and the peers copy its A and B.
+struct Peers {
+  std::unique_ptr<PeerModel> peer, gather;
+};
+
+Peers make_peers(Model& model, const PeerOptions& po, bool response_only, const std::function<void()>& inject) {
+  const bool lora = po.lora;
+  PeerWeights pw = peer_weights_from(model, /*fp32_copies=*/!lora);
+  PeerWeights gw;
+  if (response_only) gw = peer_weights_from(model, /*fp32_copies=*/!lora);
+  if (lora) {
+    inject();
+    copy_lora_into(model, pw);
+    if (response_only) copy_lora_into(model, gw);
+  }
+  Peers p;
+  p.peer = std::make_unique<PeerModel>(peer_shape(model.shape()), std::move(pw), po);
+  if (response_only) {
+    PeerOptions go = po;
+    go.score_supervised_only = true;
+    p.gather = std::make_unique<PeerModel>(peer_shape(model.shape()), std::move(gw), go);
+  }
+  return p;
+}
+
+// Same weights, same tokens: the first step's loss (before any update) and
+// the trainable count must agree, or the times compare different work.
+void check_same_workload(const std::string& workload, const char* peer_name, const Timing& mftk, int64_t mftk_count,
+                         const Timing& peer, int64_t peer_count, double tolerance) {
+  const double diff = relative_difference(mftk.first_value, peer.first_value);
+  if (diff > tolerance || peer_count != mftk_count)
+    throw WorkloadMismatch(
+        fmt::format("{}: mftk and the {} did not run the same workload: first loss {:.6f} vs {:.6f} (relative "
+                    "difference {:.2e}, tolerance {:.0e}), trainable parameters {} vs {}; no ratio is reported",
+                    workload, peer_name, mftk.first_value, peer.first_value, diff, tolerance, mftk_count, peer_count),
+        "a change to mftk's or the peer's numerics made them disagree; find which with `mftk_bench train` and the "
+        "unit tests before reading any timing");
+}
+
+// What one train workload measured, for its result rows.
+struct TrainMeasured {
+  std::string workload;
+  int64_t batch = 0, seq = 0, prompt_tokens = 0;
+  bool lora = true;
+  ModelShape shape;
+  double mftk_pairs = 0;  // attention score pairs per head and row mftk computes
+  Timing peer_t, gather_t, mftk_t;
+  bool has_gather = false;  // a gathering peer ran (response-only rows)
+  int64_t peer_trainable = 0, gather_trainable = 0, mftk_trainable = 0;
+  double gemm = 0;  // this machine's GEMM GFLOP/s in the step's dtype
+  std::string checkpoint;
+};
+
+// The result rows: mftk against the peer scoring every position, and, when
+// it ran, against the gathering peer.
+std::vector<Row> train_rows(const TrainArgs& a, const TrainMeasured& m) {
+  // Matmul FLOPs each side executes: mftk's attention blocks as planned
+  // (the skipped ones not counted) and its head on the supervised rows; the
+  // peers' full masked T^2 square, the head on every row (peer) or on the
+  // supervised rows (gathering peer). "Model" FLOPs are what the step needs:
+  // the causal triangle and the supervised rows.
+  const FlopShape fshape = flop_shape(m.shape);
+  const int64_t batch = m.batch, seq = m.seq;
+  const int64_t supervised_rows = seq - std::max<int64_t>(m.prompt_tokens, 1);
+  const double dense_pairs = double(seq) * double(seq);
+  const double mftk_pairs = m.mftk_pairs;
+  const double mftk_flops = step_flops(fshape, batch, seq, m.lora, 8, supervised_rows, mftk_pairs);
+  const double peer_flops = step_flops(fshape, batch, seq, m.lora, 8, seq, dense_pairs);
+  const double gather_flops = step_flops(fshape, batch, seq, m.lora, 8, supervised_rows, dense_pairs);
+  const double model_flops =
+      step_flops(fshape, batch, seq, m.lora, 8, supervised_rows, causal_attention_pairs(seq, m.shape.sliding_window));
+  const double tokens = double(batch * seq);
+  const double mftk_tps = tokens / m.mftk_t.median_s(), peer_tps = tokens / m.peer_t.median_s();
+
+  Row r;
+  r.workload = m.workload + (m.has_gather ? " [peer: all rows]" : "");
+  r.unit = "tokens/s";
+  r.mftk = mftk_tps;
+  r.peer = peer_tps;
+  r.ratio = mftk_tps / peer_tps;
+  r.extra = {{"preset", a.preset},
+             {"mode", a.mode},
+             {"dtype", a.dtype},
+             {"batch", batch},
+             {"seq", seq},
+             {"response_fraction", a.response_fraction},
+             {"peer_scores", "every position"},
+             {"warmup_steps", a.warmup},
+             {"measured_steps", a.steps},
+             {"mftk_tokens_per_s", mftk_tps},
+             {"peer_tokens_per_s", peer_tps},
+             {"mftk_step_ms", 1e3 * m.mftk_t.median_s()},
+             {"peer_step_ms", 1e3 * m.peer_t.median_s()},
+             {"gflop_per_step", mftk_flops / 1e9},
+             {"peer_gflop_per_step", peer_flops / 1e9},
+             {"model_gflop_per_step", model_flops / 1e9},
+             {"mftk_attention_pairs_per_row", mftk_pairs},
+             {"peer_attention_pairs_per_row", dense_pairs},
+             {"supervised_rows_per_row", supervised_rows},
+             {"mftk_gflops", mftk_flops / m.mftk_t.median_s() / 1e9},
+             {"peer_gflops", peer_flops / m.peer_t.median_s() / 1e9},
+             {"gemm_gflops", m.gemm},
+             {"gemm_peak_fraction", mftk_flops / m.mftk_t.median_s() / 1e9 / m.gemm},
+             {"peer_gemm_peak_fraction", peer_flops / m.peer_t.median_s() / 1e9 / m.gemm},
+             {"peak_rss_bytes", m.mftk_t.peak_rss},
+             {"peer_peak_rss_bytes", m.peer_t.peak_rss},
+             {"mftk_trainable_parameters", m.mftk_trainable},
+             {"peer_trainable_parameters", m.peer_trainable},
+             {"first_loss_mftk", m.mftk_t.first_value},
+             {"first_loss_peer", m.peer_t.first_value},
+             {"checkpoint", m.checkpoint}};
+  const std::string flops_note = fmt::format(
+      "GFLOP/step executed: mftk {:.1f} (attention {:.0f} of {} score pairs per head and row, blockwise), peer {:.1f}; "
+      "the step needs {:.1f}",
+      mftk_flops / 1e9, mftk_pairs, int64_t(dense_pairs), peer_flops / 1e9, model_flops / 1e9);
+  r.extra["note"] = fmt::format("median step {:.0f} ms vs peer {:.0f} ms; {}; first loss {:.5f} vs {:.5f}; peer/mftk "
+                                "time of each step pair {}",
+                                1e3 * m.mftk_t.median_s(), 1e3 * m.peer_t.median_s(), flops_note, m.mftk_t.first_value,
+                                m.peer_t.first_value, pair_ratio_summary(m.peer_t, m.mftk_t));
+  std::vector<Row> rows = {r};
+  if (m.has_gather) {
+    Row g = r;
+    const double gather_tps = tokens / m.gather_t.median_s();
+    g.workload = m.workload + " [peer: supervised rows]";
+    g.peer = gather_tps;
+    g.ratio = mftk_tps / gather_tps;
+    g.extra["peer_scores"] = "supervised positions only (hidden states gathered before lm_head)";
+    g.extra["peer_tokens_per_s"] = gather_tps;
+    g.extra["peer_step_ms"] = 1e3 * m.gather_t.median_s();
+    g.extra["peer_gflop_per_step"] = gather_flops / 1e9;
+    g.extra["peer_gflops"] = gather_flops / m.gather_t.median_s() / 1e9;
+    g.extra["peer_gemm_peak_fraction"] = gather_flops / m.gather_t.median_s() / 1e9 / m.gemm;
+    g.extra["peer_peak_rss_bytes"] = m.gather_t.peak_rss;
+    g.extra["peer_trainable_parameters"] = m.gather_trainable;
+    g.extra["first_loss_peer"] = m.gather_t.first_value;
+    g.extra["note"] = fmt::format(
+        "median step {:.0f} ms vs gathering peer {:.0f} ms (peer scoring every row {:.0f} ms); gathering peer "
+        "executes {:.1f} GFLOP/step; first loss {:.5f} vs {:.5f}; peer/mftk time of each step round {}",
+        1e3 * m.mftk_t.median_s(), 1e3 * m.gather_t.median_s(), 1e3 * m.peer_t.median_s(), gather_flops / 1e9,
+        m.mftk_t.first_value, m.gather_t.first_value, pair_ratio_summary(m.gather_t, m.mftk_t));
+    rows.push_back(g);
+  }
+  return rows;
+}
+
 }  // namespace
 
 void cmd_train(const CommonOptions& common, const TrainArgs& a) {
@@ -112,40 +262,24 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
   constexpr double kLr = 1e-4, kMaxGradNorm = 1.0;
 
   // The peers first, from the model's weights before anything is trained.
-  // On instruction data there are two: one scores every position (a
-  // transformers model given labels = -100), the other gathers the
-  // supervised positions' hidden states first (Liger's or Unsloth's loss).
   const bool response_only = prompt_tokens > 0;
-  std::unique_ptr<Adapter> adapter;
-  NamedTensors trainable;
   PeerOptions po;
   po.lora = lora;
   po.compute_dtype = dt;
   po.lr = kLr;
   po.max_grad_norm = kMaxGradNorm;
+  // LoRA: mftk's adapter is injected between reading the peers' weights
+  // and building them, so both start from the same A and B.
+  core::Trainables mftk_side;
+  Peers peers = make_peers(model, po, response_only, [&] {
+    mftk_side = core::make_trainables(spec, engine.registry, model, /*log=*/false);
+  });
+  std::unique_ptr<PeerModel>& peer = peers.peer;
+  std::unique_ptr<PeerModel>& gather = peers.gather;
+  const int64_t peer_trainable = peer->trainable_count();
+  const int64_t gather_trainable = gather ? gather->trainable_count() : 0;
+  NamedTensors& trainable = mftk_side.tensors;
   Timing peer_t, gather_t;
-  int64_t peer_trainable = 0, gather_trainable = 0;
-  std::unique_ptr<PeerModel> peer, gather;
-  {
-    PeerWeights pw = peer_weights_from(model, /*fp32_copies=*/!lora);
-    PeerWeights gw;
-    if (response_only) gw = peer_weights_from(model, /*fp32_copies=*/!lora);
-    if (lora) {
-      core::Trainables t = core::make_trainables(spec, engine.registry, model, /*log=*/false);
-      adapter = std::move(t.adapter);
-      trainable = std::move(t.tensors);
-      copy_lora_into(model, pw);
-      if (response_only) copy_lora_into(model, gw);
-    }
-    peer = std::make_unique<PeerModel>(peer_shape(shape), std::move(pw), po);
-    peer_trainable = peer->trainable_count();
-    if (response_only) {
-      PeerOptions go = po;
-      go.score_supervised_only = true;
-      gather = std::make_unique<PeerModel>(peer_shape(shape), std::move(gw), go);
-      gather_trainable = gather->trainable_count();
-    }
-  }
   // What a peer keeps alive while the next side runs, counted (an RSS
   // difference would also count allocator caches): each trainable tensor in
   // fp32, its own (a copy of every weight in full mode; LoRA's A and B), and
@@ -161,7 +295,7 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
     peers_kept += gather_trainable * 12;
   }
   // Full mode: every weight made trainable only now, after the peers' phase.
-  if (!lora) trainable = core::make_trainables(spec, engine.registry, model, /*log=*/false).tensors;
+  if (!lora) mftk_side = core::make_trainables(spec, engine.registry, model, /*log=*/false);
   auto optimizer = core::attach_optimizer(spec, engine.registry, trainable);
   model.set_training(true);
   // The trainer's own step (core/train/train_step.h) on the one micro-batch.
@@ -175,23 +309,11 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
 
   int64_t mftk_trainable = 0;
   for (const auto& [n, t] : trainable) mftk_trainable += t.numel();
-  // Same weights, same tokens: the first step's loss (before any update)
-  // must agree, or the times below compare different work.
   const double tolerance = dt == at::kBFloat16 ? 2e-2 : 1e-4;
   const std::string workload = fmt::format("train {} {} {} b{}x{}", a.preset, a.mode, a.dtype, batch, seq) +
                                (response_only ? fmt::format(" resp{:.0f}%", 100.0 * a.response_fraction) : "");
-  auto check_same = [&](const char* peer_name, const Timing& t, int64_t count) {
-    const double diff = relative_difference(mftk_t.first_value, t.first_value);
-    if (diff > tolerance || count != mftk_trainable)
-      throw WorkloadMismatch(
-          fmt::format("{}: mftk and the {} did not run the same workload: first loss {:.6f} vs {:.6f} (relative "
-                      "difference {:.2e}, tolerance {:.0e}), trainable parameters {} vs {}; no ratio is reported",
-                      workload, peer_name, mftk_t.first_value, t.first_value, diff, tolerance, mftk_trainable, count),
-          "a change to mftk's or the peer's numerics made them disagree; find which with `mftk_bench train` and the "
-          "unit tests before reading any timing");
-  };
-  check_same("peer", peer_t, peer_trainable);
-  if (gather) check_same("gathering peer", gather_t, gather_trainable);
+  check_same_workload(workload, "peer", mftk_t, mftk_trainable, peer_t, peer_trainable, tolerance);
+  if (gather) check_same_workload(workload, "gathering peer", mftk_t, mftk_trainable, gather_t, gather_trainable, tolerance);
 
   if (gather)
     time_rotated(a.steps, {{"peer", &peer_t, peer_step}, {"peer-gather", &gather_t, gather_step},
@@ -202,92 +324,10 @@ void cmd_train(const CommonOptions& common, const TrainArgs& a) {
   if (gather) profile_step(a.profile, "peer-gather", gather_step);
   profile_step(a.profile, "mftk", mftk_step);
 
-  // Matmul FLOPs each side executes: mftk's attention blocks as planned
-  // (the skipped ones not counted) and its head on the supervised rows; the
-  // peers' full masked T^2 square, the head on every row (peer) or on the
-  // supervised rows (gathering peer). "Model" FLOPs are what the step needs:
-  // the causal triangle and the supervised rows.
-  const FlopShape fshape = flop_shape(shape);
-  const int64_t supervised_rows = seq - std::max<int64_t>(prompt_tokens, 1);
-  const double dense_pairs = double(seq) * double(seq);
-  const double mftk_pairs = mftk_attention_pairs(mb, shape.sliding_window);
-  const double mftk_flops = step_flops(fshape, batch, seq, lora, 8, supervised_rows, mftk_pairs);
-  const double peer_flops = step_flops(fshape, batch, seq, lora, 8, seq, dense_pairs);
-  const double gather_flops = step_flops(fshape, batch, seq, lora, 8, supervised_rows, dense_pairs);
-  const double model_flops =
-      step_flops(fshape, batch, seq, lora, 8, supervised_rows, causal_attention_pairs(seq, shape.sliding_window));
-  const double tokens = double(batch * seq);
-  const double mftk_tps = tokens / mftk_t.median_s(), peer_tps = tokens / peer_t.median_s();
-
-  Row r;
-  r.workload = workload + (gather ? " [peer: all rows]" : "");
-  r.unit = "tokens/s";
-  r.mftk = mftk_tps;
-  r.peer = peer_tps;
-  r.ratio = mftk_tps / peer_tps;
-  r.extra = {{"preset", a.preset},
-             {"mode", a.mode},
-             {"dtype", a.dtype},
-             {"batch", batch},
-             {"seq", seq},
-             {"response_fraction", a.response_fraction},
-             {"peer_scores", "every position"},
-             {"warmup_steps", a.warmup},
-             {"measured_steps", a.steps},
-             {"mftk_tokens_per_s", mftk_tps},
-             {"peer_tokens_per_s", peer_tps},
-             {"mftk_step_ms", 1e3 * mftk_t.median_s()},
-             {"peer_step_ms", 1e3 * peer_t.median_s()},
-             {"gflop_per_step", mftk_flops / 1e9},
-             {"peer_gflop_per_step", peer_flops / 1e9},
-             {"model_gflop_per_step", model_flops / 1e9},
-             {"mftk_attention_pairs_per_row", mftk_pairs},
-             {"peer_attention_pairs_per_row", dense_pairs},
-             {"supervised_rows_per_row", supervised_rows},
-             {"mftk_gflops", mftk_flops / mftk_t.median_s() / 1e9},
-             {"peer_gflops", peer_flops / peer_t.median_s() / 1e9},
-             {"gemm_gflops", gemm},
-             {"gemm_peak_fraction", mftk_flops / mftk_t.median_s() / 1e9 / gemm},
-             {"peer_gemm_peak_fraction", peer_flops / peer_t.median_s() / 1e9 / gemm},
-             {"peak_rss_bytes", mftk_t.peak_rss},
-             {"peer_peak_rss_bytes", peer_t.peak_rss},
-             {"mftk_trainable_parameters", mftk_trainable},
-             {"peer_trainable_parameters", peer_trainable},
-             {"first_loss_mftk", mftk_t.first_value},
-             {"first_loss_peer", peer_t.first_value},
-             {"checkpoint", ck->dir}};
-  const std::string flops_note = fmt::format(
-      "GFLOP/step executed: mftk {:.1f} (attention {:.0f} of {} score pairs per head and row, blockwise), peer {:.1f}; "
-      "the step needs {:.1f}",
-      mftk_flops / 1e9, mftk_pairs, int64_t(dense_pairs), peer_flops / 1e9, model_flops / 1e9);
-  r.extra["note"] = fmt::format("median step {:.0f} ms vs peer {:.0f} ms; {}; first loss {:.5f} vs {:.5f}; peer/mftk "
-                                "time of each step pair {}",
-                                1e3 * mftk_t.median_s(), 1e3 * peer_t.median_s(), flops_note, mftk_t.first_value,
-                                peer_t.first_value, pair_ratio_summary(peer_t, mftk_t));
-  std::vector<Row> rows = {r};
-  if (gather) {
-    Row g = r;
-    const double gather_tps = tokens / gather_t.median_s();
-    g.workload = workload + " [peer: supervised rows]";
-    g.peer = gather_tps;
-    g.ratio = mftk_tps / gather_tps;
-    g.extra["peer_scores"] = "supervised positions only (hidden states gathered before lm_head)";
-    g.extra["peer_tokens_per_s"] = gather_tps;
-    g.extra["peer_step_ms"] = 1e3 * gather_t.median_s();
-    g.extra["peer_gflop_per_step"] = gather_flops / 1e9;
-    g.extra["peer_gflops"] = gather_flops / gather_t.median_s() / 1e9;
-    g.extra["peer_gemm_peak_fraction"] = gather_flops / gather_t.median_s() / 1e9 / gemm;
-    g.extra["peer_peak_rss_bytes"] = gather_t.peak_rss;
-    g.extra["peer_trainable_parameters"] = gather_trainable;
-    g.extra["first_loss_peer"] = gather_t.first_value;
-    g.extra["note"] = fmt::format(
-        "median step {:.0f} ms vs gathering peer {:.0f} ms (peer scoring every row {:.0f} ms); gathering peer "
-        "executes {:.1f} GFLOP/step; first loss {:.5f} vs {:.5f}; peer/mftk time of each step round {}",
-        1e3 * mftk_t.median_s(), 1e3 * gather_t.median_s(), 1e3 * peer_t.median_s(), gather_flops / 1e9,
-        mftk_t.first_value, gather_t.first_value, pair_ratio_summary(gather_t, mftk_t));
-    rows.push_back(g);
-  }
-  emit(common, rows);
+  TrainMeasured m{workload, batch, seq, prompt_tokens, lora, shape, mftk_attention_pairs(mb, shape.sliding_window),
+                  peer_t, gather_t, mftk_t, gather != nullptr, peer_trainable, gather_trainable, mftk_trainable, gemm,
+                  ck->dir};
+  emit(common, train_rows(a, m));
 }
 
 }  // namespace mftk::bench
