@@ -17,7 +17,7 @@ namespace fs = std::filesystem;
 RunPaths::RunPaths(const std::string& dir) : output_dir(dir) {
   auto in = [&](const char* name) { return (fs::path(dir) / name).string(); };
   log = in("mftk.log");
-  metrics = in("metrics.jsonl");
+  metrics = in(kMetricsFile);
   summary = in("summary.json");
   loss_curve = in("loss_curve.svg");
   report = in("report.html");

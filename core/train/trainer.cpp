@@ -673,7 +673,7 @@ void Trainer::start_training() {
 // series train() hands back covers the whole run.
 void Trainer::open_logs(Loop& loop) {
   const bool main_rank = rank_ == 0;
-  const std::string path = (fs::path(o_.output_dir) / "metrics.jsonl").string();
+  const std::string path = (fs::path(o_.output_dir) / kMetricsFile).string();
   if (main_rank && step_ > 0) loop.result.metrics = metrics_up_to(path, step_);
   if (main_rank) loop.metrics.emplace(path);
   if (main_rank && o_.tensorboard) loop.tensorboard.emplace(o_.output_dir, step_);

@@ -3,7 +3,8 @@
 // evaluation, metrics, atomic checkpoints and exact resume.
 //
 // defines: mftk::core::TrainOptions, mftk::core::TrainResult, mftk::core::Trainer,
-//          mftk::core::EvalResult, mftk::core::evaluate_loss, mftk::core::find_latest_checkpoint
+//          mftk::core::EvalResult, mftk::core::evaluate_loss, mftk::core::find_latest_checkpoint,
+//          mftk::core::kMetricsFile
 #pragma once
 
 #include <chrono>
@@ -34,6 +35,9 @@ namespace mftk::core {
 
 class Recipe;
 class Distributed;
+
+// The file in output_dir the trainer appends its metrics records to (RunPaths::metrics).
+inline constexpr const char* kMetricsFile = "metrics.jsonl";
 
 struct TrainOptions {
   int64_t micro_batch_size = 1;
