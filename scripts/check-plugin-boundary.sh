@@ -15,7 +15,7 @@ set -euo pipefail
 if [[ ${1:-} == --self-test ]]; then
   fake=$(mktemp -d)
   trap 'rm -rf "$fake"' EXIT
-  mkdir -p "$fake/sdk/include/mftk" "$fake/plugins/good/detail" "$fake/plugins/bad" "$fake/core"
+  mkdir -p "$fake/sdk/include/mftk" "$fake/plugins/good/detail" "$fake/plugins/bad" "$fake/core/data"
   touch "$fake/sdk/include/mftk/rows.h" "$fake/core/data/batching.h"
   printf '#include "good.h"\n#include "detail/util.h"\n#include "mftk/rows.h"\n#include <vector>\n' >"$fake/plugins/good/good.cpp"
   printf '#include "util.h"\n' >"$fake/plugins/good/detail/util.cpp"
