@@ -85,6 +85,159 @@ at::ScalarType checked_compute_dtype(at::ScalarType t) {
   return t;
 }
 
+// Module name -> the op a quantizer built from tensors stored in the checkpoint.
+using StoredOps = std::map<std::string, std::shared_ptr<LinearOp>>;
+
+// Slots the checkpoint stores already quantised (a folder the quantizer
+// wrote): their ops come from the stored tensors, and "<slot>.weight" is
+// the quantizer's business, not config.json's.
+StoredOps load_stored_quantized(Quantizer& quantizer, const CheckpointReader& reader,
+                                const std::vector<CheckpointTensor>& expected, const std::string& path,
+                                at::ScalarType compute_dtype) {
+  StoredOps stored_quantized;
+  for (const auto& t : expected) {
+    if (t.role == TensorRole::embed_tokens || t.role == TensorRole::input_norm ||
+        t.role == TensorRole::post_attention_norm || t.role == TensorRole::final_norm)
+      continue;
+    const std::string module = hf_module_name(t.role, t.layer);
+    std::shared_ptr<LinearOp> op;
+    try {
+      op = quantizer.load_quantized(module, reader, compute_dtype);
+    } catch (const UsageError&) {
+      throw;
+    } catch (const Error& e) {
+      throw Error(fmt::format("checkpoint {}: {}", path, e.what()), e.hint());  // the quantizer cannot name it
+    }
+    if (!op) continue;
+    check_stored_quantized(*op, module, t.shape, path, compute_dtype);
+    stored_quantized.emplace(module, std::move(op));
+  }
+  return stored_quantized;
+}
+
+bool in_stored_module(const StoredOps& stored_quantized, const std::string& tensor) {
+  for (const auto& [module, op] : stored_quantized)
+    if (tensor.rfind(module + ".weight", 0) == 0) return true;
+  return false;
+}
+
+// Every tensor present with the shape config.json implies, before any is used.
+void check_expected_tensors(const CheckpointReader& reader, const std::vector<CheckpointTensor>& expected,
+                            const StoredOps& stored_quantized, const std::string& path) {
+  std::vector<std::string> missing;
+  for (const auto& t : expected) {
+    if (in_stored_module(stored_quantized, t.name)) continue;
+    if (!reader.contains(t.name)) {
+      missing.push_back(fmt::format("'{}' (expected shape {})", t.name, shape_str(t.shape)));
+      continue;
+    }
+    const TensorInfo& info = reader.info(t.name);
+    if (info.shape != t.shape)
+      throw Error(fmt::format("checkpoint {}: tensor '{}' has shape {}, but config.json implies {}",
+                              path, t.name, shape_str(info.shape), shape_str(t.shape)),
+                  "the weights and config.json do not belong together; re-export the checkpoint");
+    // Any float dtype is computed in (f16 and bf16 widened per matmul);
+    // an integer one would be multiplied as integers, silently wrong.
+    if (!at::isFloatingType(dtype_from_safetensors(info.dtype)))
+      throw Error(fmt::format("checkpoint {}: tensor '{}' is stored as {}, not as a float type", path, t.name,
+                              info.dtype),
+                  "store the model's weights as F32, F16 or BF16 (a quantised folder needs its "
+                  "quantization_config in config.json)");
+  }
+  if (!missing.empty()) {
+    const size_t shown = std::min<size_t>(missing.size(), 8);
+    throw Error(fmt::format("checkpoint {}: {} tensor(s) missing: {}{}", path, missing.size(),
+                            fmt::join(missing.begin(), missing.begin() + shown, ", "),
+                            missing.size() > shown ? ", ..." : ""),
+                "the checkpoint is incomplete or is not a MistralForCausalLM checkpoint");
+  }
+}
+
+// Tensors a MistralForCausalLM does not read are ignored, but said; a
+// stored lm_head beside tie_word_embeddings gets its own warning.
+void warn_unused_tensors(const CheckpointReader& reader, const std::vector<CheckpointTensor>& expected,
+                         const StoredOps& stored_quantized, const std::string& path, bool tie_word_embeddings) {
+  std::vector<std::string> unexpected;
+  for (const auto& name : reader.names()) {
+    const bool known = std::any_of(expected.begin(), expected.end(),
+                                   [&](const CheckpointTensor& t) { return t.name == name; });
+    if (known || in_stored_module(stored_quantized, name)) continue;
+    if (name == hf_tensor_name(TensorRole::lm_head) && tie_word_embeddings)
+      log::warn("mistral: {} holds lm_head.weight but tie_word_embeddings is set; using "
+                "model.embed_tokens.weight for lm_head, as transformers does", path);
+    else
+      unexpected.push_back(name);
+  }
+  if (!unexpected.empty())
+    log::warn("mistral: {} holds {} tensor(s) a MistralForCausalLM does not use (ignored): {}{}",
+              path, unexpected.size(),
+              fmt::join(unexpected.begin(), unexpected.begin() + std::min<size_t>(unexpected.size(), 8), ", "),
+              unexpected.size() > 8 ? ", ..." : "");
+}
+
+// Turns checked checkpoint tensors into the model's weights and linear
+// slots, on the load's device, in its weight dtype, through its quantizer.
+struct WeightPlacer {
+  const CheckpointReader& reader;
+  const MistralConfig& config;
+  const StoredOps& stored_quantized;
+  Quantizer* quantizer;
+  at::Device device;
+  std::optional<at::ScalarType> weight_dtype;
+  at::ScalarType compute_dtype;
+
+  // Zero-copy view when the dtype already fits; a converted copy otherwise.
+  // On another device (a GPU) each tensor goes over as it is read, then is
+  // converted there, and its mapped pages are dropped: the host never holds
+  // more than one tensor of the model at a time.
+  at::Tensor place(const at::Tensor& mapped) const {
+    at::Tensor t = mapped;
+    if (t.device() != device) t = t.to(device);
+    if (weight_dtype && t.scalar_type() != *weight_dtype) t = t.to(*weight_dtype);
+    if (!mapped.is_same(t) && mapped.is_cpu() && !device.is_cpu()) release_mapped_pages(mapped);
+    return t;
+  }
+  at::Tensor tensor(TensorRole role, int64_t layer = -1) const {
+    return place(reader.get(hf_tensor_name(role, layer)));
+  }
+
+  LinearSlot slot(TensorRole role, int64_t layer) const {
+    LinearSlot slot;
+    slot.name = hf_module_name(role, layer);
+    const auto shape = tensor_shape(role, config);
+    slot.out_features = shape[0];
+    slot.in_features = shape[1];
+    if (auto it = stored_quantized.find(slot.name); it != stored_quantized.end()) {
+      slot.op = it->second;
+      return slot;
+    }
+    const at::Tensor raw = reader.get(hf_tensor_name(role, layer));
+    if (quantizer && quantizer->wants(slot.name)) {
+      const at::Tensor on_device = raw.device() == device ? raw : raw.to(device);
+      slot.op = quantizer->quantize(slot.name, on_device, compute_dtype);
+      // The quantised op keeps what it made; the source pages need not stay
+      // resident (a 7B bf16 source would otherwise end up wholly in RSS).
+      release_mapped_pages(raw);  // also after a copy to the GPU: the host needs the source no more
+    } else {
+      slot.op = make_dense_linear(place(raw));
+    }
+    return slot;
+  }
+
+  // lm_head under tie_word_embeddings: the embedding tensor itself.
+  LinearSlot tied_head(const at::Tensor& embed_tokens) const {
+    LinearSlot head;
+    head.name = hf_module_name(TensorRole::lm_head);
+    head.out_features = config.vocab_size;
+    head.in_features = config.hidden_size;
+    if (quantizer && quantizer->wants(head.name))
+      head.op = quantizer->quantize(head.name, embed_tokens, compute_dtype);
+    else
+      head.op = make_dense_linear(embed_tokens);  // the same tensor: tied
+    return head;
+  }
+};
+
 }  // namespace
 
 MistralModel::MistralModel(MistralModelOptions options) : options_(std::move(options)) {}
@@ -116,142 +269,32 @@ void MistralModel::load(const LoadOptions& options) {
 
   const CheckpointReader reader = CheckpointReader::open(path);
   const std::vector<CheckpointTensor> expected = checkpoint_tensors(config_);
+  const StoredOps stored_quantized =
+      options.quantizer ? load_stored_quantized(*options.quantizer, reader, expected, path, compute_dtype_)
+                        : StoredOps{};
+  check_expected_tensors(reader, expected, stored_quantized, path);
+  warn_unused_tensors(reader, expected, stored_quantized, path, config_.tie_word_embeddings);
 
-  // Slots the checkpoint stores already quantised (a folder the quantizer
-  // wrote): their ops come from the stored tensors, and "<slot>.weight" is
-  // the quantizer's business, not config.json's.
-  std::map<std::string, std::shared_ptr<LinearOp>> stored_quantized;
-  if (options.quantizer)
-    for (const auto& t : expected) {
-      if (t.role == TensorRole::embed_tokens || t.role == TensorRole::input_norm ||
-          t.role == TensorRole::post_attention_norm || t.role == TensorRole::final_norm)
-        continue;
-      const std::string module = hf_module_name(t.role, t.layer);
-      std::shared_ptr<LinearOp> op;
-      try {
-        op = options.quantizer->load_quantized(module, reader, compute_dtype_);
-      } catch (const UsageError&) {
-        throw;
-      } catch (const Error& e) {
-        throw Error(fmt::format("checkpoint {}: {}", path, e.what()), e.hint());  // the quantizer cannot name it
-      }
-      if (!op) continue;
-      check_stored_quantized(*op, module, t.shape, path, compute_dtype_);
-      stored_quantized.emplace(module, std::move(op));
-    }
-  auto stored_module_of = [&](const std::string& tensor) -> bool {
-    for (const auto& [module, op] : stored_quantized)
-      if (tensor.rfind(module + ".weight", 0) == 0) return true;
-    return false;
-  };
-
-  // Every tensor present with the shape config.json implies, before any is used.
-  std::vector<std::string> missing;
-  for (const auto& t : expected) {
-    if (stored_module_of(t.name)) continue;
-    if (!reader.contains(t.name)) {
-      missing.push_back(fmt::format("'{}' (expected shape {})", t.name, shape_str(t.shape)));
-      continue;
-    }
-    const TensorInfo& info = reader.info(t.name);
-    if (info.shape != t.shape)
-      throw Error(fmt::format("checkpoint {}: tensor '{}' has shape {}, but config.json implies {}",
-                              path, t.name, shape_str(info.shape), shape_str(t.shape)),
-                  "the weights and config.json do not belong together; re-export the checkpoint");
-    // Any float dtype is computed in (f16 and bf16 widened per matmul);
-    // an integer one would be multiplied as integers, silently wrong.
-    if (!at::isFloatingType(dtype_from_safetensors(info.dtype)))
-      throw Error(fmt::format("checkpoint {}: tensor '{}' is stored as {}, not as a float type", path, t.name,
-                              info.dtype),
-                  "store the model's weights as F32, F16 or BF16 (a quantised folder needs its "
-                  "quantization_config in config.json)");
-  }
-  if (!missing.empty()) {
-    const size_t shown = std::min<size_t>(missing.size(), 8);
-    throw Error(fmt::format("checkpoint {}: {} tensor(s) missing: {}{}", path, missing.size(),
-                            fmt::join(missing.begin(), missing.begin() + shown, ", "),
-                            missing.size() > shown ? ", ..." : ""),
-                "the checkpoint is incomplete or is not a MistralForCausalLM checkpoint");
-  }
-  std::vector<std::string> unexpected;
-  for (const auto& name : reader.names()) {
-    const bool known = std::any_of(expected.begin(), expected.end(),
-                                   [&](const CheckpointTensor& t) { return t.name == name; });
-    if (known || stored_module_of(name)) continue;
-    if (name == hf_tensor_name(TensorRole::lm_head) && config_.tie_word_embeddings)
-      log::warn("mistral: {} holds lm_head.weight but tie_word_embeddings is set; using "
-                "model.embed_tokens.weight for lm_head, as transformers does", path);
-    else
-      unexpected.push_back(name);
-  }
-  if (!unexpected.empty())
-    log::warn("mistral: {} holds {} tensor(s) a MistralForCausalLM does not use (ignored): {}{}",
-              path, unexpected.size(),
-              fmt::join(unexpected.begin(), unexpected.begin() + std::min<size_t>(unexpected.size(), 8), ", "),
-              unexpected.size() > 8 ? ", ..." : "");
-
-  // Zero-copy view when the dtype already fits; a converted copy otherwise.
-  // On another device (a GPU) each tensor goes over as it is read, then is
-  // converted there, and its mapped pages are dropped: the host never holds
-  // more than one tensor of the model at a time.
-  auto place = [&](const at::Tensor& mapped) {
-    at::Tensor t = mapped;
-    if (t.device() != device_) t = t.to(device_);
-    if (weight_dtype && t.scalar_type() != *weight_dtype) t = t.to(*weight_dtype);
-    if (!mapped.is_same(t) && mapped.is_cpu() && !device_.is_cpu()) release_mapped_pages(mapped);
-    return t;
-  };
-  auto make_slot = [&](TensorRole role, int64_t layer) {
-    LinearSlot slot;
-    slot.name = hf_module_name(role, layer);
-    const auto shape = tensor_shape(role, config_);
-    slot.out_features = shape[0];
-    slot.in_features = shape[1];
-    if (auto it = stored_quantized.find(slot.name); it != stored_quantized.end()) {
-      slot.op = it->second;
-      return slot;
-    }
-    const at::Tensor raw = reader.get(hf_tensor_name(role, layer));
-    if (options.quantizer && options.quantizer->wants(slot.name)) {
-      const at::Tensor on_device = raw.device() == device_ ? raw : raw.to(device_);
-      slot.op = options.quantizer->quantize(slot.name, on_device, compute_dtype_);
-      // The quantised op keeps what it made; the source pages need not stay
-      // resident (a 7B bf16 source would otherwise end up wholly in RSS).
-      release_mapped_pages(raw);  // also after a copy to the GPU: the host needs the source no more
-    } else {
-      slot.op = make_dense_linear(place(raw));
-    }
-    return slot;
-  };
-
-  embed_tokens_ = place(reader.get(hf_tensor_name(TensorRole::embed_tokens)));
+  const WeightPlacer weights{reader, config_, stored_quantized, options.quantizer, device_, weight_dtype,
+                             compute_dtype_};
+  embed_tokens_ = weights.tensor(TensorRole::embed_tokens);
   layers_.clear();
   layers_.reserve(config_.num_hidden_layers);
   for (int64_t n = 0; n < config_.num_hidden_layers; ++n) {
     DecoderLayer layer;
-    layer.q_proj = make_slot(TensorRole::q_proj, n);
-    layer.k_proj = make_slot(TensorRole::k_proj, n);
-    layer.v_proj = make_slot(TensorRole::v_proj, n);
-    layer.o_proj = make_slot(TensorRole::o_proj, n);
-    layer.gate_proj = make_slot(TensorRole::gate_proj, n);
-    layer.up_proj = make_slot(TensorRole::up_proj, n);
-    layer.down_proj = make_slot(TensorRole::down_proj, n);
-    layer.input_norm = place(reader.get(hf_tensor_name(TensorRole::input_norm, n)));
-    layer.post_attention_norm = place(reader.get(hf_tensor_name(TensorRole::post_attention_norm, n)));
+    layer.q_proj = weights.slot(TensorRole::q_proj, n);
+    layer.k_proj = weights.slot(TensorRole::k_proj, n);
+    layer.v_proj = weights.slot(TensorRole::v_proj, n);
+    layer.o_proj = weights.slot(TensorRole::o_proj, n);
+    layer.gate_proj = weights.slot(TensorRole::gate_proj, n);
+    layer.up_proj = weights.slot(TensorRole::up_proj, n);
+    layer.down_proj = weights.slot(TensorRole::down_proj, n);
+    layer.input_norm = weights.tensor(TensorRole::input_norm, n);
+    layer.post_attention_norm = weights.tensor(TensorRole::post_attention_norm, n);
     layers_.push_back(std::move(layer));
   }
-  final_norm_ = place(reader.get(hf_tensor_name(TensorRole::final_norm)));
-  if (config_.tie_word_embeddings) {
-    lm_head_.name = hf_module_name(TensorRole::lm_head);
-    lm_head_.out_features = config_.vocab_size;
-    lm_head_.in_features = config_.hidden_size;
-    if (options.quantizer && options.quantizer->wants(lm_head_.name))
-      lm_head_.op = options.quantizer->quantize(lm_head_.name, embed_tokens_, compute_dtype_);
-    else
-      lm_head_.op = make_dense_linear(embed_tokens_);  // the same tensor: tied
-  } else {
-    lm_head_ = make_slot(TensorRole::lm_head, -1);
-  }
+  final_norm_ = weights.tensor(TensorRole::final_norm);
+  lm_head_ = config_.tie_word_embeddings ? weights.tied_head(embed_tokens_) : weights.slot(TensorRole::lm_head, -1);
 
   rotary_ = RotaryEmbedding(config_.head_dim, config_.rope_theta, device_);
   // transformers: head_dim ** -0.5
