@@ -126,6 +126,140 @@ std::string quoted_list(const std::vector<std::string>& ids) {
   return out;
 }
 
+// Between messages: what may come next, and the tool calls of the last
+// assistant message that still wait for their result.
+struct TurnState {
+  enum class Next { user, assistant, tool_results };
+  Next next = Next::user;
+  std::vector<std::string> pending;  // ids of the calls still waiting for their result
+  std::set<std::string> answered, earlier_calls;
+  size_t calls_message = 0;
+};
+
+// What holds for message i wherever it stands: a known role, system only
+// first, tool calls only from the assistant.
+void check_role(const ChatMessage& message, size_t i) {
+  const std::string& role = message.role;
+  if (role != "system" && role != "user" && role != "assistant" && role != "tool") {
+    throw UsageError(fmt::format("chat message {}: unknown role '{}'", i, role),
+                     "roles are system (first message only), user, assistant and tool");
+  }
+  if (role == "system") {
+    throw UsageError(fmt::format("chat message {}: a system message may only come first", i),
+                     "merge the system text into the first message");
+  }
+  if (role != "assistant" && !message.tool_calls.empty()) {
+    throw UsageError(fmt::format("chat message {}: a {} message makes tool calls", i, role),
+                     "only assistant messages make tool calls");
+  }
+}
+
+// A tool message answers, once, a call of the assistant message just before;
+// the last answer lets the assistant speak again.
+void accept_tool_result(const ChatMessage& message, size_t i, TurnState& state) {
+  const std::string& id = message.tool_call_id;
+  if (id.empty()) {
+    throw UsageError(fmt::format("chat message {}: tool message has no tool_call_id", i),
+                     "set tool_call_id to the id of the call this message answers");
+  }
+  auto it = std::find(state.pending.begin(), state.pending.end(), id);
+  if (it != state.pending.end()) {
+    state.pending.erase(it);
+    state.answered.insert(id);
+    if (state.pending.empty()) state.next = TurnState::Next::assistant;
+    return;
+  }
+  if (state.answered.count(id)) {
+    throw UsageError(fmt::format("chat message {}: a second result for tool call '{}'", i, id),
+                     "give each call exactly one tool message");
+  }
+  if (state.earlier_calls.count(id)) {
+    throw UsageError(fmt::format("chat message {}: tool_call_id '{}' answers a call of an earlier assistant "
+                                 "message, not of the one just before",
+                                 i, id),
+                     "put tool results right after the assistant message that makes the calls");
+  }
+  throw UsageError(fmt::format("chat message {}: tool_call_id '{}' matches no earlier tool call", i, id),
+                   "set tool_call_id to the id of a call in the assistant message just before");
+}
+
+// A user or assistant message i must be the one whose turn it is: calls
+// still waiting for results come first, then user and assistant alternate.
+void check_turn_order(const std::string& role, size_t i, const TurnState& state) {
+  if (state.next == TurnState::Next::tool_results) {
+    throw UsageError(fmt::format("chat message {}: expected the result of tool call {} (made in message {}), "
+                                 "found role '{}'",
+                                 i, quoted_list(state.pending), state.calls_message, role),
+                     "follow an assistant message with tool_calls by one tool message per call");
+  }
+  const char* expected = state.next == TurnState::Next::user ? "user" : "assistant";
+  if (role != expected) {
+    throw UsageError(fmt::format("chat message {}: expected role '{}', found '{}'", i, expected, role),
+                     "after the optional system message, user and assistant must alternate, starting with user "
+                     "(tool results come between an assistant's calls and its next message)");
+  }
+}
+
+// An assistant message is a reply or calls, never both and never neither.
+void check_assistant_message(const ChatMessage& message, size_t i) {
+  if (!message.content.empty() && !message.tool_calls.empty()) {
+    throw UsageError(fmt::format("chat message {}: an assistant message has both content and tool calls", i),
+                     "the v3 format encodes either a reply or calls: split it in two messages or drop the text");
+  }
+  if (message.content.empty() && message.tool_calls.empty()) {
+    throw UsageError(fmt::format("chat message {}: assistant message is empty", i),
+                     "drop the conversation or give the reply text");
+  }
+}
+
+// The calls of assistant message i: each with a valid name and its own id
+// of 9 letters or digits (the final message's calls may go without one),
+// then waiting for their results.
+void accept_tool_calls(const ChatMessage& message, size_t i, bool is_last, TurnState& state) {
+  std::set<std::string> in_message;
+  for (size_t j = 0; j < message.tool_calls.size(); ++j) {
+    const ToolCall& call = message.tool_calls[j];
+    check_tool_name(call.name, fmt::format("chat message {}, tool call {}", i, j));
+    if (call.id.empty()) {
+      if (is_last) continue;  // mistral-common lets the final message's calls go without an id
+      throw UsageError(fmt::format("chat message {}: tool call {} ('{}') has no id", i, j, call.name),
+                       "the v3 format needs an id of 9 letters or digits on every call but those of the last "
+                       "message");
+    }
+    if (call.id.size() != 9 || !std::all_of(call.id.begin(), call.id.end(), is_alnum)) {
+      throw UsageError(fmt::format("chat message {}: tool call id '{}' is not 9 letters or digits, which the v3 "
+                                   "format requires",
+                                   i, call.id),
+                       "use ids like 'a1B2c3D4e' and the same id in the tool message's tool_call_id");
+    }
+    if (!in_message.insert(call.id).second) {
+      throw UsageError(fmt::format("chat message {}: tool call id '{}' is used twice", i, call.id),
+                       "give every call of a message its own id");
+    }
+    state.pending.push_back(call.id);
+    state.earlier_calls.insert(call.id);
+  }
+  state.calls_message = i;
+  state.next = state.pending.empty() ? TurnState::Next::user : TurnState::Next::tool_results;
+}
+
+// The end may leave calls unanswered only when the conversation ends with
+// them and asks for no generation; generation needs the user's (or the
+// tools') turn to be the last.
+void check_conversation_end(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+                            const TurnState& state) {
+  const bool ends_with_calls = messages.back().role == "assistant" && !messages.back().tool_calls.empty();
+  if (state.next == TurnState::Next::tool_results && (!ends_with_calls || add_generation_prompt)) {
+    throw UsageError(fmt::format("chat conversation ends before tool call {} (made in message {}) has its result",
+                                 quoted_list(state.pending), state.calls_message),
+                     "add one tool message per call, or drop the calls");
+  }
+  if (add_generation_prompt && state.next != TurnState::Next::assistant) {
+    throw UsageError("chat conversation for generation must end with a user message (or with tool results)",
+                     "drop the final assistant message, or encode without a generation prompt");
+  }
+}
+
 // Validates roles, turn order, tool call ids and tool results before any
 // encoding, so that no error depends on how far encoding got.
 ChatTurns check_turns(const std::vector<ChatMessage>& messages, bool add_generation_prompt) {
@@ -141,122 +275,32 @@ ChatTurns check_turns(const std::vector<ChatMessage>& messages, bool add_generat
     throw UsageError("chat conversation has a system message but no user message",
                      "add a user message after the system message");
   }
-  enum class Next { user, assistant, tool_results };
-  Next next = Next::user;
-  std::vector<std::string> pending;  // ids of the calls still waiting for their result
-  std::set<std::string> answered, earlier_calls;
-  size_t calls_message = 0;
+  TurnState state;
   turns.last_user = turns.first_turn;
   for (size_t i = turns.first_turn; i < messages.size(); ++i) {
     const ChatMessage& message = messages[i];
-    const std::string& role = message.role;
-    if (role != "system" && role != "user" && role != "assistant" && role != "tool") {
-      throw UsageError(fmt::format("chat message {}: unknown role '{}'", i, role),
-                       "roles are system (first message only), user, assistant and tool");
-    }
-    if (role == "system") {
-      throw UsageError(fmt::format("chat message {}: a system message may only come first", i),
-                       "merge the system text into the first message");
-    }
-    if (role != "assistant" && !message.tool_calls.empty()) {
-      throw UsageError(fmt::format("chat message {}: a {} message makes tool calls", i, role),
-                       "only assistant messages make tool calls");
-    }
-    if (role == "tool") {
+    check_role(message, i);
+    if (message.role == "tool") {
       turns.uses_tools = true;
-      const std::string& id = message.tool_call_id;
-      if (id.empty()) {
-        throw UsageError(fmt::format("chat message {}: tool message has no tool_call_id", i),
-                         "set tool_call_id to the id of the call this message answers");
-      }
-      auto it = std::find(pending.begin(), pending.end(), id);
-      if (it != pending.end()) {
-        pending.erase(it);
-        answered.insert(id);
-        if (pending.empty()) next = Next::assistant;
-        continue;
-      }
-      if (answered.count(id)) {
-        throw UsageError(fmt::format("chat message {}: a second result for tool call '{}'", i, id),
-                         "give each call exactly one tool message");
-      }
-      if (earlier_calls.count(id)) {
-        throw UsageError(fmt::format("chat message {}: tool_call_id '{}' answers a call of an earlier assistant "
-                                     "message, not of the one just before",
-                                     i, id),
-                         "put tool results right after the assistant message that makes the calls");
-      }
-      throw UsageError(fmt::format("chat message {}: tool_call_id '{}' matches no earlier tool call", i, id),
-                       "set tool_call_id to the id of a call in the assistant message just before");
+      accept_tool_result(message, i, state);
+      continue;
     }
-    if (next == Next::tool_results) {
-      throw UsageError(fmt::format("chat message {}: expected the result of tool call {} (made in message {}), "
-                                   "found role '{}'",
-                                   i, quoted_list(pending), calls_message, role),
-                       "follow an assistant message with tool_calls by one tool message per call");
-    }
-    const char* expected = next == Next::user ? "user" : "assistant";
-    if (role != expected) {
-      throw UsageError(fmt::format("chat message {}: expected role '{}', found '{}'", i, expected, role),
-                       "after the optional system message, user and assistant must alternate, starting with user "
-                       "(tool results come between an assistant's calls and its next message)");
-    }
-    if (role == "user") {
+    check_turn_order(message.role, i, state);
+    if (message.role == "user") {
       turns.last_user = i;
-      next = Next::assistant;
+      state.next = TurnState::Next::assistant;
       continue;
     }
     // An assistant message: a reply, or calls.
-    if (!message.content.empty() && !message.tool_calls.empty()) {
-      throw UsageError(fmt::format("chat message {}: an assistant message has both content and tool calls", i),
-                       "the v3 format encodes either a reply or calls: split it in two messages or drop the text");
-    }
-    if (message.content.empty() && message.tool_calls.empty()) {
-      throw UsageError(fmt::format("chat message {}: assistant message is empty", i),
-                       "drop the conversation or give the reply text");
-    }
+    check_assistant_message(message, i);
     if (message.tool_calls.empty()) {
-      next = Next::user;
+      state.next = TurnState::Next::user;
       continue;
     }
     turns.uses_tools = true;
-    const bool is_last = i + 1 == messages.size() && !add_generation_prompt;
-    std::set<std::string> in_message;
-    for (size_t j = 0; j < message.tool_calls.size(); ++j) {
-      const ToolCall& call = message.tool_calls[j];
-      check_tool_name(call.name, fmt::format("chat message {}, tool call {}", i, j));
-      if (call.id.empty()) {
-        if (is_last) continue;  // mistral-common lets the final message's calls go without an id
-        throw UsageError(fmt::format("chat message {}: tool call {} ('{}') has no id", i, j, call.name),
-                         "the v3 format needs an id of 9 letters or digits on every call but those of the last "
-                         "message");
-      }
-      if (call.id.size() != 9 || !std::all_of(call.id.begin(), call.id.end(), is_alnum)) {
-        throw UsageError(fmt::format("chat message {}: tool call id '{}' is not 9 letters or digits, which the v3 "
-                                     "format requires",
-                                     i, call.id),
-                         "use ids like 'a1B2c3D4e' and the same id in the tool message's tool_call_id");
-      }
-      if (!in_message.insert(call.id).second) {
-        throw UsageError(fmt::format("chat message {}: tool call id '{}' is used twice", i, call.id),
-                         "give every call of a message its own id");
-      }
-      pending.push_back(call.id);
-      earlier_calls.insert(call.id);
-    }
-    calls_message = i;
-    next = pending.empty() ? Next::user : Next::tool_results;
+    accept_tool_calls(message, i, i + 1 == messages.size() && !add_generation_prompt, state);
   }
-  const bool ends_with_calls = messages.back().role == "assistant" && !messages.back().tool_calls.empty();
-  if (next == Next::tool_results && (!ends_with_calls || add_generation_prompt)) {
-    throw UsageError(fmt::format("chat conversation ends before tool call {} (made in message {}) has its result",
-                                 quoted_list(pending), calls_message),
-                     "add one tool message per call, or drop the calls");
-  }
-  if (add_generation_prompt && next != Next::assistant) {
-    throw UsageError("chat conversation for generation must end with a user message (or with tool results)",
-                     "drop the final assistant message, or encode without a generation prompt");
-  }
+  check_conversation_end(messages, add_generation_prompt, state);
   return turns;
 }
 
