@@ -102,6 +102,108 @@ std::string chat_template(bool v3, bool tools = false) {
          "{%- else -%}{{ raise_exception('roles must be system, user or assistant') }}{%- endif -%}{%- endfor -%}";
 }
 
+// The preset named `name` among those the model plugin offers; an unknown
+// name gets the plugin's own message (which lists them), else one of ours.
+ModelPreset find_preset(const Model& model, const std::string& name, const std::string& plugin) {
+  std::optional<ModelPreset> preset;
+  std::vector<std::string> names;
+  for (auto& p : model.presets()) {
+    names.push_back(p.name);
+    if (p.name == name) preset = p;
+  }
+  if (!preset)  // the plugin's own message lists its presets
+    (void)model.preset_config(name, 0);
+  if (!preset)
+    throw UsageError(fmt::format("unknown model preset '{}' for model plugin '{}'. Known presets: {}", name,
+                                 plugin, fmt::join(names, ", ")));
+  return *preset;
+}
+
+// Tokenizer: given, or trained on the shipped corpus (not for a preset with
+// a fixed vocabulary: only its own tokenizer fits it).
+std::shared_ptr<Tokenizer> write_tokenizer(const InitOptions& o, const ModelPreset& preset,
+                                           const std::string& tok_path) {
+  if (!o.tokenizer.empty()) {
+    if (!fs::exists(o.tokenizer)) throw UsageError(fmt::format("--tokenizer {}: no such file", o.tokenizer));
+    fs::copy_file(o.tokenizer, tok_path);
+  } else {
+    if (preset.vocab_size > 0)
+      throw UsageError(fmt::format("preset '{}' needs the tokenizer it ships with (vocab {}), which mftk "
+                                   "cannot train from its small corpus",
+                                   o.preset, preset.vocab_size),
+                       preset.tokenizer_hint);
+    if (o.corpus.empty() || !fs::exists(o.corpus))
+      throw UsageError(fmt::format("tokenizer corpus '{}' not found", o.corpus),
+                       "run from the mftk source folder, pass --corpus FILE, or --tokenizer FILE");
+    train_sentencepiece(o.corpus, tok_path, o.tokenizer_vocab, o.v3_controls, o.tool_controls);
+  }
+  return Tokenizer::load(tok_path);
+}
+
+// The preset's config.json with the command line's overrides, checked for
+// shapes the model cannot have. torch_dtype is still the preset's.
+nlohmann::json make_config(const InitOptions& o, const Model& model, const ModelPreset& preset,
+                           const Tokenizer& tokenizer) {
+  const bool fixed_vocab = preset.vocab_size > 0;
+  nlohmann::json config = nlohmann::json::parse(model.preset_config(o.preset, fixed_vocab ? 0 : tokenizer.vocab_size()));
+  if (fixed_vocab && config["vocab_size"].get<int64_t>() != tokenizer.vocab_size())
+    throw UsageError(fmt::format("preset '{}' has vocab_size {}, the tokenizer {} has {}", o.preset,
+                                 config["vocab_size"].get<int64_t>(), o.tokenizer, tokenizer.vocab_size()),
+                     preset.tokenizer_hint);
+  for (const auto& [key, value] : o.overrides) {
+    if (!config.contains(key) && key != "head_dim")
+      throw UsageError(fmt::format("mftk init: '{}' is not a config.json key of the preset", key));
+    config[key] = value;
+  }
+  if (o.sliding_window_null) config["sliding_window"] = nullptr;
+  if (o.tie_word_embeddings) config["tie_word_embeddings"] = true;
+  if (config["num_attention_heads"].get<int64_t>() % config["num_key_value_heads"].get<int64_t>() != 0)
+    throw UsageError("mftk init: the number of heads must be a multiple of the number of key/value heads");
+  if (!config.contains("head_dim") && config["hidden_size"].get<int64_t>() % config["num_attention_heads"].get<int64_t>())
+    throw UsageError("mftk init: hidden size must be a multiple of the number of heads (or pass --head-dim)");
+  return config;
+}
+
+// added_tokens_decoder as transformers writes it for a sentencepiece
+// tokenizer (and Mistral's published configs have it): the unknown and
+// every control piece "special": true, every user-defined piece false.
+// llama.cpp's converter (and mftk's GGUF exporter) types tokens from it,
+// so a checkpoint made here exports like a real one.
+nlohmann::json added_tokens_decoder(const Tokenizer& tokenizer) {
+  nlohmann::json added_tokens = nlohmann::json::object();
+  for (int32_t id = 0; id < tokenizer.vocab_size(); ++id) {
+    const PieceType type = tokenizer.type(id);
+    if (type != PieceType::unknown && type != PieceType::control && type != PieceType::user_defined) continue;
+    added_tokens[std::to_string(id)] = {{"content", tokenizer.piece(id)}, {"lstrip", false},
+                                        {"normalized", false},           {"rstrip", false},
+                                        {"single_word", false},          {"special", type != PieceType::user_defined}};
+  }
+  return added_tokens;
+}
+
+// Tokenizer and generation configs as transformers writes them.
+void write_tokenizer_configs(const Tokenizer& tokenizer, const nlohmann::json& config, const std::string& out) {
+  const bool v3 = tokenizer.piece_to_id("[INST]").has_value() &&
+                  tokenizer.type(*tokenizer.piece_to_id("[INST]")) == PieceType::control;
+  nlohmann::json tc = {{"add_bos_token", true},
+                       {"add_eos_token", false},
+                       {"bos_token", "<s>"},
+                       {"eos_token", "</s>"},
+                       {"unk_token", "<unk>"},
+                       {"pad_token", nullptr},
+                       {"legacy", false},
+                       {"model_max_length", config.value("max_position_embeddings", nlohmann::json())},
+                       {"tokenizer_class", "LlamaTokenizer"},
+                       {"clean_up_tokenization_spaces", false},
+                       {"chat_template", chat_template(v3, v3 && tokenizer.piece_to_id("[TOOL_CALLS]").has_value())}};
+  tc["added_tokens_decoder"] = added_tokens_decoder(tokenizer);
+  write_file_atomic((fs::path(out) / "tokenizer_config.json").string(), tc.dump(2) + "\n");
+  nlohmann::json st = {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}};
+  write_file_atomic((fs::path(out) / "special_tokens_map.json").string(), st.dump(2) + "\n");
+  nlohmann::json gc = {{"_from_model_config", true}, {"bos_token_id", 1}, {"eos_token_id", 2}};
+  write_file_atomic((fs::path(out) / "generation_config.json").string(), gc.dump(2) + "\n");
+}
+
 }  // namespace
 
 int64_t write_random_checkpoint(const InitOptions& o) {
@@ -117,90 +219,19 @@ int64_t write_random_checkpoint(const InitOptions& o) {
   Registry registry;
   auto model = registry.create<Model>(Kind::model, plugin,
                                       component_config(registry, Kind::model, plugin, "model", {{"path", out}}));
-  std::optional<ModelPreset> preset;
-  std::vector<std::string> names;
-  for (auto& p : model->presets()) {
-    names.push_back(p.name);
-    if (p.name == o.preset) preset = p;
-  }
-  if (!preset)  // the plugin's own message lists its presets
-    (void)model->preset_config(o.preset, 0);
-  if (!preset)
-    throw UsageError(fmt::format("unknown model preset '{}' for model plugin '{}'. Known presets: {}", o.preset,
-                                 plugin, fmt::join(names, ", ")));
-  const bool fixed_vocab = preset->vocab_size > 0;
+  const ModelPreset preset = find_preset(*model, o.preset, plugin);
 
   // 1. Tokenizer: given, or trained on the shipped corpus.
-  if (!o.tokenizer.empty()) {
-    if (!fs::exists(o.tokenizer)) throw UsageError(fmt::format("--tokenizer {}: no such file", o.tokenizer));
-    fs::copy_file(o.tokenizer, tok_path);
-  } else {
-    if (fixed_vocab)
-      throw UsageError(fmt::format("preset '{}' needs the tokenizer it ships with (vocab {}), which mftk "
-                                   "cannot train from its small corpus",
-                                   o.preset, preset->vocab_size),
-                       preset->tokenizer_hint);
-    if (o.corpus.empty() || !fs::exists(o.corpus))
-      throw UsageError(fmt::format("tokenizer corpus '{}' not found", o.corpus),
-                       "run from the mftk source folder, pass --corpus FILE, or --tokenizer FILE");
-    train_sentencepiece(o.corpus, tok_path, o.tokenizer_vocab, o.v3_controls, o.tool_controls);
-  }
-  auto tokenizer = Tokenizer::load(tok_path);
+  auto tokenizer = write_tokenizer(o, preset, tok_path);
 
   // 2. config.json
-  nlohmann::json config = nlohmann::json::parse(model->preset_config(o.preset, fixed_vocab ? 0 : tokenizer->vocab_size()));
-  if (fixed_vocab && config["vocab_size"].get<int64_t>() != tokenizer->vocab_size())
-    throw UsageError(fmt::format("preset '{}' has vocab_size {}, the tokenizer {} has {}", o.preset,
-                                 config["vocab_size"].get<int64_t>(), o.tokenizer, tokenizer->vocab_size()),
-                     preset->tokenizer_hint);
-  for (const auto& [key, value] : o.overrides) {
-    if (!config.contains(key) && key != "head_dim")
-      throw UsageError(fmt::format("mftk init: '{}' is not a config.json key of the preset", key));
-    config[key] = value;
-  }
-  if (o.sliding_window_null) config["sliding_window"] = nullptr;
-  if (o.tie_word_embeddings) config["tie_word_embeddings"] = true;
-  if (config["num_attention_heads"].get<int64_t>() % config["num_key_value_heads"].get<int64_t>() != 0)
-    throw UsageError("mftk init: the number of heads must be a multiple of the number of key/value heads");
-  if (!config.contains("head_dim") && config["hidden_size"].get<int64_t>() % config["num_attention_heads"].get<int64_t>())
-    throw UsageError("mftk init: hidden size must be a multiple of the number of heads (or pass --head-dim)");
+  nlohmann::json config = make_config(o, *model, preset, *tokenizer);
   const at::ScalarType dtype = o.dtype.empty() ? parse_dtype(config["torch_dtype"].get<std::string>()) : parse_dtype(o.dtype);
   config["torch_dtype"] = hf_dtype_name(dtype);
   write_file_atomic((fs::path(out) / "config.json").string(), config.dump(2) + "\n");
 
   // 3. Tokenizer and generation configs as transformers writes them.
-  const bool v3 = tokenizer->piece_to_id("[INST]").has_value() &&
-                  tokenizer->type(*tokenizer->piece_to_id("[INST]")) == PieceType::control;
-  nlohmann::json tc = {{"add_bos_token", true},
-                       {"add_eos_token", false},
-                       {"bos_token", "<s>"},
-                       {"eos_token", "</s>"},
-                       {"unk_token", "<unk>"},
-                       {"pad_token", nullptr},
-                       {"legacy", false},
-                       {"model_max_length", config["max_position_embeddings"]},
-                       {"tokenizer_class", "LlamaTokenizer"},
-                       {"clean_up_tokenization_spaces", false},
-                       {"chat_template", chat_template(v3, v3 && tokenizer->piece_to_id("[TOOL_CALLS]").has_value())}};
-  // added_tokens_decoder as transformers writes it for a sentencepiece
-  // tokenizer (and Mistral's published configs have it): the unknown and
-  // every control piece "special": true, every user-defined piece false.
-  // llama.cpp's converter (and mftk's GGUF exporter) types tokens from it,
-  // so a checkpoint made here exports like a real one.
-  nlohmann::json added_tokens = nlohmann::json::object();
-  for (int32_t id = 0; id < tokenizer->vocab_size(); ++id) {
-    const PieceType type = tokenizer->type(id);
-    if (type != PieceType::unknown && type != PieceType::control && type != PieceType::user_defined) continue;
-    added_tokens[std::to_string(id)] = {{"content", tokenizer->piece(id)}, {"lstrip", false},
-                                        {"normalized", false},            {"rstrip", false},
-                                        {"single_word", false},           {"special", type != PieceType::user_defined}};
-  }
-  tc["added_tokens_decoder"] = added_tokens;
-  write_file_atomic((fs::path(out) / "tokenizer_config.json").string(), tc.dump(2) + "\n");
-  nlohmann::json st = {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}};
-  write_file_atomic((fs::path(out) / "special_tokens_map.json").string(), st.dump(2) + "\n");
-  nlohmann::json gc = {{"_from_model_config", true}, {"bos_token_id", 1}, {"eos_token_id", 2}};
-  write_file_atomic((fs::path(out) / "generation_config.json").string(), gc.dump(2) + "\n");
+  write_tokenizer_configs(*tokenizer, config, out);
 
   // 4. Weights, streamed by the model plugin (shards + index above max_shard_bytes).
   model->load_config(out);
