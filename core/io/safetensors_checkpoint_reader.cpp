@@ -84,99 +84,98 @@ detail::CheckpointIndex detail::parse_checkpoint_index(const std::string& index_
   return out;
 }
 
-CheckpointReader CheckpointReader::open(const std::string& dir, const std::string& stem) {
-  CheckpointReader reader;
+namespace {
+
+// CheckpointReader's table: every tensor name -> the file that holds it.
+using TensorFiles = std::map<std::string, std::shared_ptr<SafetensorsFile>>;
+
+void add_single_file(const fs::path& file, TensorFiles& by_name) {
+  auto st = SafetensorsFile::open(file.string());
+  for (const TensorInfo& t : st->tensors()) by_name.emplace(t.name, st);
+}
+
+detail::CheckpointIndex read_checkpoint_index(const fs::path& index_path) {
+  const std::string index_name = index_path.string();
+  std::ifstream in(index_path, std::ios::binary);
+  if (!in) throw Error(fmt::format("cannot open checkpoint index {}", index_name));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return detail::parse_checkpoint_index(index_name, buffer.str());
+}
+
+// Every shard the index names is present, before any is opened.
+void check_shards_present(const std::string& index_name, const fs::path& folder,
+                          const detail::CheckpointIndex& index) {
   std::error_code ec;
-  const fs::path root(dir);
+  std::vector<std::string> missing;
+  for (const auto& [shard_name, names] : index.tensors_by_shard) {
+    if (!fs::is_regular_file(folder / shard_name, ec)) missing.push_back(shard_name);
+  }
+  if (!missing.empty()) {
+    throw Error(fmt::format("{}: shard files listed in the index are missing: {}", index_name,
+                            fmt::join(missing, ", ")),
+                "the download or copy of this checkpoint is incomplete; fetch the missing shards");
+  }
+}
 
-  auto load_single = [&](const fs::path& file) {
-    auto st = SafetensorsFile::open(file.string());
-    for (const TensorInfo& t : st->tensors()) reader.by_name_.emplace(t.name, st);
-  };
-
-  auto load_index = [&](const fs::path& index_path) {
-    const std::string index_name = index_path.string();
-    std::ifstream in(index_path, std::ios::binary);
-    if (!in) throw Error(fmt::format("cannot open checkpoint index {}", index_name));
-    std::stringstream buffer;
-    buffer << in.rdbuf();
-    const detail::CheckpointIndex index = detail::parse_checkpoint_index(index_name, buffer.str());
-    const auto& tensors_by_shard = index.tensors_by_shard;
-    const auto& shard_of = index.shard_of;
-    const fs::path folder = index_path.parent_path();
-    std::vector<std::string> missing;
-    for (const auto& [shard_name, names] : tensors_by_shard) {
-      if (!fs::is_regular_file(folder / shard_name, ec)) missing.push_back(shard_name);
-    }
-    if (!missing.empty()) {
-      throw Error(fmt::format("{}: shard files listed in the index are missing: {}", index_name,
-                              fmt::join(missing, ", ")),
-                  "the download or copy of this checkpoint is incomplete; fetch the missing shards");
-    }
-    uint64_t total = 0;
-    for (const auto& [shard_name, names] : tensors_by_shard) {
-      auto st = SafetensorsFile::open((folder / shard_name).string());
-      for (const std::string& name : names) {
-        if (!st->find(name)) {
-          throw Error(fmt::format("{}: the index puts tensor '{}' in {}, but that shard does not contain it",
-                                  index_name, name, shard_name), kBadFileHint);
-        }
-      }
-      for (const TensorInfo& t : st->tensors()) {
-        const auto it = shard_of.find(t.name);
-        if (it == shard_of.end() || it->second != shard_name) {
-          throw Error(fmt::format("{}: shard {} contains tensor '{}', which the index {}", index_name,
-                                  shard_name, t.name,
-                                  it == shard_of.end() ? std::string("does not list")
-                                                       : fmt::format("puts in {}", it->second)),
-                      "the index and the shards come from different saves; re-download the checkpoint");
-        }
-        reader.by_name_.emplace(t.name, st);
-        total += t.nbytes();
+// The shards of an index, each holding exactly the tensors the index puts
+// in it; a total_size that differs from the bytes found is only a warning.
+void add_indexed_shards(const fs::path& index_path, TensorFiles& by_name) {
+  const std::string index_name = index_path.string();
+  const detail::CheckpointIndex index = read_checkpoint_index(index_path);
+  const auto& shard_of = index.shard_of;
+  const fs::path folder = index_path.parent_path();
+  check_shards_present(index_name, folder, index);
+  uint64_t total = 0;
+  for (const auto& [shard_name, names] : index.tensors_by_shard) {
+    auto st = SafetensorsFile::open((folder / shard_name).string());
+    for (const std::string& name : names) {
+      if (!st->find(name)) {
+        throw Error(fmt::format("{}: the index puts tensor '{}' in {}, but that shard does not contain it",
+                                index_name, name, shard_name), kBadFileHint);
       }
     }
-    if (index.total_size && *index.total_size != total) {
-      // huggingface_hub counts storage sizes, which can differ for views;
-      // not an error.
-      log::warn("{}: metadata.total_size is {} but the shards hold {} bytes of tensors", index_name,
-                *index.total_size, total);
+    for (const TensorInfo& t : st->tensors()) {
+      const auto it = shard_of.find(t.name);
+      if (it == shard_of.end() || it->second != shard_name) {
+        throw Error(fmt::format("{}: shard {} contains tensor '{}', which the index {}", index_name,
+                                shard_name, t.name,
+                                it == shard_of.end() ? std::string("does not list")
+                                                     : fmt::format("puts in {}", it->second)),
+                    "the index and the shards come from different saves; re-download the checkpoint");
+      }
+      by_name.emplace(t.name, st);
+      total += t.nbytes();
     }
-  };
+  }
+  if (index.total_size && *index.total_size != total) {
+    // huggingface_hub counts storage sizes, which can differ for views;
+    // not an error.
+    log::warn("{}: metadata.total_size is {} but the shards hold {} bytes of tensors", index_name,
+              *index.total_size, total);
+  }
+}
 
-  if (fs::is_regular_file(root, ec)) {
-    const std::string name = root.filename().string();
-    if (ends_with(name, ".safetensors")) {
-      load_single(root);
-    } else if (ends_with(name, ".safetensors.index.json")) {
-      load_index(root);
-    } else if (is_pickle_file_name(name)) {
-      refuse_pickle(dir, {name});
-    } else {
-      throw Error(fmt::format("{}: not a .safetensors file, a .safetensors.index.json index or a checkpoint "
-                              "folder", dir), "pass a checkpoint folder or a .safetensors file");
-    }
-    return reader;
+// `dir` names a file: a .safetensors file or an index; a pickle file is refused.
+void add_named_file(const fs::path& root, const std::string& dir, TensorFiles& by_name) {
+  const std::string name = root.filename().string();
+  if (ends_with(name, ".safetensors")) {
+    add_single_file(root, by_name);
+  } else if (ends_with(name, ".safetensors.index.json")) {
+    add_indexed_shards(root, by_name);
+  } else if (is_pickle_file_name(name)) {
+    refuse_pickle(dir, {name});
+  } else {
+    throw Error(fmt::format("{}: not a .safetensors file, a .safetensors.index.json index or a checkpoint "
+                            "folder", dir), "pass a checkpoint folder or a .safetensors file");
   }
-  if (!fs::is_directory(root, ec)) {
-    throw Error(fmt::format("checkpoint {} does not exist", dir), "check the path");
-  }
+}
 
-  const fs::path single = root / (stem + ".safetensors");
-  const fs::path index = root / (stem + ".safetensors.index.json");
-  const bool have_single = fs::is_regular_file(single, ec);
-  const bool have_index = fs::is_regular_file(index, ec);
-  if (have_single) {
-    // transformers prefers the single file too.
-    if (have_index) log::warn("{} has both {} and {}; using the single file", dir, single.filename().string(),
-                              index.filename().string());
-    load_single(single);
-    return reader;
-  }
-  if (have_index) {
-    load_index(index);
-    return reader;
-  }
-
+// A folder with neither <stem>.safetensors nor its index: pickle files are
+// refused with a conversion command, other .safetensors files are named.
+[[noreturn]] void refuse_folder(const fs::path& root, const std::string& dir, const fs::path& single,
+                                const fs::path& index) {
+  std::error_code ec;
   std::vector<std::string> pickles, other_safetensors;
   try {
     for (const auto& entry : fs::directory_iterator(root)) {
@@ -197,6 +196,38 @@ CheckpointReader CheckpointReader::open(const std::string& dir, const std::strin
                               : fmt::format(" (the folder has {})", fmt::join(other_safetensors, ", "))),
               other_safetensors.empty() ? "check the path"
                                         : "pass the path of the .safetensors file you mean directly");
+}
+
+}  // namespace
+
+CheckpointReader CheckpointReader::open(const std::string& dir, const std::string& stem) {
+  CheckpointReader reader;
+  std::error_code ec;
+  const fs::path root(dir);
+  if (fs::is_regular_file(root, ec)) {
+    add_named_file(root, dir, reader.by_name_);
+    return reader;
+  }
+  if (!fs::is_directory(root, ec)) {
+    throw Error(fmt::format("checkpoint {} does not exist", dir), "check the path");
+  }
+
+  const fs::path single = root / (stem + ".safetensors");
+  const fs::path index = root / (stem + ".safetensors.index.json");
+  const bool have_single = fs::is_regular_file(single, ec);
+  const bool have_index = fs::is_regular_file(index, ec);
+  if (have_single) {
+    // transformers prefers the single file too.
+    if (have_index) log::warn("{} has both {} and {}; using the single file", dir, single.filename().string(),
+                              index.filename().string());
+    add_single_file(single, reader.by_name_);
+    return reader;
+  }
+  if (have_index) {
+    add_indexed_shards(index, reader.by_name_);
+    return reader;
+  }
+  refuse_folder(root, dir, single, index);
 }
 
 std::vector<std::string> CheckpointReader::names() const {
