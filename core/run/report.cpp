@@ -44,24 +44,23 @@ std::vector<CurveSeries> report_curves(MetricPoints metrics) {
           {"tokens/s", "#9467bd", metrics["tokens_per_s"], false}};
 }
 
-std::string report_html(const ReportInputs& in, const std::vector<CurveSeries>& curves) {
-  std::string h = html_page_start(in.title);
-  h += fmt::format("<h1 id=\"title\">{}</h1>\n", xml_escape(in.title));
-  const auto& s = in.summary;
-  h += fmt::format("<p>{} steps, final loss {}, {} in {:.1f} s</p>\n", s.value("steps", int64_t(0)),
-                   s.contains("final_loss") && s["final_loss"].is_number() ? fmt::format("{:.4f}", s["final_loss"].get<double>()) : "n/a",
-                   xml_escape(s.value("output_dir", std::string())), s.value("seconds", 0.0));
+namespace {
 
-  // The curves, each its own chart: scales differ by orders of magnitude.
+// The curves, each its own chart: scales differ by orders of magnitude.
+std::string curves_section(const std::vector<CurveSeries>& curves) {
   static const char* ids[] = {"curve-loss", "curve-eval-loss", "curve-lr", "curve-tokens"};
   static const char* titles[] = {"Training loss", "Eval loss", "Learning rate", "Tokens per second"};
-  h += "<h2>Curves</h2>\n";
+  std::string h = "<h2>Curves</h2>\n";
   for (size_t i = 0; i < curves.size() && i < 4; ++i) {
     h += chart_section(ids[i], titles[i], {curves[i]});
   }
+  return h;
+}
 
-  h += "<h2 id=\"plan\">Predicted and measured</h2>\n<table>\n<tr><th>quantity</th><th>plan</th><th>run</th><th>note</th></tr>\n";
-  const Plan* p = in.plan;
+// The plan's predictions (when there is a plan) beside what the run measured
+// (summary.json), then a preference objective's eval metrics, then the plan's lint.
+std::string plan_comparison_section(const nlohmann::json& s, const Plan* p) {
+  std::string h = "<h2 id=\"plan\">Predicted and measured</h2>\n<table>\n<tr><th>quantity</th><th>plan</th><th>run</th><th>note</th></tr>\n";
   const double peak = number_or_nan(s, "peak_rss_bytes");
   std::string peak_note;
   if (p && std::isfinite(peak) && p->memory.total > 0)
@@ -101,48 +100,74 @@ std::string report_html(const ReportInputs& in, const std::vector<CurveSeries>& 
     for (const auto& l : p->lint) h += "<li>" + xml_escape(l) + "</li>\n";
     h += "</ul>\n";
   }
+  return h;
+}
 
-  // The export parity gate (export_parity.h): each artefact against the trained model.
-  if (s.contains("export_parity") && s["export_parity"].is_array()) {
-    h += "<h2 id=\"parity\">Export parity</h2>\n<p>Held-out rows through the trained model and through each "
-         "artefact read back from disk: mean KL(trained &#8214; artefact) per token over the vocabulary, greedy-token "
-         "agreement, and perplexity on the supervised tokens.</p>\n<table>\n<tr><th>artefact</th><th>path</th>"
-         "<th>mean KL (nats/token)</th><th>top-1 agreement</th><th>perplexity trained &rarr; artefact</th>"
-         "<th>rows / tokens</th><th>max_kl</th><th>verdict</th></tr>\n";
-    auto num = [](const nlohmann::json& c, const char* key, const char* format) {
-      return c.contains(key) && c[key].is_number() ? fmt::format(fmt::runtime(format), c[key].get<double>())
-                                                   : std::string("n/a");
-    };
-    for (const auto& c : s["export_parity"]) {
-      const bool checked = c.value("checked", false);
-      const std::string threshold = num(c, "threshold", "{:.3g}");
-      std::string verdict = !checked ? "not checked: " + c.value("note", std::string())
-                            : c.value("passed", false) ? (threshold == "n/a" ? "reported" : "passed")
-                                                       : "FAILED";
-      h += fmt::format("<tr><td>{}</td><td>{}</td>", xml_escape(c.value("kind", std::string())),
-                       xml_escape(c.value("path", std::string())));
-      if (checked)
-        h += fmt::format("<td>{}</td><td>{}</td><td>{} &rarr; {}</td><td>{} / {}</td>", num(c, "mean_kl", "{:.3e}"),
-                         c.contains("top1_agreement") && c["top1_agreement"].is_number()
-                             ? fmt::format("{:.2f}%", 100 * c["top1_agreement"].get<double>())
-                             : std::string("n/a"),
-                         num(c, "ppl_trained", "{:.4f}"), num(c, "ppl_artefact", "{:.4f}"), c.value("rows", int64_t(0)),
-                         c.value("tokens", int64_t(0)));
-      else
-        h += "<td>&ndash;</td><td>&ndash;</td><td>&ndash;</td><td>&ndash;</td>";
-      h += fmt::format("<td>{}</td><td>{}</td></tr>\n", threshold == "n/a" ? "none" : threshold, xml_escape(verdict));
-    }
-    h += "</table>\n";
-  }
+// One artefact's row of the parity table: its figures when it was checked,
+// and its verdict against max_kl.
+std::string parity_row(const nlohmann::json& c) {
+  auto num = [](const nlohmann::json& j, const char* key, const char* format) {
+    return j.contains(key) && j[key].is_number() ? fmt::format(fmt::runtime(format), j[key].get<double>())
+                                                 : std::string("n/a");
+  };
+  const bool checked = c.value("checked", false);
+  const std::string threshold = num(c, "threshold", "{:.3g}");
+  std::string verdict = !checked ? "not checked: " + c.value("note", std::string())
+                        : c.value("passed", false) ? (threshold == "n/a" ? "reported" : "passed")
+                                                   : "FAILED";
+  std::string h = fmt::format("<tr><td>{}</td><td>{}</td>", xml_escape(c.value("kind", std::string())),
+                              xml_escape(c.value("path", std::string())));
+  if (checked)
+    h += fmt::format("<td>{}</td><td>{}</td><td>{} &rarr; {}</td><td>{} / {}</td>", num(c, "mean_kl", "{:.3e}"),
+                     c.contains("top1_agreement") && c["top1_agreement"].is_number()
+                         ? fmt::format("{:.2f}%", 100 * c["top1_agreement"].get<double>())
+                         : std::string("n/a"),
+                     num(c, "ppl_trained", "{:.4f}"), num(c, "ppl_artefact", "{:.4f}"), c.value("rows", int64_t(0)),
+                     c.value("tokens", int64_t(0)));
+  else
+    h += "<td>&ndash;</td><td>&ndash;</td><td>&ndash;</td><td>&ndash;</td>";
+  h += fmt::format("<td>{}</td><td>{}</td></tr>\n", threshold == "n/a" ? "none" : threshold, xml_escape(verdict));
+  return h;
+}
 
-  h += "<h2 id=\"answers\">Validation answers</h2>\n";
-  if (in.answers.empty()) h += "<p>(no [validate] prompts in the recipe)</p>\n";
+// The export parity gate (export_parity.h): each artefact against the trained model.
+std::string export_parity_section(const nlohmann::json& parity) {
+  std::string h =
+      "<h2 id=\"parity\">Export parity</h2>\n<p>Held-out rows through the trained model and through each "
+      "artefact read back from disk: mean KL(trained &#8214; artefact) per token over the vocabulary, greedy-token "
+      "agreement, and perplexity on the supervised tokens.</p>\n<table>\n<tr><th>artefact</th><th>path</th>"
+      "<th>mean KL (nats/token)</th><th>top-1 agreement</th><th>perplexity trained &rarr; artefact</th>"
+      "<th>rows / tokens</th><th>max_kl</th><th>verdict</th></tr>\n";
+  for (const auto& c : parity) h += parity_row(c);
+  h += "</table>\n";
+  return h;
+}
+
+std::string answers_section(const std::vector<ReportAnswer>& answers) {
+  std::string h = "<h2 id=\"answers\">Validation answers</h2>\n";
+  if (answers.empty()) h += "<p>(no [validate] prompts in the recipe)</p>\n";
   else {
     h += "<table>\n<tr><th>prompt</th><th>answer</th></tr>\n";
-    for (const auto& a : in.answers)
+    for (const auto& a : answers)
       h += fmt::format("<tr><td>{}</td><td>{}</td></tr>\n", xml_escape(a.prompt), xml_escape(a.answer));
     h += "</table>\n";
   }
+  return h;
+}
+
+}  // namespace
+
+std::string report_html(const ReportInputs& in, const std::vector<CurveSeries>& curves) {
+  std::string h = html_page_start(in.title);
+  h += fmt::format("<h1 id=\"title\">{}</h1>\n", xml_escape(in.title));
+  const auto& s = in.summary;
+  h += fmt::format("<p>{} steps, final loss {}, {} in {:.1f} s</p>\n", s.value("steps", int64_t(0)),
+                   s.contains("final_loss") && s["final_loss"].is_number() ? fmt::format("{:.4f}", s["final_loss"].get<double>()) : "n/a",
+                   xml_escape(s.value("output_dir", std::string())), s.value("seconds", 0.0));
+  h += curves_section(curves);
+  h += plan_comparison_section(s, in.plan);
+  if (s.contains("export_parity") && s["export_parity"].is_array()) h += export_parity_section(s["export_parity"]);
+  h += answers_section(in.answers);
   h += fmt::format("<h2 id=\"recipe\">Recipe</h2>\n<p>{}</p>\n<pre>{}</pre>\n", xml_escape(in.recipe_path),
                    xml_escape(in.recipe_text));
   h += html_page_end();
