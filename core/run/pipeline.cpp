@@ -272,7 +272,7 @@ RunSession open_run(const RunSpec& spec) {
 
 // run.json in every checkpoint: the resolved recipe (as recipe.resolved.json
 // has it), the code of each component and the mftk version, for resume to compare.
-std::string run_record(const RunSpec& spec, Registry& registry, const BuiltRun& run) {
+nlohmann::json run_record(const RunSpec& spec, Registry& registry, const BuiltRun& run) {
   nlohmann::json record = resolved_recipe_json(*spec.recipe);
   record["mftk_version"] = MFTK_SDK_VERSION;
   nlohmann::json& components = record["components"] = nlohmann::json::array();
@@ -283,18 +283,38 @@ std::string run_record(const RunSpec& spec, Registry& registry, const BuiltRun& 
   add(spec.objective);
   if (!run.preference_pairs) add(spec.packer);  // pairs are packed by the core
   add(spec.optimizer);
-  return record.dump(2) + "\n";
+  return record;
+}
+
+// What an objective's prepared state depends on (objective_cache.h), from
+// the run record: the tables that shape the model and the rows, the
+// objective's library and version, the weights the run starts from.
+ObjectiveCacheInputs objective_cache_inputs(const RunSpec& spec, const nlohmann::json& record, const BuiltRun& run,
+                                            const c10::Device& device) {
+  ObjectiveCacheInputs in;
+  in.data_cache_file = run.rows.data.cache_file;
+  const nlohmann::json& tables = record.at("recipe");
+  nlohmann::json settings = nlohmann::json::object();
+  for (const char* table : {"model", "quantize", "adapter", "objective"})
+    if (tables.contains(table)) settings[table] = tables[table];
+  settings["training"] = {{"bf16", spec.bf16}, {"sequence_len", spec.sequence_len}};
+  in.settings_json = settings.dump();
+  for (const auto& c : record.at("components"))
+    if (c.at("table") == "objective") in.objective = c.dump();
+  in.weight_folders.push_back(spec.model_path);
+  if (!spec.adapter_start.empty()) in.weight_folders.push_back(spec.adapter_start);
+  in.device = device.str();
+  return in;
 }
 
 // 5. Train.
 TrainResult train_model(const RunSpec& spec, Registry& registry, const RunSession& session, BuiltRun& run) {
   TrainOptions train_options = spec.train;
   train_options.distributed = session.dist;
-  train_options.run_record = run_record(spec, registry, run);
+  const nlohmann::json record = run_record(spec, registry, run);
+  train_options.run_record = record.dump(2) + "\n";
   // A recorded reference (full fine-tuning DPO) is cached beside the prepared data.
-  train_options.objective_cache = objective_cache_file(objective_cache_inputs(
-      *spec.recipe, run.rows.data.cache_file,
-      component_record(registry, Kind::objective, "objective", spec.objective.plugin).dump(), session.device.str()));
+  train_options.objective_cache = objective_cache_file(objective_cache_inputs(spec, record, run, session.device));
   Trainer trainer(run.model(), *run.optimizer, run.trainable, std::move(run.rows.train), std::move(run.rows.eval),
                   std::move(train_options));
   trainer.set_objective(run.objective.get(), run.adapter.get());

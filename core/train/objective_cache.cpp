@@ -15,8 +15,6 @@
 #include "mftk/error.h"
 #include "mftk/objective.h"
 #include "mftk/safetensors.h"
-#include "recipe.h"
-#include "run_folder.h"
 #include "sha256.h"
 #include "trainer.h"
 
@@ -76,29 +74,6 @@ std::optional<NamedTensors> read_state(const std::string& file) {
 }
 
 }  // namespace
-
-ObjectiveCacheInputs objective_cache_inputs(const Recipe& recipe, const std::string& data_cache_file,
-                                            const std::string& objective, const std::string& device) {
-  ObjectiveCacheInputs in;
-  in.data_cache_file = data_cache_file;
-  in.objective = objective;
-  in.device = device;
-  const nlohmann::json resolved = resolved_recipe_json(recipe)["recipe"];
-  nlohmann::json settings = nlohmann::json::object();
-  for (const char* table : {"model", "quantize", "adapter", "objective"})
-    if (resolved.contains(table)) settings[table] = resolved[table];
-  for (const char* key : {"sequence_len", "bf16"})
-    if (resolved.contains("training") && resolved["training"].contains(key)) settings["training"][key] = resolved["training"][key];
-  in.settings_json = settings.dump();
-  // The model's path as load_model reads it; an adapter's `path` (a saved
-  // adapter to continue from) as the pipeline resolves it.
-  if (const auto* m = recipe.component("model"); m && m->config.has("path"))
-    in.weight_folders.push_back(m->config.get_string("path"));
-  if (const auto* a = recipe.component("adapter"); a && a->config.has("path"))
-    if (const std::string path = a->config.get_string("path"); !path.empty())
-      in.weight_folders.push_back(recipe.resolve_path(path));
-  return in;
-}
 
 std::string objective_cache_file(const ObjectiveCacheInputs& in) {
   if (in.data_cache_file.empty()) return "";

@@ -4,7 +4,7 @@
 // settings reads it back instead of running the reference pass again.
 //
 // defines: mftk::core::ObjectiveCacheInputs, mftk::core::objective_cache_file,
-//          mftk::core::objective_cache_inputs, mftk::core::prepare_objective_cached
+//          mftk::core::prepare_objective_cached
 #pragma once
 
 #include <cstdint>
@@ -30,14 +30,6 @@ struct ObjectiveCacheInputs {
   std::vector<std::string> weight_folders;  // checkpoint and adapter folders the model starts from
   std::string device;           // "cpu", "cuda:0": the numbers differ slightly between devices
 };
-
-class Recipe;
-
-// The inputs of a resolved recipe: the [model], [quantize], [adapter] and
-// [objective] tables, training's sequence_len and bf16, and the model and
-// adapter folders. `objective`: the plugin's name and library version.
-ObjectiveCacheInputs objective_cache_inputs(const Recipe& recipe, const std::string& data_cache_file,
-                                            const std::string& objective, const std::string& device);
 
 // <prepared>/<data key>/objective-<key>.safetensors, the key a SHA-256 of the
 // inputs, the weight folders by their files' names, sizes and modification
