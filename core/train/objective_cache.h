@@ -24,7 +24,7 @@ namespace mftk::core {
 // Everything the recorded state depends on besides the rows themselves.
 struct ObjectiveCacheInputs {
   std::string data_cache_file;  // PreparedData::cache_file; empty: the data is not cached, neither is this
-  std::string objective;        // plugin name and library version
+  std::string objective;        // the objective plugin, its library and version (run.json's record)
   std::string settings_json;    // the recipe tables that shape the model and the rows (model, quantize,
                                 // adapter, objective, training's sequence_len and bf16, ...), as JSON
   std::vector<std::string> weight_folders;  // checkpoint and adapter folders the model starts from
